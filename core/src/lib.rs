@@ -1,0 +1,16 @@
+//! BitNet Rust core: the pieces every device shares.
+//!
+//! Today this crate holds the foundation: a validating GGUF reader
+//! ([`gguf::GgufFile`]) and writer ([`gguf::GgufWriter`]), the tensor types
+//! BitNet files use with scalar reference codecs ([`quant`]), and a generator
+//! of BitNet-shaped GGUF fixtures ([`fixture`]). The model, tokenizer and
+//! backends are built on top of these by later work; nothing here pretends to
+//! run a model yet.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod fixture;
+pub mod gguf;
+pub mod quant;
+
+pub use gguf::{GgmlType, GgufError, GgufFile};
