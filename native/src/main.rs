@@ -1,1 +1,81 @@
-fn main() {}
+//! `bitnet-cli`: the command-line front end of BitNet Rust.
+//!
+//! Today it inspects models (`info`), dumps tensors (`dump`) and writes
+//! BitNet-shaped fixture files (`gen-fixture`). Inference, chat, benchmark and
+//! the server arrive with the issues that build them; until then they are not
+//! listed rather than pretending.
+
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The small model compiled into the binary, used when no `-m` is given: a
+/// synthetic BitNet-shaped fixture (random ternary weights, I2_S) written by
+/// `bitnet-cli gen-fixture --preset tiny --type i2_s`. It has the structure
+/// of a real model and none of its knowledge.
+pub const BUNDLED_MODEL: &[u8] = include_bytes!("../../models/tiny-bitnet-i2s.gguf");
+pub const BUNDLED_MODEL_NAME: &str = "tiny-bitnet-i2s.gguf (bundled synthetic fixture)";
+
+#[derive(Parser)]
+#[command(name = "bitnet-cli", version, about = "BitNet b1.58 inference runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a GGUF file's header: version, metadata, tensor table, sizes.
+    Info(cmd::info::Args),
+    /// Write one tensor, dequantized to little-endian f32, to a file.
+    Dump(cmd::tools::DumpArgs),
+    /// Write a BitNet-shaped GGUF fixture with random ternary weights.
+    GenFixture(cmd::tools::FixtureArgs),
+}
+
+/// A model given on the command line, or the bundled one.
+pub enum ModelSource {
+    Path(PathBuf),
+    Bundled,
+}
+
+impl ModelSource {
+    pub fn from_option(path: Option<PathBuf>) -> Self {
+        path.map_or(ModelSource::Bundled, ModelSource::Path)
+    }
+
+    pub fn open(&self) -> anyhow::Result<bitnet::GgufFile> {
+        let file = match self {
+            ModelSource::Path(p) => bitnet::GgufFile::open(p),
+            ModelSource::Bundled => bitnet::GgufFile::from_static(BUNDLED_MODEL),
+        };
+        file.map_err(|e| anyhow::anyhow!("{}: {e}", self.display()))
+    }
+
+    pub fn display(&self) -> String {
+        match self {
+            ModelSource::Path(p) => p.display().to_string(),
+            ModelSource::Bundled => BUNDLED_MODEL_NAME.to_owned(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => cmd::info::run(args),
+        Command::Dump(args) => cmd::tools::dump(args),
+        Command::GenFixture(args) => cmd::tools::gen_fixture(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, joined.
+            eprintln!("bitnet-cli: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -13,7 +13,7 @@ pub enum GgufError {
     },
     #[error("file is {len} bytes, too short for a GGUF header (24 bytes)")]
     TooShort { len: u64 },
-    #[error("not a GGUF file: magic at offset 0 is {found:02x?}, expected \"GGUF\"")]
+    #[error("not a GGUF file: magic at offset 0 is \"{}\", expected \"GGUF\"", found.escape_ascii())]
     BadMagic { found: [u8; 4] },
     #[error("big-endian GGUF files are not supported (byte-swapped magic or version at offset 0)")]
     BigEndian,
