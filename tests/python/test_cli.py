@@ -1,0 +1,47 @@
+"""`bitnet-cli info` as a user meets it: the bundled model, JSON for
+scripts, and one clear error line with a non-zero exit for every bad file."""
+import json
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+MALFORMED = sorted((ROOT / "tests" / "malformed").glob("*.gguf"))
+
+
+def test_info_on_the_bundled_model():
+    out = run_cli("info").stdout
+    assert "bundled" in out
+    assert "architecture:  bitnet-b1.58" in out
+    assert "blk.1.ffn_down.weight" in out
+    data = json.loads(run_cli("info", "--json").stdout)
+    assert data["n_tensors"] == 24
+    assert data["architecture"] == "bitnet-b1.58"
+    assert data["tensors"][2]["type"] == "I2_S"
+
+
+def test_corpus_is_large_enough():
+    assert len(MALFORMED) >= 25
+
+
+@pytest.mark.parametrize("path", MALFORMED, ids=[p.stem for p in MALFORMED])
+def test_bad_file_gives_one_clear_line(path):
+    proc = run_cli("info", path, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"bitnet-cli: error: {path}: ")
+    assert "panicked" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_missing_file():
+    proc = run_cli("info", ROOT / "does-not-exist.gguf", check=False)
+    assert proc.returncode == 1
+    assert "No such file" in proc.stderr
+
+
+def test_dump_unknown_tensor():
+    proc = run_cli("dump", "--tensor", "nope", "-o", "/dev/null", check=False)
+    assert proc.returncode == 1
+    assert 'no tensor named "nope"' in proc.stderr
