@@ -40,7 +40,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("zoo.arr_i32", Array::I32(vec![1, 3, 3, 1])),
         ("zoo.arr_f32", Array::F32(vec![0.1, 0.2, -0.0])),
         ("zoo.arr_bool", Array::Bool(vec![false, true])),
-        ("zoo.arr_str", Array::String(["a", "", "<|eot_id|>"].into_iter().collect())),
+        (
+            "zoo.arr_str",
+            Array::String(["a", "", "<|eot_id|>"].into_iter().collect()),
+        ),
         ("zoo.arr_u64", Array::U64(vec![u64::MAX])),
         ("zoo.arr_i64", Array::I64(vec![i64::MIN, 0])),
         ("zoo.arr_f64", Array::F64(vec![0.25, 1e300])),
@@ -53,16 +56,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         w.add_metadata(k, Value::Array(a))?;
     }
 
-    let x: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-    w.add_tensor("f32", &[64, 8], GgmlType::F32, x.iter().flat_map(|v| v.to_le_bytes()).collect())?;
-    let h: Vec<u8> = x.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+    let x: Vec<f32> = (0..512)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    w.add_tensor(
+        "f32",
+        &[64, 8],
+        GgmlType::F32,
+        x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )?;
+    let h: Vec<u8> = x
+        .iter()
+        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+        .collect();
     w.add_tensor("f16", &[128, 4], GgmlType::F16, h)?;
-    let b: Vec<u8> = x.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect();
+    let b: Vec<u8> = x
+        .iter()
+        .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+        .collect();
     w.add_tensor("bf16", &[512], GgmlType::BF16, b)?;
-    w.add_tensor("q8_0", &[256, 2], GgmlType::Q8_0, quant::float::q8_0_quantize(&x))?;
+    w.add_tensor(
+        "q8_0",
+        &[256, 2],
+        GgmlType::Q8_0,
+        quant::float::q8_0_quantize(&x),
+    )?;
     let t: Vec<i8> = (0..512).map(|i| (i % 3) as i8 - 1).collect();
-    w.add_tensor("tq1_0", &[256, 2], GgmlType::TQ1_0, quant::encode_ternary(GgmlType::TQ1_0, &t, 0.75)?)?;
-    w.add_tensor("tq2_0", &[512], GgmlType::TQ2_0, quant::encode_ternary(GgmlType::TQ2_0, &t, 1.25)?)?;
+    w.add_tensor(
+        "tq1_0",
+        &[256, 2],
+        GgmlType::TQ1_0,
+        quant::encode_ternary(GgmlType::TQ1_0, &t, 0.75)?,
+    )?;
+    w.add_tensor(
+        "tq2_0",
+        &[512],
+        GgmlType::TQ2_0,
+        quant::encode_ternary(GgmlType::TQ2_0, &t, 1.25)?,
+    )?;
     w.write_file(out)?;
     Ok(())
 }

@@ -121,7 +121,10 @@ impl FixtureConfig {
             ));
         }
         let block = self.ternary_type.block_size();
-        for (what, k) in [("embedding_length", self.n_embd), ("feed_forward_length", self.n_ff)] {
+        for (what, k) in [
+            ("embedding_length", self.n_embd),
+            ("feed_forward_length", self.n_ff),
+        ] {
             if k % block != 0 {
                 return bad(format!(
                     "{what} {k} must be a multiple of {}'s block of {block}",
@@ -136,7 +139,10 @@ impl FixtureConfig {
             ));
         }
         if self.n_vocab < 256 + N_SPECIAL_SMALL {
-            return bad(format!("vocab_size must be at least {}", 256 + N_SPECIAL_SMALL));
+            return bad(format!(
+                "vocab_size must be at least {}",
+                256 + N_SPECIAL_SMALL
+            ));
         }
         Ok(())
     }
@@ -166,9 +172,15 @@ impl FixtureConfig {
         w.add_metadata("general.architecture", Value::String(arch.into()))?;
         w.add_metadata(
             "general.name",
-            Value::String(format!("bitnet-fixture-{}-seed{}", self.ternary_type, self.seed)),
+            Value::String(format!(
+                "bitnet-fixture-{}-seed{}",
+                self.ternary_type, self.seed
+            )),
         )?;
-        w.add_metadata("general.file_type", Value::U32(file_type(self.ternary_type)))?;
+        w.add_metadata(
+            "general.file_type",
+            Value::U32(file_type(self.ternary_type)),
+        )?;
         w.add_metadata("general.quantization_version", Value::U32(2))?;
         w.add_metadata(&key("vocab_size"), u32v(self.n_vocab))?;
         w.add_metadata(&key("context_length"), u32v(self.n_ctx))?;
@@ -186,9 +198,18 @@ impl FixtureConfig {
 
         let vocab = Vocab::synthetic(self.n_vocab as usize, self.seed);
         w.add_metadata("tokenizer.ggml.model", Value::String("gpt2".into()))?;
-        w.add_metadata("tokenizer.ggml.tokens", Value::Array(Array::String(vocab.tokens)))?;
-        w.add_metadata("tokenizer.ggml.token_type", Value::Array(Array::I32(vocab.types)))?;
-        w.add_metadata("tokenizer.ggml.merges", Value::Array(Array::String(vocab.merges)))?;
+        w.add_metadata(
+            "tokenizer.ggml.tokens",
+            Value::Array(Array::String(vocab.tokens)),
+        )?;
+        w.add_metadata(
+            "tokenizer.ggml.token_type",
+            Value::Array(Array::I32(vocab.types)),
+        )?;
+        w.add_metadata(
+            "tokenizer.ggml.merges",
+            Value::Array(Array::String(vocab.merges)),
+        )?;
         w.add_metadata("tokenizer.ggml.bos_token_id", Value::U32(vocab.bos))?;
         w.add_metadata("tokenizer.ggml.eos_token_id", Value::U32(vocab.eos))?;
         w.add_metadata("tokenizer.ggml.eot_token_id", Value::U32(vocab.eot))?;
@@ -283,13 +304,24 @@ fn add_ternary(
 fn add_norm(w: &mut GgufWriter, seed: u64, name: &str, n: u64) -> Result<(), WriteError> {
     let mut rng = Rng::for_tensor(seed, name);
     let values: Vec<f32> = (0..n).map(|_| 1.0 + 0.1 * rng.uniform()).collect();
-    w.add_tensor(name, &[n], GgmlType::F32, encode_floats(GgmlType::F32, &values))
+    w.add_tensor(
+        name,
+        &[n],
+        GgmlType::F32,
+        encode_floats(GgmlType::F32, &values),
+    )
 }
 
 fn encode_floats(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     match ty {
-        GgmlType::F16 => x.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
-        GgmlType::BF16 => x.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+        GgmlType::F16 => x
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => x
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect(),
         GgmlType::Q8_0 => quant::float::q8_0_quantize(x),
         _ => x.iter().flat_map(|&v| v.to_le_bytes()).collect(),
     }
@@ -342,7 +374,11 @@ impl Vocab {
     /// 256 byte tokens, random merges up to `n - n_special`, then the Llama-3
     /// special tokens (256 of them for a full-size vocabulary, as in 2B4T).
     fn synthetic(n: usize, seed: u64) -> Vocab {
-        let n_special = if n >= 4096 { 256 } else { N_SPECIAL_SMALL as usize };
+        let n_special = if n >= 4096 {
+            256
+        } else {
+            N_SPECIAL_SMALL as usize
+        };
         let n_normal = n - n_special;
         let mut rng = Rng::for_tensor(seed, "tokenizer");
         let mut list: Vec<String> = (0..=255u8).map(|b| byte_to_char(b).to_string()).collect();
@@ -389,9 +425,9 @@ struct Rng(u64);
 impl Rng {
     /// A generator for one tensor: seed mixed with an FNV-1a hash of the name.
     fn for_tensor(seed: u64, name: &str) -> Rng {
-        let h = name
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         Rng(seed ^ h)
     }
 
@@ -441,7 +477,10 @@ mod tests {
     fn fixtures_are_deterministic() {
         let cfg = FixtureConfig::tiny(GgmlType::TQ2_0);
         assert_eq!(cfg.to_bytes().unwrap(), cfg.to_bytes().unwrap());
-        let other = FixtureConfig { seed: 7, ..cfg.clone() };
+        let other = FixtureConfig {
+            seed: 7,
+            ..cfg.clone()
+        };
         assert_ne!(cfg.to_bytes().unwrap(), other.to_bytes().unwrap());
     }
 

@@ -3,7 +3,8 @@
 //! Today this crate holds the foundation: a validating GGUF reader
 //! ([`gguf::GgufFile`]) and writer ([`gguf::GgufWriter`]), the tensor types
 //! BitNet files use with scalar reference codecs ([`quant`]), and a generator
-//! of BitNet-shaped GGUF fixtures ([`fixture`]). The model, tokenizer and
+//! of BitNet-shaped GGUF fixtures ([`fixture`]), and the model configuration
+//! with its checks ([`model::BitNetConfig`]). The forward pass, tokenizer and
 //! backends are built on top of these by later work; nothing here pretends to
 //! run a model yet.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -11,6 +12,8 @@
 
 pub mod fixture;
 pub mod gguf;
+pub mod model;
 pub mod quant;
 
 pub use gguf::{GgmlType, GgufError, GgufFile};
+pub use model::{BitNetConfig, ModelError};

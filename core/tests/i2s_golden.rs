@@ -48,8 +48,13 @@ fn i2s_file_reads_back_byte_for_byte() {
     let mut w = GgufWriter::new();
     w.add_metadata("general.architecture", Value::String("bitnet-b1.58".into()))
         .unwrap();
-    w.add_tensor("blk.0.attn_q.weight", &[128, 2], GgmlType::I2_S, expected_bytes())
-        .unwrap();
+    w.add_tensor(
+        "blk.0.attn_q.weight",
+        &[128, 2],
+        GgmlType::I2_S,
+        expected_bytes(),
+    )
+    .unwrap();
     let file = GgufFile::from_vec(w.to_bytes().unwrap()).unwrap();
     let t = file.tensor("blk.0.attn_q.weight").unwrap();
     assert_eq!(t.info.ty, GgmlType::I2_S);

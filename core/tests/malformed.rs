@@ -108,62 +108,278 @@ fn corpus() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     };
     vec![
         ("empty", "TooShort", vec![]),
-        ("short_header", "TooShort", b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00".to_vec()),
-        ("bad_magic", "BadMagic", Raw::default().bytes(b"GGML").u32(3).u64(0).u64(0).0),
-        ("big_endian", "BigEndian", Raw::default().bytes(b"GGUF").u32(3u32.swap_bytes()).u64(0).u64(0).0),
+        (
+            "short_header",
+            "TooShort",
+            b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00".to_vec(),
+        ),
+        (
+            "bad_magic",
+            "BadMagic",
+            Raw::default().bytes(b"GGML").u32(3).u64(0).u64(0).0,
+        ),
+        (
+            "big_endian",
+            "BigEndian",
+            Raw::default()
+                .bytes(b"GGUF")
+                .u32(3u32.swap_bytes())
+                .u64(0)
+                .u64(0)
+                .0,
+        ),
         ("version_1", "UnsupportedVersion", Raw::new(1, 0, 0).0),
         ("version_4", "UnsupportedVersion", Raw::new(4, 0, 0).0),
         ("huge_tensor_count", "CountTooLarge", v3(u64::MAX, 0).0),
-        ("tensor_count_exceeds_file", "CountExceedsFile", v3(1000, 0).zeros(64).0),
+        (
+            "tensor_count_exceeds_file",
+            "CountExceedsFile",
+            v3(1000, 0).zeros(64).0,
+        ),
         ("huge_kv_count", "CountTooLarge", v3(0, 1 << 40).0),
-        ("kv_count_exceeds_file", "CountExceedsFile", v3(0, 100).kv_u32("a", 1).0),
-        ("truncated_key", "Truncated", v3(0, 1).u64(100).bytes(b"general.ar").0),
-        ("key_too_long", "StringTooLong", v3(0, 1).u64(1 << 20).zeros(64).0),
+        (
+            "kv_count_exceeds_file",
+            "CountExceedsFile",
+            v3(0, 100).kv_u32("a", 1).0,
+        ),
+        (
+            "truncated_key",
+            "Truncated",
+            v3(0, 1).u64(100).bytes(b"general.ar").0,
+        ),
+        (
+            "key_too_long",
+            "StringTooLong",
+            v3(0, 1).u64(1 << 20).zeros(64).0,
+        ),
         ("empty_key", "EmptyString", v3(0, 1).str("").u32(4).u32(1).0),
-        ("key_bad_utf8", "InvalidUtf8", v3(0, 1).u64(2).bytes(&[0xC3, 0x28]).u32(4).u32(1).0),
-        ("duplicate_key", "DuplicateKey", v3(0, 2).kv_u32("a.b", 1).kv_u32("a.b", 2).0),
-        ("bad_value_type", "BadValueType", v3(0, 1).str("k").u32(13).u32(0).0),
-        ("bad_bool", "BadBool", v3(0, 1).str("k").u32(7).u8(2).zeros(8).0),
-        ("string_too_long", "StringTooLong", v3(0, 1).str("k").u32(8).u64(1 << 40).zeros(8).0),
-        ("string_past_end", "Truncated", v3(0, 1).str("k").u32(8).u64(1000).bytes(b"abc").0),
-        ("array_bad_element_type", "BadValueType", v3(0, 1).str("k").u32(9).u32(42).u64(1).zeros(8).0),
-        ("array_huge_count", "CountTooLarge", v3(0, 1).str("k").u32(9).u32(0).u64(u64::MAX).0),
-        ("array_count_exceeds_file", "CountExceedsFile", v3(0, 1).str("k").u32(9).u32(6).u64(1000).zeros(40).0),
-        ("array_nesting_too_deep", "NestingTooDeep",
-            v3(0, 1).str("k").u32(9).u32(9).u64(1).u32(9).u64(1).u32(4).u64(1).u32(7).0),
-        ("string_array_truncated", "Truncated", v3(0, 1).str("k").u32(9).u32(8).u64(2).str("a").u64(5).bytes(b"ab").0),
-        ("alignment_zero", "BadAlignment", v3(0, 1).kv_u32("general.alignment", 0).0),
-        ("alignment_not_power_of_two", "BadAlignment", v3(0, 1).kv_u32("general.alignment", 48).0),
-        ("alignment_too_large", "BadAlignment", v3(0, 1).kv_u32("general.alignment", 1 << 21).0),
-        ("alignment_wrong_type", "AlignmentType", v3(0, 1).str("general.alignment").u32(10).u64(32).0),
-        ("tensor_name_empty", "BadTensorName", v3(1, 0).tensor("", &[8], 0, 0).zeros(64).0),
-        ("tensor_name_too_long", "BadTensorName", v3(1, 0).tensor(&"x".repeat(64), &[8], 0, 0).zeros(64).0),
-        ("tensor_name_bad_utf8", "InvalidUtf8",
-            v3(1, 0).u64(2).bytes(&[0xFF, 0xFE]).u32(1).u64(8).u32(0).u64(0).zeros(64).0),
-        ("duplicate_tensor", "DuplicateTensor",
-            v3(2, 0).tensor("w", &[8], 0, 0).tensor("w", &[8], 0, 32).pad(32).zeros(64).0),
-        ("n_dims_zero", "BadDimCount", v3(1, 0).tensor("w", &[], 0, 0).zeros(64).0),
-        ("n_dims_five", "BadDimCount", v3(1, 0).tensor("w", &[1, 1, 1, 1, 1], 0, 0).zeros(64).0),
-        ("dim_over_i64_max", "DimTooLarge", v3(1, 0).tensor("w", &[1 << 63], 0, 0).zeros(64).0),
-        ("element_count_overflow", "ElementCountOverflow",
-            v3(1, 0).tensor("w", &[1 << 32, 1 << 32], 0, 0).zeros(64).0),
-        ("unknown_type", "BadTensorType", v3(1, 0).tensor("w", &[8], 99, 0).zeros(64).0),
-        ("type_36_without_bitnet_producer", "BadTensorType",
-            v3(1, 1).kv_str("general.architecture", "llama").tensor("w", &[128], 36, 0).pad(32).zeros(64).0),
-        ("tl2_in_bitnet_file", "BadTensorType",
-            v3(1, 1).kv_str("general.architecture", "bitnet-b1.58").tensor("w", &[128], 39, 0).pad(32).zeros(64).0),
-        ("not_block_multiple", "NotBlockMultiple", v3(1, 0).tensor("w", &[100, 2], 35, 0).zeros(64).0),
-        ("byte_size_overflow", "SizeOverflow", v3(1, 0).tensor("w", &[1 << 62], 28, 0).zeros(64).0),
-        ("data_start_beyond_file", "DataStartBeyondFile", v3(1, 0).tensor("w", &[8], 0, 0).0),
-        ("misaligned_tensor", "MisalignedTensor", one_tensor(&[8], 0, 4, 64)),
-        ("tensor_out_of_bounds", "TensorOutOfBounds", one_tensor(&[8], 0, 32, 32)),
-        ("tensor_offset_wraps", "TensorOutOfBounds", one_tensor(&[8], 0, u64::MAX - 31, 32)),
-        ("overlapping_tensors", "TensorOverlap",
-            v3(2, 0).tensor("a", &[16], 0, 0).tensor("b", &[8], 0, 32).pad(32).zeros(96).0),
-        ("truncated_tensor_info", "Truncated", v3(1, 0).str("w").u32(2).u64(8).zeros(12).0),
+        (
+            "key_bad_utf8",
+            "InvalidUtf8",
+            v3(0, 1).u64(2).bytes(&[0xC3, 0x28]).u32(4).u32(1).0,
+        ),
+        (
+            "duplicate_key",
+            "DuplicateKey",
+            v3(0, 2).kv_u32("a.b", 1).kv_u32("a.b", 2).0,
+        ),
+        (
+            "bad_value_type",
+            "BadValueType",
+            v3(0, 1).str("k").u32(13).u32(0).0,
+        ),
+        (
+            "bad_bool",
+            "BadBool",
+            v3(0, 1).str("k").u32(7).u8(2).zeros(8).0,
+        ),
+        (
+            "string_too_long",
+            "StringTooLong",
+            v3(0, 1).str("k").u32(8).u64(1 << 40).zeros(8).0,
+        ),
+        (
+            "string_past_end",
+            "Truncated",
+            v3(0, 1).str("k").u32(8).u64(1000).bytes(b"abc").0,
+        ),
+        (
+            "array_bad_element_type",
+            "BadValueType",
+            v3(0, 1).str("k").u32(9).u32(42).u64(1).zeros(8).0,
+        ),
+        (
+            "array_huge_count",
+            "CountTooLarge",
+            v3(0, 1).str("k").u32(9).u32(0).u64(u64::MAX).0,
+        ),
+        (
+            "array_count_exceeds_file",
+            "CountExceedsFile",
+            v3(0, 1).str("k").u32(9).u32(6).u64(1000).zeros(40).0,
+        ),
+        (
+            "array_nesting_too_deep",
+            "NestingTooDeep",
+            v3(0, 1)
+                .str("k")
+                .u32(9)
+                .u32(9)
+                .u64(1)
+                .u32(9)
+                .u64(1)
+                .u32(4)
+                .u64(1)
+                .u32(7)
+                .0,
+        ),
+        (
+            "string_array_truncated",
+            "Truncated",
+            v3(0, 1)
+                .str("k")
+                .u32(9)
+                .u32(8)
+                .u64(2)
+                .str("a")
+                .u64(5)
+                .bytes(b"ab")
+                .0,
+        ),
+        (
+            "alignment_zero",
+            "BadAlignment",
+            v3(0, 1).kv_u32("general.alignment", 0).0,
+        ),
+        (
+            "alignment_not_power_of_two",
+            "BadAlignment",
+            v3(0, 1).kv_u32("general.alignment", 48).0,
+        ),
+        (
+            "alignment_too_large",
+            "BadAlignment",
+            v3(0, 1).kv_u32("general.alignment", 1 << 21).0,
+        ),
+        (
+            "alignment_wrong_type",
+            "AlignmentType",
+            v3(0, 1).str("general.alignment").u32(10).u64(32).0,
+        ),
+        (
+            "tensor_name_empty",
+            "BadTensorName",
+            v3(1, 0).tensor("", &[8], 0, 0).zeros(64).0,
+        ),
+        (
+            "tensor_name_too_long",
+            "BadTensorName",
+            v3(1, 0).tensor(&"x".repeat(64), &[8], 0, 0).zeros(64).0,
+        ),
+        (
+            "tensor_name_bad_utf8",
+            "InvalidUtf8",
+            v3(1, 0)
+                .u64(2)
+                .bytes(&[0xFF, 0xFE])
+                .u32(1)
+                .u64(8)
+                .u32(0)
+                .u64(0)
+                .zeros(64)
+                .0,
+        ),
+        (
+            "duplicate_tensor",
+            "DuplicateTensor",
+            v3(2, 0)
+                .tensor("w", &[8], 0, 0)
+                .tensor("w", &[8], 0, 32)
+                .pad(32)
+                .zeros(64)
+                .0,
+        ),
+        (
+            "n_dims_zero",
+            "BadDimCount",
+            v3(1, 0).tensor("w", &[], 0, 0).zeros(64).0,
+        ),
+        (
+            "n_dims_five",
+            "BadDimCount",
+            v3(1, 0).tensor("w", &[1, 1, 1, 1, 1], 0, 0).zeros(64).0,
+        ),
+        (
+            "dim_over_i64_max",
+            "DimTooLarge",
+            v3(1, 0).tensor("w", &[1 << 63], 0, 0).zeros(64).0,
+        ),
+        (
+            "element_count_overflow",
+            "ElementCountOverflow",
+            v3(1, 0).tensor("w", &[1 << 32, 1 << 32], 0, 0).zeros(64).0,
+        ),
+        (
+            "unknown_type",
+            "BadTensorType",
+            v3(1, 0).tensor("w", &[8], 99, 0).zeros(64).0,
+        ),
+        (
+            "type_36_without_bitnet_producer",
+            "BadTensorType",
+            v3(1, 1)
+                .kv_str("general.architecture", "llama")
+                .tensor("w", &[128], 36, 0)
+                .pad(32)
+                .zeros(64)
+                .0,
+        ),
+        (
+            "tl2_in_bitnet_file",
+            "BadTensorType",
+            v3(1, 1)
+                .kv_str("general.architecture", "bitnet-b1.58")
+                .tensor("w", &[128], 39, 0)
+                .pad(32)
+                .zeros(64)
+                .0,
+        ),
+        (
+            "not_block_multiple",
+            "NotBlockMultiple",
+            v3(1, 0).tensor("w", &[100, 2], 35, 0).zeros(64).0,
+        ),
+        (
+            "byte_size_overflow",
+            "SizeOverflow",
+            v3(1, 0).tensor("w", &[1 << 62], 28, 0).zeros(64).0,
+        ),
+        (
+            "data_start_beyond_file",
+            "DataStartBeyondFile",
+            v3(1, 0).tensor("w", &[8], 0, 0).0,
+        ),
+        (
+            "misaligned_tensor",
+            "MisalignedTensor",
+            one_tensor(&[8], 0, 4, 64),
+        ),
+        (
+            "tensor_out_of_bounds",
+            "TensorOutOfBounds",
+            one_tensor(&[8], 0, 32, 32),
+        ),
+        (
+            "tensor_offset_wraps",
+            "TensorOutOfBounds",
+            one_tensor(&[8], 0, u64::MAX - 31, 32),
+        ),
+        (
+            "overlapping_tensors",
+            "TensorOverlap",
+            v3(2, 0)
+                .tensor("a", &[16], 0, 0)
+                .tensor("b", &[8], 0, 32)
+                .pad(32)
+                .zeros(96)
+                .0,
+        ),
+        (
+            "truncated_tensor_info",
+            "Truncated",
+            v3(1, 0).str("w").u32(2).u64(8).zeros(12).0,
+        ),
         // 128 I2_S weights need 32 code bytes plus the 32-byte scale trailer.
-        ("i2s_missing_scale", "TensorOutOfBounds",
-            v3(1, 1).kv_str("general.architecture", "bitnet-b1.58").tensor("w", &[128], 36, 0).pad(32).zeros(32).0),
+        (
+            "i2s_missing_scale",
+            "TensorOutOfBounds",
+            v3(1, 1)
+                .kv_str("general.architecture", "bitnet-b1.58")
+                .tensor("w", &[128], 36, 0)
+                .pad(32)
+                .zeros(32)
+                .0,
+        ),
     ]
 }
 
@@ -186,7 +402,11 @@ fn malformed_corpus() {
         }
         let on_disk = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{}: {e} (run with BITNET_BLESS=1)", path.display()));
-        assert!(&on_disk == bytes, "{} differs from its builder", path.display());
+        assert!(
+            &on_disk == bytes,
+            "{} differs from its builder",
+            path.display()
+        );
 
         let before = CURRENT.load(Ordering::Relaxed);
         PEAK.store(before, Ordering::Relaxed);
@@ -207,7 +427,10 @@ fn malformed_corpus() {
             }
         }
         if peak > on_disk.len() + (1 << 20) {
-            failures.push(format!("{name}: peak allocation {peak} for a {}-byte file", on_disk.len()));
+            failures.push(format!(
+                "{name}: peak allocation {peak} for a {}-byte file",
+                on_disk.len()
+            ));
         }
     }
     // Nothing stale in the directory.

@@ -153,7 +153,8 @@ proptest! {
 #[test]
 fn string_values_lose_trailing_nuls_and_bad_utf8_is_replaced() {
     let mut w = GgufWriter::new();
-    w.add_metadata("a", Value::String("abc\0\0".into())).unwrap();
+    w.add_metadata("a", Value::String("abc\0\0".into()))
+        .unwrap();
     let mut bytes = w.to_bytes().unwrap();
     let file = GgufFile::from_vec(bytes.clone()).unwrap();
     assert_eq!(file.metadata().get_str("a"), Some("abc"));

@@ -18,6 +18,25 @@ def test_info_on_the_bundled_model():
     assert data["n_tensors"] == 24
     assert data["architecture"] == "bitnet-b1.58"
     assert data["tensors"][2]["type"] == "I2_S"
+    assert data["model_check"]["ok"] is True
+    assert data["model_check"]["activation"] == "Relu2"
+
+
+def test_info_says_when_a_valid_gguf_is_not_a_runnable_model(tmp_path):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path / "not_a_model.gguf"
+    w = GGUFWriter(path, "gpt9")
+    w.add_tensor("x", np.zeros(4, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    proc = run_cli("info", path)
+    assert 'model check:   not runnable: unknown architecture "gpt9"' in proc.stdout
+    data = json.loads(run_cli("info", path, "--json").stdout)
+    assert data["model_check"]["ok"] is False
 
 
 def test_corpus_is_large_enough():

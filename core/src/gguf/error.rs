@@ -88,7 +88,11 @@ pub enum GgufError {
     #[error("duplicate tensor name {name:?} at offset {offset}")]
     DuplicateTensor { name: String, offset: u64 },
     #[error("tensor {name:?} at offset {offset}: n_dims is {n_dims} (allowed 1..=4)")]
-    BadDimCount { name: String, offset: u64, n_dims: u32 },
+    BadDimCount {
+        name: String,
+        offset: u64,
+        n_dims: u32,
+    },
     #[error("tensor {name:?} at offset {offset}: dimension {dim} is {value}, over i64::MAX")]
     DimTooLarge {
         name: String,
@@ -118,9 +122,13 @@ pub enum GgufError {
     },
     #[error("tensor {name:?} at offset {offset}: byte size overflows 64 bits")]
     SizeOverflow { name: String, offset: u64 },
-    #[error("tensor data would start at offset {data_start}, beyond the end of the file ({file_len})")]
+    #[error(
+        "tensor data would start at offset {data_start}, beyond the end of the file ({file_len})"
+    )]
     DataStartBeyondFile { data_start: u64, file_len: u64 },
-    #[error("tensor {name:?}: data offset {data_offset} is not a multiple of the alignment {alignment}")]
+    #[error(
+        "tensor {name:?}: data offset {data_offset} is not a multiple of the alignment {alignment}"
+    )]
     MisalignedTensor {
         name: String,
         data_offset: u64,

@@ -238,7 +238,11 @@ impl Parser<'_, '_> {
             return Err(GgufError::UnsupportedVersion { version });
         }
 
-        let tensor_count = self.count("tensor_count", self.limits.max_tensors, MIN_TENSOR_INFO_SIZE)?;
+        let tensor_count = self.count(
+            "tensor_count",
+            self.limits.max_tensors,
+            MIN_TENSOR_INFO_SIZE,
+        )?;
         let kv_count = self.count("kv_count", self.limits.max_kv, MIN_KV_SIZE)?;
 
         let metadata = self.metadata(kv_count)?;
@@ -253,15 +257,21 @@ impl Parser<'_, '_> {
         let tensors = self.tensor_infos(tensor_count, producer)?;
 
         let end_of_infos = self.cur.offset();
-        let data_start = align_up(end_of_infos, alignment).ok_or(GgufError::DataStartBeyondFile {
-            data_start: u64::MAX,
-            file_len,
-        })?;
+        let data_start =
+            align_up(end_of_infos, alignment).ok_or(GgufError::DataStartBeyondFile {
+                data_start: u64::MAX,
+                file_len,
+            })?;
         let data_len = match file_len.checked_sub(data_start) {
             Some(len) => len,
             // A file without tensors need not carry the final padding.
             None if tensors.is_empty() => 0,
-            None => return Err(GgufError::DataStartBeyondFile { data_start, file_len }),
+            None => {
+                return Err(GgufError::DataStartBeyondFile {
+                    data_start,
+                    file_len,
+                })
+            }
         };
         check_tensor_placement(&tensors, alignment, data_start, data_len)?;
 
@@ -522,7 +532,11 @@ impl Parser<'_, '_> {
         let field = format!("tensor {name:?}");
         let n_dims = self.cur.u32(&field)?;
         if !(1..=MAX_DIMS).contains(&n_dims) {
-            return Err(GgufError::BadDimCount { name, offset, n_dims });
+            return Err(GgufError::BadDimCount {
+                name,
+                offset,
+                n_dims,
+            });
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for dim in 0..n_dims as usize {
@@ -546,12 +560,13 @@ impl Parser<'_, '_> {
                 offset,
             })?;
         let type_id = self.cur.u32(&field)?;
-        let ty = GgmlType::from_id(type_id, producer).map_err(|problem| GgufError::BadTensorType {
-            name: name.clone(),
-            offset,
-            type_id,
-            problem,
-        })?;
+        let ty =
+            GgmlType::from_id(type_id, producer).map_err(|problem| GgufError::BadTensorType {
+                name: name.clone(),
+                offset,
+                type_id,
+                problem,
+            })?;
         let ne0 = dims[0];
         if ne0 % ty.block_size() != 0 {
             return Err(GgufError::NotBlockMultiple {
@@ -562,10 +577,12 @@ impl Parser<'_, '_> {
                 block: ty.block_size(),
             });
         }
-        let size = ty.byte_size(n_elements).ok_or_else(|| GgufError::SizeOverflow {
-            name: name.clone(),
-            offset,
-        })?;
+        let size = ty
+            .byte_size(n_elements)
+            .ok_or_else(|| GgufError::SizeOverflow {
+                name: name.clone(),
+                offset,
+            })?;
         let data_offset = self.cur.u64(&field)?;
         Ok(TensorInfo {
             name,

@@ -248,9 +248,18 @@ mod tests {
             Producer::detect(Some("bitnet-b1.58"), None),
             Producer::BitnetCpp
         );
-        assert_eq!(Producer::detect(Some("bitnet-25"), None), Producer::BitnetCpp);
-        assert_eq!(Producer::detect(Some("llama"), Some(40)), Producer::BitnetCpp);
-        assert_eq!(Producer::detect(Some("bitnet"), Some(37)), Producer::Upstream);
+        assert_eq!(
+            Producer::detect(Some("bitnet-25"), None),
+            Producer::BitnetCpp
+        );
+        assert_eq!(
+            Producer::detect(Some("llama"), Some(40)),
+            Producer::BitnetCpp
+        );
+        assert_eq!(
+            Producer::detect(Some("bitnet"), Some(37)),
+            Producer::Upstream
+        );
         assert_eq!(Producer::detect(None, None), Producer::Upstream);
     }
 

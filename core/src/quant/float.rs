@@ -81,7 +81,11 @@ pub fn q6_k_dequantize(data: &[u8], out: &mut Vec<f32>) {
             let (half, e) = (i / 128, i % 128);
             let ql = &ql[64 * half..];
             let qh = &qh[32 * half..];
-            let low = if e < 64 { ql[e] & 0x0F } else { ql[e - 64] >> 4 };
+            let low = if e < 64 {
+                ql[e] & 0x0F
+            } else {
+                ql[e - 64] >> 4
+            };
             let high = (qh[e % 32] >> (2 * (e / 32))) & 3;
             let q = i32::from(low | (high << 4)) - 32;
             let scale = d * f32::from(scales[i / 16] as i8);

@@ -74,7 +74,11 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>, Quant
 /// Encodes ternary weights (values in {-1, 0, 1}) with one scale per tensor
 /// in a ternary type: the fixture generator and the converter use this.
 pub fn encode_ternary(ty: GgmlType, weights: &[i8], scale: f32) -> Result<Vec<u8>, QuantError> {
-    if let Some((index, &value)) = weights.iter().enumerate().find(|(_, w)| !(-1..=1).contains(*w)) {
+    if let Some((index, &value)) = weights
+        .iter()
+        .enumerate()
+        .find(|(_, w)| !(-1..=1).contains(*w))
+    {
         return Err(QuantError::NotTernary { index, value });
     }
     let n = weights.len();

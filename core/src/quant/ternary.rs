@@ -365,7 +365,9 @@ mod tests {
     fn tq1_0_every_base3_code() {
         let mut seen = std::collections::HashSet::new();
         for q in 0..243u16 {
-            let trits: Vec<u8> = (0..5).map(|n| ((q / u16::from(POW3[4 - n])) % 3) as u8).collect();
+            let trits: Vec<u8> = (0..5)
+                .map(|n| ((q / u16::from(POW3[4 - n])) % 3) as u8)
+                .collect();
             let byte = tq1_pack_byte(&trits);
             assert!(seen.insert(byte));
             for (n, &t) in trits.iter().enumerate() {

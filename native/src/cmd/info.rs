@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use bitnet::gguf::{Array, GgufFile, Producer, Value};
+use bitnet::model::{Activation, BitNetConfig};
 use serde_json::{json, Value as Json};
 
 use crate::ModelSource;
@@ -105,7 +106,11 @@ fn to_text(file: &GgufFile, name: &str, open_time: std::time::Duration) -> Strin
     let h = file.header();
     let t = totals(file);
     let mut s = String::new();
-    let _ = writeln!(s, "file:          {name} ({})", human_bytes(file.file_len()));
+    let _ = writeln!(
+        s,
+        "file:          {name} ({})",
+        human_bytes(file.file_len())
+    );
     let _ = writeln!(s, "GGUF version:  {}", h.version);
     let _ = writeln!(
         s,
@@ -137,6 +142,7 @@ fn to_text(file: &GgufFile, name: &str, open_time: std::time::Duration) -> Strin
             bpw(t.ternary_bytes, t.ternary_params)
         );
     }
+    let _ = writeln!(s, "model check:   {}", model_check_text(file));
     let _ = writeln!(s, "opened in:     {:.3} ms", open_time.as_secs_f64() * 1e3);
 
     let _ = writeln!(s, "\nmetadata ({} keys):", h.metadata.len());
@@ -154,7 +160,13 @@ fn to_text(file: &GgufFile, name: &str, open_time: std::time::Duration) -> Strin
     }
 
     let _ = writeln!(s, "\ntensors ({}):", h.tensors.len());
-    let name_w = h.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    let name_w = h
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let _ = writeln!(
         s,
         "  {:>5}  {:name_w$}  {:7}  {:>18}  {:>12}  {:>12}",
@@ -179,6 +191,50 @@ fn to_text(file: &GgufFile, name: &str, open_time: std::time::Duration) -> Strin
     s
 }
 
+fn model_check_text(file: &GgufFile) -> String {
+    match BitNetConfig::from_gguf(file) {
+        Ok(c) => format!(
+            "ok: {} layers, width {}, FFN {} ({}), {}/{} heads, {} weights, {} LM head",
+            c.n_layers,
+            c.n_embd,
+            c.n_ff,
+            match c.activation {
+                Activation::Relu2 => "ReLU²",
+                Activation::Silu => "SiLU",
+            },
+            c.n_head,
+            c.n_head_kv,
+            c.weight_type,
+            if c.tied_embeddings { "tied" } else { "separate" }
+        ),
+        Err(e) => format!("not runnable: {e}"),
+    }
+}
+
+fn model_check_json(file: &GgufFile) -> Json {
+    match BitNetConfig::from_gguf(file) {
+        Ok(c) => json!({
+            "ok": true,
+            "n_vocab": c.n_vocab,
+            "n_ctx": c.n_ctx,
+            "n_embd": c.n_embd,
+            "n_layers": c.n_layers,
+            "n_ff": c.n_ff,
+            "n_head": c.n_head,
+            "n_head_kv": c.n_head_kv,
+            "head_dim": c.head_dim,
+            "rope_dim": c.rope_dim,
+            "rope_theta": c.rope_theta,
+            "rms_eps": c.rms_eps,
+            "activation": format!("{:?}", c.activation),
+            "sub_norms": c.sub_norms,
+            "tied_embeddings": c.tied_embeddings,
+            "weight_type": c.weight_type.name(),
+        }),
+        Err(e) => json!({ "ok": false, "error": e.to_string() }),
+    }
+}
+
 fn to_json(file: &GgufFile, name: &str) -> Json {
     let h = file.header();
     let t = totals(file);
@@ -186,7 +242,8 @@ fn to_json(file: &GgufFile, name: &str) -> Json {
         .metadata
         .iter()
         .map(|(k, v)| {
-            let mut entry = json!({ "key": k, "type": v.value_type().name(), "value": value_json(v) });
+            let mut entry =
+                json!({ "key": k, "type": v.value_type().name(), "value": value_json(v) });
             if let Value::Array(a) = v {
                 entry["element_type"] = json!(a.element_type().name());
             }
@@ -222,6 +279,7 @@ fn to_json(file: &GgufFile, name: &str) -> Json {
         "bits_per_weight": bpw(t.bytes, t.params),
         "n_ternary_params": t.ternary_params,
         "ternary_bits_per_weight": bpw(t.ternary_bytes, t.ternary_params),
+        "model_check": model_check_json(file),
         "metadata": metadata,
         "tensors": tensors,
     })
