@@ -64,3 +64,23 @@ def test_dump_unknown_tensor():
     proc = run_cli("dump", "--tensor", "nope", "-o", "/dev/null", check=False)
     assert proc.returncode == 1
     assert 'no tensor named "nope"' in proc.stderr
+
+
+def test_check_tensors_finds_a_nan_scale(tmp_path):
+    import numpy as np
+    from gguf import GGMLQuantizationType as QT
+    from gguf import GGUFWriter
+
+    path = tmp_path / "nan_scale.gguf"
+    blocks = np.full((2, 66), 0x55, np.uint8)  # all weights 0
+    blocks[1, 64:66] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)
+    w = GGUFWriter(path, "bitnet")
+    w.add_tensor("w", blocks.reshape(1, 132), raw_dtype=QT.TQ2_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert run_cli("info", path).returncode == 0
+    proc = run_cli("info", path, "--check-tensors", check=False)
+    assert proc.returncode == 1
+    assert 'tensor "w" (TQ2_0): block 1 has scale NaN' in proc.stderr

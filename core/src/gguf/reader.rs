@@ -6,8 +6,13 @@
 //! computed with checked `u64` arithmetic, every count is capped and bounded by
 //! the bytes left before anything is allocated, names and keys are unique, and
 //! tensors lie aligned, in bounds and apart. No input makes this module panic.
+//!
+//! Files are memory-mapped read-only ([`GgufFile::open`]): opening reads only
+//! the header, and tensor data is paged in when a backend reads it. As with
+//! any memory map, a file truncated by another process while it is open makes
+//! later reads fault (SIGBUS); replace model files by renaming, not in place.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 #[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
@@ -504,7 +509,7 @@ impl Parser<'_, '_> {
 
     fn tensor_infos(&mut self, count: u64, producer: Producer) -> Result<Vec<TensorInfo>> {
         let mut tensors = Vec::new();
-        let mut names: HashMap<String, ()> = HashMap::new();
+        let mut names: HashSet<String> = HashSet::new();
         for index in 0..count {
             let offset = self.cur.offset();
             let field = format!("tensor #{index} name");
@@ -519,7 +524,7 @@ impl Parser<'_, '_> {
                     offset,
                 })?
                 .to_owned();
-            if names.insert(name.clone(), ()).is_some() {
+            if !names.insert(name.clone()) {
                 return Err(GgufError::DuplicateTensor { name, offset });
             }
             let info = self.tensor_info(name, offset, producer)?;
@@ -709,7 +714,7 @@ impl GgufFile {
         // SAFETY: the map is read-only and we never hand out `&mut`. If another
         // process truncates or rewrites the file while it is mapped, reads may
         // fault (SIGBUS) or see changed bytes; that is inherent to memory maps
-        // and documented on this function's module. Validation below works on
+        // and documented at the top of this module. Validation below works on
         // the bytes as mapped now.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         Self::with_storage(Storage::Mmap(map))

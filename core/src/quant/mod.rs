@@ -125,3 +125,81 @@ mod tests {
         );
     }
 }
+
+/// Checks a tensor's values (`--check-tensors`): no NaN or infinity in float
+/// data or in block scales, and no unused code 3 in 2-bit ternary codes.
+/// Works through the data in slices so a 656 MB table needs no f32 copy.
+pub fn check_values(ty: GgmlType, data: &[u8], n: usize) -> Result<(), String> {
+    check_size(ty, data, n).map_err(|e| e.to_string())?;
+    let bad_code = |i: usize| Err(format!("unused 2-bit code 3 in byte {i}"));
+    match ty {
+        GgmlType::I2_S => {
+            let scale = ternary::i2s_scale(data, n).unwrap_or(f32::NAN);
+            if !scale.is_finite() {
+                return Err(format!("scale is {scale}"));
+            }
+            if let Some(i) = data[..n / 4].iter().position(|&b| has_code3(b)) {
+                return bad_code(i);
+            }
+        }
+        GgmlType::TQ2_0 | GgmlType::TQ1_0 => {
+            let block = ty.type_size() as usize;
+            for (b, chunk) in data.chunks_exact(block).enumerate() {
+                let d = half::f16::from_le_bytes([chunk[block - 2], chunk[block - 1]]);
+                if !d.is_finite() {
+                    return Err(format!("block {b} has scale {d}"));
+                }
+                if ty == GgmlType::TQ2_0 {
+                    if let Some(i) = chunk[..64].iter().position(|&b| has_code3(b)) {
+                        return bad_code(b * block + i);
+                    }
+                }
+            }
+        }
+        _ => {
+            // Dequantize a slice of whole blocks at a time.
+            let per_chunk = (ty.block_size() as usize) * 4096;
+            let bytes_per_chunk = per_chunk / ty.block_size() as usize * ty.type_size() as usize;
+            for (c, chunk) in data.chunks(bytes_per_chunk).enumerate() {
+                let count = chunk.len() / ty.type_size() as usize * ty.block_size() as usize;
+                let values = dequantize(ty, chunk, count).map_err(|e| e.to_string())?;
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(format!("element {} is {}", c * per_chunk + i, values[i]));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn has_code3(b: u8) -> bool {
+    (0..4).any(|k| (b >> (2 * k)) & 3 == 3)
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    #[test]
+    fn check_values_finds_bad_data() {
+        let w: Vec<i8> = (0..256).map(|i| (i % 3) as i8 - 1).collect();
+        let mut i2s = encode_ternary(GgmlType::I2_S, &w, 0.5).unwrap();
+        assert_eq!(check_values(GgmlType::I2_S, &i2s, 256), Ok(()));
+        i2s[3] = 0xFF;
+        assert!(check_values(GgmlType::I2_S, &i2s, 256)
+            .unwrap_err()
+            .contains("byte 3"));
+        let mut tq2 = encode_ternary(GgmlType::TQ2_0, &w, 0.5).unwrap();
+        assert_eq!(check_values(GgmlType::TQ2_0, &tq2, 256), Ok(()));
+        tq2[64..66].copy_from_slice(&half::f16::NAN.to_le_bytes());
+        assert!(check_values(GgmlType::TQ2_0, &tq2, 256).is_err());
+        let mut f = vec![0u8; 16];
+        assert_eq!(check_values(GgmlType::F32, &f, 4), Ok(()));
+        f[8..12].copy_from_slice(&f32::INFINITY.to_le_bytes());
+        assert_eq!(
+            check_values(GgmlType::F32, &f, 4),
+            Err("element 2 is inf".into())
+        );
+        assert!(check_values(GgmlType::Q4_K, &[0; 144], 256).is_err());
+    }
+}

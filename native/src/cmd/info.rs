@@ -21,6 +21,10 @@ pub struct Args {
     /// Print JSON (full metadata arrays) instead of text.
     #[arg(long)]
     json: bool,
+    /// Also read every tensor: no NaN/Inf in float data or scales, no unused
+    /// ternary codes. Exits non-zero on the first bad tensor.
+    #[arg(long)]
+    check_tensors: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -28,6 +32,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let file = source.open()?;
     let open_time = started.elapsed();
+    if args.check_tensors {
+        check_tensors(&file)?;
+    }
     let out = if args.json {
         let mut s = serde_json::to_string_pretty(&to_json(&file, &source.display()))?;
         s.push('\n');
@@ -36,6 +43,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         to_text(&file, &source.display(), open_time)
     };
     crate::cmd::tools::write_stdout(out.as_bytes())
+}
+
+fn check_tensors(file: &GgufFile) -> anyhow::Result<()> {
+    for t in file.tensors() {
+        let n = usize::try_from(t.info.n_elements)?;
+        bitnet::quant::check_values(t.info.ty, t.data, n)
+            .map_err(|e| anyhow::anyhow!("tensor {:?} ({}): {e}", t.info.name, t.info.ty))?;
+    }
+    Ok(())
 }
 
 struct Totals {
@@ -205,7 +221,11 @@ fn model_check_text(file: &GgufFile) -> String {
             c.n_head,
             c.n_head_kv,
             c.weight_type,
-            if c.tied_embeddings { "tied" } else { "separate" }
+            if c.tied_embeddings {
+                "tied"
+            } else {
+                "separate"
+            }
         ),
         Err(e) => format!("not runnable: {e}"),
     }
