@@ -53,8 +53,8 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>, Quant
         GgmlType::BF16 => float::bf16_dequantize(data, &mut out),
         GgmlType::Q8_0 => float::q8_0_dequantize(data, &mut out),
         GgmlType::Q6_K => float::q6_k_dequantize(data, &mut out),
-        GgmlType::TQ1_0 => ternary::tq1_0_dequantize(data, &mut out),
-        GgmlType::TQ2_0 => ternary::tq2_0_dequantize(data, &mut out),
+        GgmlType::TQ1_0 => ternary::dequantize_blocks::<ternary::BlockTQ1_0>(data, &mut out),
+        GgmlType::TQ2_0 => ternary::dequantize_blocks::<ternary::BlockTQ2_0>(data, &mut out),
         GgmlType::I2_S => {
             // Sizes were checked above, so both reads succeed.
             let scale = ternary::i2s_scale(data, n).unwrap_or_default();
@@ -91,8 +91,8 @@ pub fn encode_ternary(ty: GgmlType, weights: &[i8], scale: f32) -> Result<Vec<u8
     }
     Ok(match ty {
         GgmlType::I2_S => ternary::i2s_encode(weights, scale),
-        GgmlType::TQ1_0 => ternary::tq1_0_encode(weights, scale),
-        GgmlType::TQ2_0 => ternary::tq2_0_encode(weights, scale),
+        GgmlType::TQ1_0 => ternary::encode_blocks::<ternary::BlockTQ1_0>(weights, scale),
+        GgmlType::TQ2_0 => ternary::encode_blocks::<ternary::BlockTQ2_0>(weights, scale),
         _ => {
             return Err(QuantError::Unsupported {
                 op: "ternary encoding",

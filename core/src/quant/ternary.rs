@@ -268,50 +268,78 @@ fn block_scale(w: &[i8; QK_K], scale: f32) -> f16 {
     }
 }
 
-fn for_each_block(weights: &[i8], mut f: impl FnMut(&[i8; QK_K])) {
+/// What the two ggml ternary block formats share, so whole tensors are
+/// encoded and decoded by one piece of code.
+pub trait TernaryBlock: Sized {
+    /// Bytes per block.
+    const BYTES: usize;
+    fn pack(w: &[i8; QK_K], d: f16) -> Self;
+    fn unpack(&self) -> [i8; QK_K];
+    fn scale(&self) -> f16;
+    /// Reads one block from exactly `BYTES` bytes.
+    fn read(bytes: &[u8]) -> Self;
+    fn write(&self, out: &mut Vec<u8>);
+}
+
+impl TernaryBlock for BlockTQ2_0 {
+    const BYTES: usize = 66;
+    fn pack(w: &[i8; QK_K], d: f16) -> Self {
+        BlockTQ2_0::pack(w, d)
+    }
+    fn unpack(&self) -> [i8; QK_K] {
+        BlockTQ2_0::unpack(self)
+    }
+    fn scale(&self) -> f16 {
+        BlockTQ2_0::scale(self)
+    }
+    fn read(bytes: &[u8]) -> Self {
+        let mut b = [0u8; 66];
+        b.copy_from_slice(bytes);
+        BlockTQ2_0::from_bytes(&b)
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_bytes());
+    }
+}
+
+impl TernaryBlock for BlockTQ1_0 {
+    const BYTES: usize = 54;
+    fn pack(w: &[i8; QK_K], d: f16) -> Self {
+        BlockTQ1_0::pack(w, d)
+    }
+    fn unpack(&self) -> [i8; QK_K] {
+        BlockTQ1_0::unpack(self)
+    }
+    fn scale(&self) -> f16 {
+        BlockTQ1_0::scale(self)
+    }
+    fn read(bytes: &[u8]) -> Self {
+        let mut b = [0u8; 54];
+        b.copy_from_slice(bytes);
+        BlockTQ1_0::from_bytes(&b)
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_bytes());
+    }
+}
+
+/// Encodes ternary weights times `scale` in block format `B` (length a
+/// multiple of 256).
+pub fn encode_blocks<B: TernaryBlock>(weights: &[i8], scale: f32) -> Vec<u8> {
     debug_assert_eq!(weights.len() % QK_K, 0);
+    let mut out = Vec::with_capacity(weights.len() / QK_K * B::BYTES);
     for chunk in weights.chunks_exact(QK_K) {
         let mut w = [0i8; QK_K];
         w.copy_from_slice(chunk);
-        f(&w);
+        B::pack(&w, block_scale(&w, scale)).write(&mut out);
     }
-}
-
-/// Encodes ternary weights times `scale` as TQ2_0 (length a multiple of 256).
-pub fn tq2_0_encode(weights: &[i8], scale: f32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(weights.len() / QK_K * 66);
-    for_each_block(weights, |w| {
-        out.extend_from_slice(&BlockTQ2_0::pack(w, block_scale(w, scale)).to_bytes())
-    });
     out
 }
 
-/// Encodes ternary weights times `scale` as TQ1_0 (length a multiple of 256).
-pub fn tq1_0_encode(weights: &[i8], scale: f32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(weights.len() / QK_K * 54);
-    for_each_block(weights, |w| {
-        out.extend_from_slice(&BlockTQ1_0::pack(w, block_scale(w, scale)).to_bytes())
-    });
-    out
-}
-
-/// Dequantizes TQ2_0 blocks: weight × f32(d).
-pub fn tq2_0_dequantize(data: &[u8], out: &mut Vec<f32>) {
-    for chunk in data.chunks_exact(66) {
-        let mut b = [0u8; 66];
-        b.copy_from_slice(chunk);
-        let block = BlockTQ2_0::from_bytes(&b);
-        let d = block.scale().to_f32();
-        out.extend(block.unpack().iter().map(|&w| d * f32::from(w)));
-    }
-}
-
-/// Dequantizes TQ1_0 blocks: weight × f32(d).
-pub fn tq1_0_dequantize(data: &[u8], out: &mut Vec<f32>) {
-    for chunk in data.chunks_exact(54) {
-        let mut b = [0u8; 54];
-        b.copy_from_slice(chunk);
-        let block = BlockTQ1_0::from_bytes(&b);
+/// Dequantizes blocks of format `B`: weight × f32(d).
+pub fn dequantize_blocks<B: TernaryBlock>(data: &[u8], out: &mut Vec<f32>) {
+    for chunk in data.chunks_exact(B::BYTES) {
+        let block = B::read(chunk);
         let d = block.scale().to_f32();
         out.extend(block.unpack().iter().map(|&w| d * f32::from(w)));
     }
@@ -414,10 +442,10 @@ mod tests {
         assert_eq!(i2s_decode(&i2s, 1024).as_deref(), Some(&w[..]));
         let expect: Vec<f32> = w.iter().map(|&x| f32::from(x) * 0.25).collect();
         let mut out = Vec::new();
-        tq2_0_dequantize(&tq2_0_encode(&w, 0.25), &mut out);
+        dequantize_blocks::<BlockTQ2_0>(&encode_blocks::<BlockTQ2_0>(&w, 0.25), &mut out);
         assert_eq!(out, expect);
         out.clear();
-        tq1_0_dequantize(&tq1_0_encode(&w, 0.25), &mut out);
+        dequantize_blocks::<BlockTQ1_0>(&encode_blocks::<BlockTQ1_0>(&w, 0.25), &mut out);
         assert_eq!(out, expect);
     }
 }
