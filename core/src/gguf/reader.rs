@@ -12,6 +12,7 @@
 //! any memory map, a file truncated by another process while it is open makes
 //! later reads fault (SIGBUS); replace model files by renaming, not in place.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 #[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
@@ -223,7 +224,7 @@ enum Text {
     Value,
 }
 
-impl Parser<'_, '_> {
+impl<'a> Parser<'a, '_> {
     fn parse(mut self) -> Result<GgufHeader> {
         let file_len = self.cur.buf.len() as u64;
         if file_len < 24 {
@@ -322,7 +323,8 @@ impl Parser<'_, '_> {
         }
     }
 
-    fn string(&mut self, field: &str, limit: u64, text: Text) -> Result<String> {
+    /// A string borrowed from the file where it is valid UTF-8.
+    fn string(&mut self, field: &str, limit: u64, text: Text) -> Result<Cow<'a, str>> {
         let offset = self.cur.offset();
         let len = self.cur.u64(field)?;
         if len > limit {
@@ -343,7 +345,7 @@ impl Parser<'_, '_> {
                     });
                 }
                 std::str::from_utf8(bytes)
-                    .map(str::to_owned)
+                    .map(Cow::Borrowed)
                     .map_err(|_| GgufError::InvalidUtf8 {
                         field: field.to_owned(),
                         offset,
@@ -353,7 +355,7 @@ impl Parser<'_, '_> {
                 while let [rest @ .., 0] = bytes {
                     bytes = rest;
                 }
-                Ok(String::from_utf8_lossy(bytes).into_owned())
+                Ok(String::from_utf8_lossy(bytes))
             }
         }
     }
@@ -362,11 +364,13 @@ impl Parser<'_, '_> {
         let mut md = Metadata::default();
         for i in 0..kv_count {
             let key_offset = self.cur.offset();
-            let key = self.string(
-                &format!("metadata key #{i}"),
-                self.limits.max_key_len,
-                Text::Key,
-            )?;
+            let key = self
+                .string(
+                    &format!("metadata key #{i}"),
+                    self.limits.max_key_len,
+                    Text::Key,
+                )?
+                .into_owned();
             if md.index.contains_key(&key) {
                 return Err(GgufError::DuplicateKey {
                     key,
@@ -407,9 +411,10 @@ impl Parser<'_, '_> {
             ValueType::I64 => Value::I64(i64::from_le_bytes(c.array(field)?)),
             ValueType::F64 => Value::F64(f64::from_le_bytes(c.array(field)?)),
             ValueType::Bool => Value::Bool(self.bool(field)?),
-            ValueType::String => {
-                Value::String(self.string(field, self.limits.max_string_len, Text::Value)?)
-            }
+            ValueType::String => Value::String(
+                self.string(field, self.limits.max_string_len, Text::Value)?
+                    .into_owned(),
+            ),
             ValueType::Array => Value::Array(self.array(field, depth + 1)?),
         })
     }
