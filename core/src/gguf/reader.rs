@@ -773,11 +773,24 @@ impl GgufFile {
     }
 
     fn view<'a>(&'a self, info: &'a TensorInfo) -> TensorView<'a> {
-        // Parsing proved data_start + offset + size ≤ file length, and the
-        // storage never changes size, so this range is in bounds.
-        let start = (self.header.data_start + info.offset) as usize;
-        let data = &self.storage.bytes()[start..start + info.size as usize];
-        TensorView { info, data }
+        TensorView {
+            info,
+            data: self.tensor_data(info),
+        }
+    }
+
+    /// The bytes of a tensor of this file's table.
+    pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
+        // Parsing proved data_start + offset + size ≤ file length for every
+        // entry of the table, and the storage never changes size. An info
+        // from another file may not fit: that gives an empty slice.
+        let start = self.header.data_start.saturating_add(info.offset);
+        let end = start.saturating_add(info.size);
+        usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(s, e)| self.storage.bytes().get(s..e))
+            .unwrap_or_default()
     }
 }
 

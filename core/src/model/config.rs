@@ -84,6 +84,12 @@ pub enum ModelError {
     },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
+    #[error("the prompt and output need {needed} positions but the context holds {max}")]
+    ContextOverflow { needed: usize, max: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange { id: u32, vocab: u64 },
 }
 
 type Result<T> = std::result::Result<T, ModelError>;

@@ -1,6 +1,8 @@
-//! The BitNet model. Today: its configuration, read from GGUF metadata and
-//! checked against the tensors ([`config`]). The forward pass lands here next.
+//! The BitNet model: its configuration, read from GGUF metadata and checked
+//! against the tensors ([`config`]), and the forward pass ([`bitnet`]).
 
+pub mod bitnet;
 pub mod config;
 
+pub use bitnet::{BitNet, Session};
 pub use config::{Activation, BitNetConfig, ModelError};

@@ -4,6 +4,7 @@
 //! [`float`] the float and 8-bit types (F32, F16, BF16, Q8_0, Q6_K). These
 //! are the references fast kernels are tested against.
 
+pub mod act;
 pub mod float;
 pub mod ternary;
 

@@ -1,0 +1,458 @@
+//! The CPU reference backend: scalar code, rayon across output rows.
+//!
+//! Weights stay in their GGUF layout inside the memory map; each ternary row
+//! is unpacked to i8 codes when it is used. Every fast kernel (SIMD, WGSL,
+//! CUDA) is tested against this file.
+
+use std::sync::Arc;
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::{Backend, BackendError};
+use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::model::config::{Activation, BitNetConfig};
+use crate::quant::{self, act, ternary};
+
+/// Row-major f32 activations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl CpuTensor {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        CpuTensor {
+            data: vec![0.0; rows * cols],
+            rows,
+            cols,
+        }
+    }
+
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+
+    pub fn row_mut(&mut self, r: usize) -> &mut [f32] {
+        &mut self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// How a ternary tensor's scale is stored.
+#[derive(Clone, Debug)]
+enum Scale {
+    /// One scale for the whole tensor (I2_S; TQ files whose non-zero blocks
+    /// all share one d, as every BitNet conversion has).
+    Tensor(f32),
+    /// One f16 d per 256-weight block (a TQ file quantized block by block):
+    /// integer sums are exact per block, then scaled and added in f32.
+    Block,
+}
+
+/// A ternary projection: `m` output rows of `k` weights, in the file.
+pub struct CpuLinear {
+    file: Arc<GgufFile>,
+    info: TensorInfo,
+    k: usize,
+    m: usize,
+    scale: Scale,
+}
+
+impl CpuLinear {
+    fn data(&self) -> &[u8] {
+        self.file.tensor_data(&self.info)
+    }
+
+    /// Unpacks row `r` into `codes` (weights -1, 0, 1) and, for per-block
+    /// scales, the row's block scales into `d`.
+    fn decode_row(&self, r: usize, codes: &mut [i8], d: &mut Vec<f32>) {
+        let data = self.data();
+        match self.info.ty {
+            GgmlType::I2_S => {
+                let bytes = &data[r * self.k / 4..(r + 1) * self.k / 4];
+                for (g, chunk) in bytes.chunks_exact(ternary::I2S_GROUP_BYTES).enumerate() {
+                    let mut qs = [0u8; 32];
+                    qs.copy_from_slice(chunk);
+                    codes[g * 128..(g + 1) * 128]
+                        .copy_from_slice(&ternary::BlockI2S { qs }.unpack());
+                }
+            }
+            GgmlType::TQ2_0 => self.decode_blocks::<ternary::BlockTQ2_0>(data, r, codes, d),
+            GgmlType::TQ1_0 => self.decode_blocks::<ternary::BlockTQ1_0>(data, r, codes, d),
+            _ => unreachable!("load_linear accepts ternary types only"),
+        }
+    }
+
+    fn decode_blocks<B: ternary::TernaryBlock>(
+        &self,
+        data: &[u8],
+        r: usize,
+        codes: &mut [i8],
+        d: &mut Vec<f32>,
+    ) {
+        let per_row = self.k / ternary::QK_K;
+        d.clear();
+        for b in 0..per_row {
+            let start = (r * per_row + b) * B::BYTES;
+            let block = B::read(&data[start..start + B::BYTES]);
+            codes[b * 256..(b + 1) * 256].copy_from_slice(&block.unpack());
+            d.push(block.scale().to_f32());
+        }
+    }
+}
+
+/// A float (or 8-bit) table of `rows` rows of `cols` values, in the file.
+pub struct CpuTable {
+    file: Arc<GgufFile>,
+    info: TensorInfo,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+}
+
+impl CpuTable {
+    fn row_into(&self, r: usize, out: &mut Vec<f32>) {
+        let data = self.file.tensor_data(&self.info);
+        let bytes = &data[r * self.row_bytes..(r + 1) * self.row_bytes];
+        out.clear();
+        // The size was checked at load, so this cannot fail.
+        out.extend(quant::dequantize(self.info.ty, bytes, self.cols).unwrap_or_default());
+    }
+}
+
+/// f32 keys and values: `[layer][position][kv_dim]`.
+pub struct CpuKvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    kv_dim: usize,
+    max_seq: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+fn find<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, BackendError> {
+    file.tensor(name)
+        .map(|t| t.info)
+        .ok_or_else(|| BackendError::MissingTensor(name.into()))
+}
+
+fn bad(name: &str, reason: impl Into<String>) -> BackendError {
+    BackendError::Tensor {
+        name: name.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The single scale shared by every non-zero block of a TQ tensor, if any.
+fn uniform_block_scale<B: ternary::TernaryBlock>(data: &[u8]) -> Option<f32> {
+    let mut scale = None;
+    for chunk in data.chunks_exact(B::BYTES) {
+        let d = B::read(chunk).scale();
+        if d == f16::ZERO {
+            continue;
+        }
+        match scale {
+            None => scale = Some(d),
+            Some(s) if s != d => return None,
+            Some(_) => {}
+        }
+    }
+    Some(scale.unwrap_or(f16::ZERO).to_f32())
+}
+
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+        .sum()
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Linear = CpuLinear;
+    type Vector = Vec<f32>;
+    type Table = CpuTable;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> &str {
+        "cpu (scalar reference)"
+    }
+
+    fn load_linear(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuLinear, BackendError> {
+        let info = find(file, name)?.clone();
+        if !info.ty.is_ternary() || info.dims.len() != 2 {
+            return Err(bad(
+                name,
+                format!(
+                    "expected a 2-D ternary tensor, found {} {:?}",
+                    info.ty, info.dims
+                ),
+            ));
+        }
+        let (k, m) = (info.dims[0] as usize, info.dims[1] as usize);
+        let data = file.tensor_data(&info);
+        let scale =
+            match info.ty {
+                GgmlType::I2_S => {
+                    let s = ternary::i2s_scale(data, k * m)
+                        .ok_or_else(|| bad(name, "I2_S scale missing"))?;
+                    Scale::Tensor(s)
+                }
+                GgmlType::TQ2_0 => uniform_block_scale::<ternary::BlockTQ2_0>(data)
+                    .map_or(Scale::Block, Scale::Tensor),
+                _ => uniform_block_scale::<ternary::BlockTQ1_0>(data)
+                    .map_or(Scale::Block, Scale::Tensor),
+            };
+        if let Scale::Tensor(s) = scale {
+            if !s.is_finite() {
+                return Err(bad(name, format!("scale is {s}")));
+            }
+        }
+        Ok(CpuLinear {
+            file: file.clone(),
+            info,
+            k,
+            m,
+            scale,
+        })
+    }
+
+    fn load_vector(&self, file: &Arc<GgufFile>, name: &str) -> Result<Vec<f32>, BackendError> {
+        let t = file
+            .tensor(name)
+            .ok_or_else(|| BackendError::MissingTensor(name.into()))?;
+        quant::dequantize(t.info.ty, t.data, t.info.n_elements as usize)
+            .map_err(|e| bad(name, e.to_string()))
+    }
+
+    fn load_table(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuTable, BackendError> {
+        let info = find(file, name)?.clone();
+        if info.dims.len() != 2 {
+            return Err(bad(name, "expected a 2-D table"));
+        }
+        let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
+        let row_bytes = info
+            .ty
+            .byte_size(cols as u64)
+            .filter(|_| !info.ty.is_ternary())
+            .ok_or_else(|| {
+                bad(
+                    name,
+                    format!("{} rows cannot be read one at a time", info.ty),
+                )
+            })? as usize;
+        // Refuse types without a codec now rather than at the first token.
+        quant::dequantize(info.ty, &file.tensor_data(&info)[..row_bytes], cols)
+            .map_err(|e| bad(name, e.to_string()))?;
+        Ok(CpuTable {
+            file: file.clone(),
+            info,
+            rows,
+            cols,
+            row_bytes,
+        })
+    }
+
+    fn new_kv_cache(&self, cfg: &BitNetConfig, max_seq: usize) -> CpuKvCache {
+        let kv_dim = (cfg.n_head_kv * cfg.head_dim) as usize;
+        let layers = cfg.n_layers as usize;
+        CpuKvCache {
+            k: vec![vec![0.0; max_seq * kv_dim]; layers],
+            v: vec![vec![0.0; max_seq * kv_dim]; layers],
+            kv_dim,
+            max_seq,
+        }
+    }
+
+    fn embed(&self, table: &CpuTable, tokens: &[u32]) -> CpuTensor {
+        let mut out = CpuTensor::zeros(tokens.len(), table.cols);
+        let mut row = Vec::with_capacity(table.cols);
+        for (i, &t) in tokens.iter().enumerate() {
+            // Token ids are checked against the vocabulary before this.
+            table.row_into((t as usize).min(table.rows - 1), &mut row);
+            out.row_mut(i).copy_from_slice(&row);
+        }
+        out
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, weight: &Vec<f32>, eps: f32) -> CpuTensor {
+        let mut out = x.clone();
+        for r in 0..x.rows {
+            let row = out.row_mut(r);
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            for (v, w) in row.iter_mut().zip(weight) {
+                *v = *v * inv * w;
+            }
+        }
+        out
+    }
+
+    fn bitlinear(&self, x: &CpuTensor, w: &CpuLinear) -> CpuTensor {
+        debug_assert_eq!(x.cols, w.k);
+        let t = x.rows;
+        let mut q = vec![0i8; t * w.k];
+        let scales: Vec<f32> = (0..t)
+            .map(|r| act::quantize_row(x.row(r), &mut q[r * w.k..(r + 1) * w.k]))
+            .collect();
+        // One output row of W per task: unpack it once, dot it with every token.
+        let columns: Vec<Vec<f32>> = (0..w.m)
+            .into_par_iter()
+            .map_init(
+                || (vec![0i8; w.k], Vec::new()),
+                |(codes, d), row| {
+                    w.decode_row(row, codes, d);
+                    (0..t)
+                        .map(|r| {
+                            let qr = &q[r * w.k..(r + 1) * w.k];
+                            let sum = match w.scale {
+                                Scale::Tensor(s) => dot_i8(qr, codes) as f32 * s,
+                                Scale::Block => qr
+                                    .chunks_exact(256)
+                                    .zip(codes.chunks_exact(256))
+                                    .zip(d.iter())
+                                    .map(|((a, b), d)| dot_i8(a, b) as f32 * d)
+                                    .sum(),
+                            };
+                            sum / scales[r]
+                        })
+                        .collect()
+                },
+            )
+            .collect();
+        let mut out = CpuTensor::zeros(t, w.m);
+        for (m, col) in columns.iter().enumerate() {
+            for (r, v) in col.iter().enumerate() {
+                out.data[r * w.m + m] = *v;
+            }
+        }
+        out
+    }
+
+    fn rope(&self, x: &mut CpuTensor, head_dim: usize, rope_dim: usize, theta: f32, pos0: usize) {
+        let half = rope_dim / 2;
+        for r in 0..x.rows {
+            let pos = (pos0 + r) as f32;
+            for head in x.row_mut(r).chunks_exact_mut(head_dim) {
+                for i in 0..half {
+                    let freq = theta.powf(-2.0 * i as f32 / rope_dim as f32);
+                    let (sin, cos) = (pos * freq).sin_cos();
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * cos - b * sin;
+                    head[i + half] = a * sin + b * cos;
+                }
+            }
+        }
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        pos0: usize,
+        cfg: &BitNetConfig,
+    ) -> CpuTensor {
+        let kv_dim = cache.kv_dim;
+        debug_assert!(pos0 + q.rows <= cache.max_seq);
+        for r in 0..k.rows {
+            let p = pos0 + r;
+            cache.k[layer][p * kv_dim..(p + 1) * kv_dim].copy_from_slice(k.row(r));
+            cache.v[layer][p * kv_dim..(p + 1) * kv_dim].copy_from_slice(v.row(r));
+        }
+        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+        let hd = cfg.head_dim as usize;
+        let group = (cfg.n_head / cfg.n_head_kv) as usize;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = CpuTensor::zeros(q.rows, q.cols);
+        let rows: Vec<Vec<f32>> = (0..q.rows)
+            .into_par_iter()
+            .map(|r| {
+                let n = pos0 + r + 1; // causal: positions 0..=pos0+r
+                let mut o = vec![0f32; q.cols];
+                let mut scores = vec![0f32; n];
+                for (h, qh) in q.row(r).chunks_exact(hd).enumerate() {
+                    let kvh = h / group;
+                    for (p, s) in scores.iter_mut().enumerate() {
+                        let kp = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                        *s = qh.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    }
+                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    let mut total = 0.0;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        total += *s;
+                    }
+                    let oh = &mut o[h * hd..(h + 1) * hd];
+                    for (p, s) in scores.iter().enumerate() {
+                        let w = s / total;
+                        let vp = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                        for (o, v) in oh.iter_mut().zip(vp) {
+                            *o += w * v;
+                        }
+                    }
+                }
+                o
+            })
+            .collect();
+        for (r, row) in rows.iter().enumerate() {
+            out.row_mut(r).copy_from_slice(row);
+        }
+        out
+    }
+
+    fn glu(&self, gate: &CpuTensor, up: &CpuTensor, act: Activation) -> CpuTensor {
+        let mut out = gate.clone();
+        for (g, u) in out.data.iter_mut().zip(&up.data) {
+            let a = match act {
+                Activation::Relu2 => {
+                    let r = g.max(0.0);
+                    r * r
+                }
+                Activation::Silu => *g / (1.0 + (-*g).exp()),
+            };
+            *g = a * u;
+        }
+        out
+    }
+
+    fn add(&self, x: &mut CpuTensor, y: &CpuTensor) {
+        for (a, b) in x.data.iter_mut().zip(&y.data) {
+            *a += b;
+        }
+    }
+
+    fn logits(&self, x: &CpuTensor, table: &CpuTable, last_only: bool) -> CpuTensor {
+        let first = if last_only {
+            x.rows.saturating_sub(1)
+        } else {
+            0
+        };
+        let n = x.rows - first;
+        let columns: Vec<Vec<f32>> = (0..table.rows)
+            .into_par_iter()
+            .map_init(Vec::new, |row, v| {
+                table.row_into(v, row);
+                (first..x.rows)
+                    .map(|r| x.row(r).iter().zip(row.iter()).map(|(a, b)| a * b).sum())
+                    .collect()
+            })
+            .collect();
+        let mut out = CpuTensor::zeros(n, table.rows);
+        for (v, col) in columns.iter().enumerate() {
+            for (r, s) in col.iter().enumerate() {
+                out.data[r * table.rows + v] = *s;
+            }
+        }
+        out
+    }
+
+    fn read(&self, x: &CpuTensor) -> Vec<f32> {
+        x.data.clone()
+    }
+}

@@ -1,0 +1,74 @@
+//! The compute backends and the small trait the forward pass is written
+//! against. A backend owns its buffers; the model only holds handles.
+//!
+//! About a dozen ops, not forty: everything BitNet's forward pass needs and
+//! nothing else. Activations are f32 everywhere (ReLU² overflows f16).
+
+pub mod cpu;
+
+use std::sync::Arc;
+
+use crate::gguf::GgufFile;
+use crate::model::config::{Activation, BitNetConfig};
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    #[error("tensor {name}: {reason}")]
+    Tensor { name: String, reason: String },
+    #[error("missing tensor {0}")]
+    MissingTensor(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// What a backend must provide to run the BitNet forward pass.
+pub trait Backend: Send + Sync {
+    /// Activations: `rows` tokens × `cols` features, f32.
+    type Tensor;
+    /// A ternary projection, kept in its GGUF layout.
+    type Linear: Send + Sync;
+    /// A norm weight vector.
+    type Vector: Send + Sync;
+    /// An embedding / output table.
+    type Table: Send + Sync;
+    /// Keys and values of every layer, for up to `max_seq` positions.
+    type KvCache: Send;
+
+    fn name(&self) -> &str;
+
+    fn load_linear(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Linear, BackendError>;
+    fn load_vector(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Vector, BackendError>;
+    fn load_table(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Table, BackendError>;
+    fn new_kv_cache(&self, cfg: &BitNetConfig, max_seq: usize) -> Self::KvCache;
+
+    /// Rows of `table` for `tokens`.
+    fn embed(&self, table: &Self::Table, tokens: &[u32]) -> Self::Tensor;
+    /// RMSNorm of each row times `weight`.
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Vector, eps: f32) -> Self::Tensor;
+    /// BitLinear: per-token int8 activations × ternary weights, exact i32
+    /// sums, then the float rescale.
+    fn bitlinear(&self, x: &Self::Tensor, w: &Self::Linear) -> Self::Tensor;
+    /// NEOX rotary embedding in place; row r is at position `pos0 + r`.
+    fn rope(&self, x: &mut Self::Tensor, head_dim: usize, rope_dim: usize, theta: f32, pos0: usize);
+    /// Stores k, v at positions `pos0..` of `layer` and returns causal GQA
+    /// attention of `q` over positions `0..pos0 + rows`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        pos0: usize,
+        cfg: &BitNetConfig,
+    ) -> Self::Tensor;
+    /// act(gate) · up, elementwise.
+    fn glu(&self, gate: &Self::Tensor, up: &Self::Tensor, act: Activation) -> Self::Tensor;
+    /// x += y.
+    fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor);
+    /// Logits of the last row only (`last_only`) or of every row.
+    fn logits(&self, x: &Self::Tensor, table: &Self::Table, last_only: bool) -> Self::Tensor;
+    /// Copies a tensor to the host.
+    fn read(&self, x: &Self::Tensor) -> Vec<f32>;
+}

@@ -1,0 +1,203 @@
+//! The BitNet b1.58 forward pass, in one place, generic over a [`Backend`].
+//!
+//! Reads like the paper (and llama2.c's `run.c`): for each layer,
+//!
+//! ```text
+//! h = RMSNorm(x) · attn_norm
+//! q, k, v = BitLinear(h)                 per-token int8 × ternary, exact i32 sums
+//! q, k = RoPE(q, k)                      NEOX pairing (i, i + rope_dim/2)
+//! a = causal GQA attention(q, K, V)      scale 1/sqrt(head_dim)
+//! a = RMSNorm(a) · attn_sub_norm         BitNet architectures only
+//! x = x + BitLinear_o(a)
+//! h = RMSNorm(x) · ffn_norm
+//! m = act(BitLinear_gate(h)) · BitLinear_up(h)     act = ReLU² (2B4T) or SiLU
+//! m = RMSNorm(m) · ffn_sub_norm          BitNet architectures only
+//! x = x + BitLinear_down(m)
+//! ```
+//!
+//! then logits = (RMSNorm(x) · output_norm) × token_embd (tied) or output.
+//! See `shared/docs/formats.md` section 2.
+
+use std::sync::Arc;
+
+use super::config::{BitNetConfig, ModelError};
+use crate::backend::Backend;
+use crate::gguf::GgufFile;
+
+struct Layer<B: Backend> {
+    attn_norm: B::Vector,
+    attn_sub_norm: Option<B::Vector>,
+    ffn_norm: B::Vector,
+    ffn_sub_norm: Option<B::Vector>,
+    wq: B::Linear,
+    wk: B::Linear,
+    wv: B::Linear,
+    wo: B::Linear,
+    gate: B::Linear,
+    up: B::Linear,
+    down: B::Linear,
+}
+
+/// A loaded model: configuration plus the backend's handles to its weights.
+pub struct BitNet<B: Backend> {
+    pub cfg: BitNetConfig,
+    backend: B,
+    embedding: B::Table,
+    output: Option<B::Table>,
+    output_norm: B::Vector,
+    layers: Vec<Layer<B>>,
+}
+
+/// One sequence being generated: its KV cache and how far it has got.
+pub struct Session<B: Backend> {
+    cache: B::KvCache,
+    pos: usize,
+    max_seq: usize,
+}
+
+impl<B: Backend> Session<B> {
+    /// Positions used so far.
+    pub fn len(&self) -> usize {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.max_seq
+    }
+
+    /// Forgets everything; the cache is reused.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+}
+
+impl<B: Backend> BitNet<B> {
+    /// Checks the file's configuration and hands every weight to `backend`.
+    pub fn load(file: Arc<GgufFile>, backend: B) -> Result<Self, ModelError> {
+        let cfg = BitNetConfig::from_gguf(&file)?;
+        let b = &backend;
+        let mut layers = Vec::with_capacity(cfg.n_layers as usize);
+        for i in 0..cfg.n_layers {
+            let n = |t: &str| format!("blk.{i}.{t}.weight");
+            let sub = |t: &str| -> Result<Option<B::Vector>, ModelError> {
+                Ok(if cfg.sub_norms {
+                    Some(b.load_vector(&file, &n(t))?)
+                } else {
+                    None
+                })
+            };
+            layers.push(Layer {
+                attn_norm: b.load_vector(&file, &n("attn_norm"))?,
+                attn_sub_norm: sub("attn_sub_norm")?,
+                ffn_norm: b.load_vector(&file, &n("ffn_norm"))?,
+                ffn_sub_norm: sub("ffn_sub_norm")?,
+                wq: b.load_linear(&file, &n("attn_q"))?,
+                wk: b.load_linear(&file, &n("attn_k"))?,
+                wv: b.load_linear(&file, &n("attn_v"))?,
+                wo: b.load_linear(&file, &n("attn_output"))?,
+                gate: b.load_linear(&file, &n("ffn_gate"))?,
+                up: b.load_linear(&file, &n("ffn_up"))?,
+                down: b.load_linear(&file, &n("ffn_down"))?,
+            });
+        }
+        let output = if cfg.tied_embeddings {
+            None
+        } else {
+            Some(b.load_table(&file, "output.weight")?)
+        };
+        Ok(BitNet {
+            embedding: b.load_table(&file, "token_embd.weight")?,
+            output_norm: b.load_vector(&file, "output_norm.weight")?,
+            output,
+            layers,
+            cfg,
+            backend,
+        })
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// A new sequence with room for `max_seq` positions (0 = the model's
+    /// context length).
+    pub fn new_session(&self, max_seq: usize) -> Session<B> {
+        let max_seq = if max_seq == 0 {
+            self.cfg.n_ctx as usize
+        } else {
+            max_seq
+        };
+        Session {
+            cache: self.backend.new_kv_cache(&self.cfg, max_seq),
+            pos: 0,
+            max_seq,
+        }
+    }
+
+    /// Runs `tokens` (a whole prompt as one batch, or one new token) at the
+    /// session's next positions. Returns the logits of the last token, or of
+    /// every token when `all_logits` (row-major, `tokens.len()` × vocab).
+    pub fn forward(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        all_logits: bool,
+    ) -> Result<Vec<f32>, ModelError> {
+        let needed = s.pos + tokens.len();
+        if needed > s.max_seq {
+            return Err(ModelError::ContextOverflow {
+                needed,
+                max: s.max_seq,
+            });
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| u64::from(t) >= self.cfg.n_vocab) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                vocab: self.cfg.n_vocab,
+            });
+        }
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (b, c) = (&self.backend, &self.cfg);
+        let (hd, rd) = (c.head_dim as usize, c.rope_dim as usize);
+        let pos0 = s.pos;
+
+        let mut x = b.embed(&self.embedding, tokens);
+        for (i, l) in self.layers.iter().enumerate() {
+            // Attention block.
+            let h = b.rms_norm(&x, &l.attn_norm, c.rms_eps);
+            let mut q = b.bitlinear(&h, &l.wq);
+            let mut k = b.bitlinear(&h, &l.wk);
+            let v = b.bitlinear(&h, &l.wv);
+            b.rope(&mut q, hd, rd, c.rope_theta, pos0);
+            b.rope(&mut k, hd, rd, c.rope_theta, pos0);
+            let mut a = b.attention(&q, &k, &v, &mut s.cache, i, pos0, c);
+            if let Some(w) = &l.attn_sub_norm {
+                a = b.rms_norm(&a, w, c.rms_eps);
+            }
+            b.add(&mut x, &b.bitlinear(&a, &l.wo));
+
+            // Feed-forward block.
+            let h = b.rms_norm(&x, &l.ffn_norm, c.rms_eps);
+            let mut m = b.glu(
+                &b.bitlinear(&h, &l.gate),
+                &b.bitlinear(&h, &l.up),
+                c.activation,
+            );
+            if let Some(w) = &l.ffn_sub_norm {
+                m = b.rms_norm(&m, w, c.rms_eps);
+            }
+            b.add(&mut x, &b.bitlinear(&m, &l.down));
+        }
+        s.pos = needed;
+
+        let x = b.rms_norm(&x, &self.output_norm, c.rms_eps);
+        let head = self.output.as_ref().unwrap_or(&self.embedding);
+        Ok(b.read(&b.logits(&x, head, !all_logits)))
+    }
+}
