@@ -11,10 +11,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backend;
+pub mod engine;
 pub mod fixture;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod sampler;
+pub mod tokenizer;
 
+pub use engine::{Engine, EngineError, GenerationStats, StopReason};
 pub use gguf::{GgmlType, GgufError, GgufFile};
-pub use model::{BitNetConfig, ModelError};
+pub use model::{BitNet, BitNetConfig, ModelError};
+pub use sampler::{GenerationConfig, SamplingStrategy};

@@ -1,9 +1,10 @@
 //! `bitnet-cli`: the command-line front end of BitNet Rust.
 //!
-//! Today it inspects models (`info`), dumps tensors (`dump`) and writes
-//! BitNet-shaped fixture files (`gen-fixture`). Inference, chat, benchmark and
-//! the server arrive with the issues that build them; until then they are not
-//! listed rather than pretending.
+//! Today it generates text (`inference`, CPU reference backend), inspects
+//! models (`info`), dumps tensors (`dump`) and writes BitNet-shaped fixture
+//! files (`gen-fixture`). Chat, benchmark and the server arrive with the
+//! issues that build them; until then they are not listed rather than
+//! pretending.
 
 mod cmd;
 
@@ -28,6 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt (streams to stdout; timings on stderr).
+    Inference(cmd::run::Args),
     /// Show a GGUF file's header: version, metadata, tensor table, sizes.
     Info(cmd::info::Args),
     /// Write one tensor, dequantized to little-endian f32, to a file.
@@ -66,6 +69,7 @@ impl ModelSource {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Inference(args) => cmd::run::run(args),
         Command::Info(args) => cmd::info::run(args),
         Command::Dump(args) => cmd::tools::dump(args),
         Command::GenFixture(args) => cmd::tools::gen_fixture(args),
