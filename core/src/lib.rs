@@ -11,6 +11,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backend;
+pub mod chat;
+pub mod convert;
 pub mod engine;
 pub mod fixture;
 pub mod gguf;

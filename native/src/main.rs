@@ -1,8 +1,9 @@
 //! `bitnet-cli`: the command-line front end of BitNet Rust.
 //!
-//! Today it generates text (`inference`, CPU reference backend), inspects
+//! Today it generates text (`inference`, `chat`; CPU reference backend), inspects
 //! models (`info`), dumps tensors (`dump`) and writes BitNet-shaped fixture
-//! files (`gen-fixture`). Chat, benchmark and the server arrive with the
+//! files (`gen-fixture`), and converts Hugging Face checkpoints (`convert`).
+//! Benchmark, profile and the server arrive with the
 //! issues that build them; until then they are not listed rather than
 //! pretending.
 
@@ -31,8 +32,12 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt (streams to stdout; timings on stderr).
     Inference(cmd::run::Args),
+    /// Chat with the model (built-in BitNet format or the file's template).
+    Chat(cmd::chat::Args),
     /// Show a GGUF file's header: version, metadata, tensor table, sizes.
     Info(cmd::info::Args),
+    /// Convert a Hugging Face BitNet checkpoint to GGUF.
+    Convert(cmd::tools::ConvertArgs),
     /// Write one tensor, dequantized to little-endian f32, to a file.
     Dump(cmd::tools::DumpArgs),
     /// Write a BitNet-shaped GGUF fixture with random ternary weights.
@@ -70,7 +75,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inference(args) => cmd::run::run(args),
+        Command::Chat(args) => cmd::chat::run(args),
         Command::Info(args) => cmd::info::run(args),
+        Command::Convert(args) => cmd::tools::convert(args),
         Command::Dump(args) => cmd::tools::dump(args),
         Command::GenFixture(args) => cmd::tools::gen_fixture(args),
     };

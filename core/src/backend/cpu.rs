@@ -259,9 +259,12 @@ impl Backend for CpuBackend {
     fn new_kv_cache(&self, cfg: &BitNetConfig, max_seq: usize) -> CpuKvCache {
         let kv_dim = (cfg.n_head_kv * cfg.head_dim) as usize;
         let layers = cfg.n_layers as usize;
+        // One zeroed allocation per layer (not clones of one), so pages are
+        // only resident once positions are written.
+        let zeroed = || (0..layers).map(|_| vec![0.0; max_seq * kv_dim]).collect();
         CpuKvCache {
-            k: vec![vec![0.0; max_seq * kv_dim]; layers],
-            v: vec![vec![0.0; max_seq * kv_dim]; layers],
+            k: zeroed(),
+            v: zeroed(),
             kv_dim,
             max_seq,
         }

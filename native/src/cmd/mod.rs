@@ -1,3 +1,4 @@
+pub mod chat;
 pub mod info;
 pub mod run;
 pub mod tools;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bitnet::backend::cpu::CpuBackend;
-use bitnet::{Engine, GenerationConfig, SamplingStrategy};
+use bitnet::{Engine, GenerationConfig, GenerationStats, SamplingStrategy};
 
 use crate::ModelSource;
 
@@ -22,6 +22,17 @@ pub struct Args {
     /// Read the prompt from a file.
     #[arg(short = 'f', long)]
     file: Option<PathBuf>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Do not print the prompt before the output.
+    #[arg(long)]
+    no_display_prompt: bool,
+}
+
+/// Sampling and run flags shared by `inference` and `chat` (llama.cpp's names
+/// and defaults).
+#[derive(clap::Args)]
+pub struct SamplingArgs {
     /// Tokens to generate (-1 = until end of text or a full context).
     #[arg(
         short = 'n',
@@ -29,66 +40,69 @@ pub struct Args {
         default_value_t = 128,
         allow_negative_numbers = true
     )]
-    n_predict: i64,
+    pub n_predict: i64,
     /// Temperature; 0 = greedy.
     #[arg(long, default_value_t = 0.8)]
-    temp: f32,
+    pub temp: f32,
     /// Top-k (0 = off).
     #[arg(long, default_value_t = 40)]
-    top_k: i32,
+    pub top_k: i32,
     /// Top-p (1.0 = off).
     #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
+    pub top_p: f32,
     /// Min-p (0 = off).
     #[arg(long, default_value_t = 0.05)]
-    min_p: f32,
+    pub min_p: f32,
     /// Repetition penalty (1.0 = off).
     #[arg(long, default_value_t = 1.0)]
-    repeat_penalty: f32,
+    pub repeat_penalty: f32,
     /// Tokens the penalties look back over (0 = off, -1 = whole context).
     #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
-    repeat_last_n: i32,
+    pub repeat_last_n: i32,
     #[arg(long, default_value_t = 0.0)]
-    presence_penalty: f32,
+    pub presence_penalty: f32,
     #[arg(long, default_value_t = 0.0)]
-    frequency_penalty: f32,
+    pub frequency_penalty: f32,
     /// Random seed (-1 = random, printed).
     #[arg(short = 's', long, default_value_t = -1, allow_negative_numbers = true)]
-    seed: i64,
+    pub seed: i64,
     /// Stop when the output reaches this text (repeatable).
     #[arg(short = 'r', long = "reverse-prompt")]
-    stop: Vec<String>,
+    pub stop: Vec<String>,
     /// Context size (0 = the model's).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
-    ctx_size: usize,
+    pub ctx_size: usize,
     /// CPU threads (default: all cores; also RAYON_NUM_THREADS).
     #[arg(short = 't', long)]
-    threads: Option<usize>,
-    /// Do not print the prompt before the output.
-    #[arg(long)]
-    no_display_prompt: bool,
+    pub threads: Option<usize>,
 }
 
-pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
-    if let Some(n) = threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-            .context("setting up the thread pool")?;
-    }
-    Ok(())
-}
-
-pub fn run(a: Args) -> anyhow::Result<()> {
-    set_threads(a.threads)?;
-    let prompt = match (&a.prompt, &a.file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+impl SamplingArgs {
+    pub fn config(&self) -> GenerationConfig {
+        GenerationConfig {
+            sampling_strategy: if self.temp <= 0.0 {
+                SamplingStrategy::Greedy
+            } else {
+                SamplingStrategy::TopP
+            },
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: u64::try_from(self.seed).ok(),
+            max_tokens: usize::try_from(self.n_predict).ok(),
+            stop: self.stop.clone(),
         }
-        (None, None) => String::new(),
-    };
-    let source = ModelSource::from_option(a.model.clone());
+    }
+}
+
+/// Loads the model the flags name (or the bundled one) on the CPU backend.
+pub fn load_engine(model: Option<PathBuf>) -> anyhow::Result<(Engine<CpuBackend>, ModelSource)> {
+    let source = ModelSource::from_option(model);
     let file = Arc::new(source.open()?);
     let engine = Engine::load(file, CpuBackend).with_context(|| source.display())?;
     if matches!(source, ModelSource::Bundled) {
@@ -97,36 +111,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             source.display()
         );
     }
-    let cfg = GenerationConfig {
-        sampling_strategy: if a.temp <= 0.0 {
-            SamplingStrategy::Greedy
-        } else {
-            SamplingStrategy::TopP
-        },
-        temperature: a.temp,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        repetition_penalty: a.repeat_penalty,
-        repeat_last_n: a.repeat_last_n,
-        presence_penalty: a.presence_penalty,
-        frequency_penalty: a.frequency_penalty,
-        seed: u64::try_from(a.seed).ok(),
-        max_tokens: usize::try_from(a.n_predict).ok(),
-        stop: a.stop.clone(),
-    };
-    let mut out = std::io::stdout().lock();
-    if !a.no_display_prompt {
-        let _ = write!(out, "{prompt}");
-        let _ = out.flush();
-    }
-    let stats = engine.generate(&prompt, &cfg, a.ctx_size, |text| {
-        // A closed stdout (`| head`) cancels generation quietly.
-        out.write_all(text.as_bytes())
-            .and_then(|()| out.flush())
-            .is_ok()
-    })?;
-    let _ = writeln!(out);
+    Ok((engine, source))
+}
+
+pub fn print_stats(stats: &GenerationStats, cfg: &GenerationConfig) {
     if cfg.seed.is_none() && cfg.sampling_strategy != SamplingStrategy::Greedy {
         eprintln!("seed: {}", stats.seed);
     }
@@ -141,5 +129,41 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         stats.time_to_first_token.as_secs_f64() * 1e3,
         stats.stop_reason,
     );
+}
+
+pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("setting up the thread pool")?;
+    }
+    Ok(())
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    set_threads(a.sampling.threads)?;
+    let prompt = match (&a.prompt, &a.file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        (None, None) => String::new(),
+    };
+    let (engine, _) = load_engine(a.model)?;
+    let cfg = a.sampling.config();
+    let mut out = std::io::stdout().lock();
+    if !a.no_display_prompt {
+        let _ = write!(out, "{prompt}");
+        let _ = out.flush();
+    }
+    let stats = engine.generate(&prompt, &cfg, a.sampling.ctx_size, |text| {
+        // A closed stdout (`| head`) cancels generation quietly.
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .is_ok()
+    })?;
+    let _ = writeln!(out);
+    print_stats(&stats, &cfg);
     Ok(())
 }

@@ -129,3 +129,32 @@ pub fn gen_fixture(a: FixtureArgs) -> anyhow::Result<()> {
     eprintln!("wrote {} ({bytes} bytes)", a.output.display());
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct ConvertArgs {
+    /// Hugging Face checkpoint folder (config.json, model.safetensors,
+    /// tokenizer.json, tokenizer_config.json), microsoft/bitnet-b1.58-2B-4T layout.
+    #[arg(value_name = "HF_DIR")]
+    input: PathBuf,
+    /// Output GGUF path.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+    /// Ternary weight type: i2_s (bitnet.cpp), tq2_0 or tq1_0 (llama.cpp).
+    #[arg(long, default_value = "i2_s")]
+    outtype: String,
+    /// Embedding type (f16, bf16, f32, q8_0); default: the checkpoint's.
+    #[arg(long)]
+    embedding_type: Option<String>,
+}
+
+pub fn convert(a: ConvertArgs) -> anyhow::Result<()> {
+    let opts = bitnet::convert::ConvertOptions {
+        weight_type: parse_type(&a.outtype)?,
+        embedding_type: a.embedding_type.as_deref().map(parse_type).transpose()?,
+        name: None,
+    };
+    let bytes = bitnet::convert::convert_hf(&a.input, &a.output, &opts)
+        .with_context(|| format!("converting {}", a.input.display()))?;
+    eprintln!("wrote {} ({bytes} bytes)", a.output.display());
+    Ok(())
+}
