@@ -35,6 +35,8 @@ pub enum StopReason {
     ContextFull,
     /// The callback asked to stop.
     Cancelled,
+    /// One token took longer than `token_timeout`.
+    Timeout,
 }
 
 /// Timings and counts of one generation, as llama.cpp reports them.
@@ -145,7 +147,11 @@ impl<B: Backend> Engine<B> {
             if session.len() >= ctx {
                 break StopReason::ContextFull;
             }
+            let step = Instant::now();
             logits = self.model.forward(&mut session, &[next], false)?;
+            if cfg.token_timeout.is_some_and(|t| step.elapsed() > t) {
+                break StopReason::Timeout;
+            }
         };
         if !matches!(reason, StopReason::StopString | StopReason::Cancelled) {
             let tail = stops.finish(&decoder.finish());

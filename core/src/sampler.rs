@@ -39,6 +39,8 @@ pub struct GenerationConfig {
     pub max_tokens: Option<usize>,
     /// Generation stops when the text ends with one of these (not included).
     pub stop: Vec<String>,
+    /// Stop (with [`crate::StopReason::Timeout`]) when one token takes longer.
+    pub token_timeout: Option<std::time::Duration>,
 }
 
 impl Default for GenerationConfig {
@@ -56,6 +58,7 @@ impl Default for GenerationConfig {
             seed: None,
             max_tokens: None,
             stop: Vec::new(),
+            token_timeout: None,
         }
     }
 }

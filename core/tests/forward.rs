@@ -61,3 +61,48 @@ fn bad_input_is_refused() {
         }
     );
 }
+
+#[test]
+fn generation_stops_and_cancels() {
+    use bitnet::{Engine, GenerationConfig, StopReason};
+    let file = GgufFile::from_vec(FixtureConfig::tiny(GgmlType::I2_S).to_bytes().unwrap()).unwrap();
+    let engine = Engine::load(Arc::new(file), CpuBackend).unwrap();
+    let cfg = GenerationConfig {
+        max_tokens: Some(5),
+        ..GenerationConfig::greedy()
+    };
+    let mut text = String::new();
+    let stats = engine
+        .generate("Hello", &cfg, 0, |t| {
+            text.push_str(t);
+            true
+        })
+        .unwrap();
+    assert_eq!(stats.stop_reason, StopReason::MaxTokens);
+    assert_eq!(stats.generated_tokens, 5);
+    assert_eq!(text, engine.tokenizer.decode(&stats.tokens));
+    // Same settings, same tokens.
+    let again = engine.generate("Hello", &cfg, 0, |_| true).unwrap();
+    assert_eq!(again.tokens, stats.tokens);
+    // Cancel at the first piece of text.
+    let cancel = engine.generate("Hello", &cfg, 0, |_| false).unwrap();
+    assert_eq!(cancel.stop_reason, StopReason::Cancelled);
+    // A context smaller than the prompt: a clear error, nothing generated.
+    let err = engine
+        .generate("Hello there, a longer prompt", &cfg, 4, |_| true)
+        .unwrap_err();
+    assert!(err.to_string().contains("but the context holds 4"), "{err}");
+    // Context full: stops cleanly.
+    let full = GenerationConfig {
+        max_tokens: None,
+        ..cfg
+    };
+    let stats = engine.generate("Hello", &full, 10, |_| true).unwrap();
+    assert!(matches!(
+        stats.stop_reason,
+        StopReason::ContextFull | StopReason::EndOfText
+    ));
+    // The last token is sampled from the last position's logits and needs no
+    // slot of its own.
+    assert!(stats.prompt_tokens + stats.generated_tokens <= 11);
+}

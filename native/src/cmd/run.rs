@@ -96,6 +96,7 @@ impl SamplingArgs {
             seed: u64::try_from(self.seed).ok(),
             max_tokens: usize::try_from(self.n_predict).ok(),
             stop: self.stop.clone(),
+            token_timeout: None,
         }
     }
 }
