@@ -84,3 +84,41 @@ def test_check_tensors_finds_a_nan_scale(tmp_path):
     proc = run_cli("info", path, "--check-tensors", check=False)
     assert proc.returncode == 1
     assert 'tensor "w" (TQ2_0): block 1 has scale NaN' in proc.stderr
+
+
+def test_inference_streams_and_reports_timings():
+    proc = run_cli("inference", "-p", "Hello", "-n", "4", "--temp", "0")
+    assert proc.stdout.startswith("Hello")
+    assert "prompt: " in proc.stderr and "tokens/s" in proc.stderr and "stop: MaxTokens" in proc.stderr
+    # Same settings, same output.
+    assert run_cli("inference", "-p", "Hello", "-n", "4", "--temp", "0").stdout == proc.stdout
+
+
+def test_inference_prompt_longer_than_context_is_a_clear_error():
+    proc = run_cli("inference", "-p", "a fairly long prompt " * 5, "-c", "8", check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert "but the context holds 8" in lines[-1], proc.stderr
+    assert "panicked" not in proc.stderr
+
+
+def test_random_seed_is_printed():
+    proc = run_cli("inference", "-p", "Hi", "-n", "2")
+    assert "seed: " in proc.stderr
+
+
+def test_chat_reads_turns_from_stdin():
+    import subprocess
+
+    from conftest import binary
+
+    proc = subprocess.run(
+        [str(binary("bitnet-cli")), "chat", "-n", "3", "--temp", "0"],
+        input="Hello\nAgain\n",
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # One reply line per turn (replies of the random bundled model may hold
+    # newlines of their own).
+    assert proc.stdout.count("\n") >= 2
