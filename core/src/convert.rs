@@ -16,6 +16,7 @@ use half::{bf16, f16};
 use serde_json::Value as Json;
 
 use crate::gguf::{Array, GgmlType, GgufWriter, StringArray, Value, WriteError};
+use crate::model::config::{ternary_file_type, HParams};
 use crate::quant;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,17 @@ struct StTensor {
 struct SafeTensors {
     files: Vec<Vec<u8>>,
     tensors: HashMap<String, StTensor>,
+}
+
+/// A JSON array of non-negative integers (anything else is dropped).
+fn usizes(v: &Json) -> Vec<usize> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_u64().map(|v| v as usize))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl SafeTensors {
@@ -130,22 +142,8 @@ impl SafeTensors {
                 continue;
             }
             let dtype = info["dtype"].as_str().unwrap_or_default().to_owned();
-            let shape: Vec<usize> = info["shape"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_u64().map(|v| v as usize))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let offs: Vec<usize> = info["data_offsets"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_u64().map(|v| v as usize))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let shape = usizes(&info["shape"]);
+            let offs = usizes(&info["data_offsets"]);
             let [start, end] = offs[..] else {
                 return Err(bad(format!("{name}: bad data_offsets")));
             };
@@ -350,37 +348,33 @@ pub fn convert_hf(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<u64, 
     let st = SafeTensors::open(dir)?;
     let arch = "bitnet-b1.58";
     let mut w = GgufWriter::new();
-    let key = |k: &str| format!("{arch}.{k}");
-    let u32v = |v: u64| Value::U32(v as u32);
-    w.add_metadata("general.architecture", Value::String(arch.into()))?;
     let name = opts.name.clone().unwrap_or_else(|| {
         dir.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "bitnet".into())
     });
-    w.add_metadata("general.name", Value::String(name))?;
-    let file_type = match opts.weight_type {
-        GgmlType::I2_S => 40,
-        GgmlType::TQ1_0 => 36,
-        GgmlType::TQ2_0 => 37,
-        other => {
-            return Err(ConvertError::Config(format!(
-                "--outtype {other} is not a ternary type"
-            )))
-        }
-    };
-    w.add_metadata("general.file_type", Value::U32(file_type))?;
-    w.add_metadata("general.quantization_version", Value::U32(2))?;
-    w.add_metadata(&key("vocab_size"), u32v(c.n_vocab))?;
-    w.add_metadata(&key("context_length"), u32v(c.n_ctx))?;
-    w.add_metadata(&key("embedding_length"), u32v(c.n_embd))?;
-    w.add_metadata(&key("block_count"), u32v(c.n_layers))?;
-    w.add_metadata(&key("feed_forward_length"), u32v(c.n_ff))?;
-    w.add_metadata(&key("rope.dimension_count"), u32v(c.n_embd / c.n_head))?;
-    w.add_metadata(&key("attention.head_count"), u32v(c.n_head))?;
-    w.add_metadata(&key("attention.head_count_kv"), u32v(c.n_head_kv))?;
-    w.add_metadata(&key("attention.layer_norm_rms_epsilon"), Value::F32(c.eps))?;
-    w.add_metadata(&key("rope.freq_base"), Value::F32(c.theta))?;
+    if ternary_file_type(opts.weight_type).is_none() {
+        return Err(ConvertError::Config(format!(
+            "--outtype {} is not a ternary type",
+            opts.weight_type
+        )));
+    }
+    HParams {
+        architecture: arch,
+        name,
+        weight_type: opts.weight_type,
+        n_vocab: c.n_vocab,
+        n_ctx: c.n_ctx,
+        n_embd: c.n_embd,
+        n_layers: c.n_layers,
+        n_ff: c.n_ff,
+        n_head: c.n_head,
+        n_head_kv: c.n_head_kv,
+        rms_eps: c.eps,
+        rope_theta: c.theta,
+    }
+    .write(&mut w)?;
+    let key = |k: &str| format!("{arch}.{k}");
     let act = match c.act.as_str() {
         "relu2" => "relu2",
         "silu" => "silu",

@@ -19,6 +19,7 @@ use std::path::Path;
 use half::{bf16, f16};
 
 use crate::gguf::{Array, GgmlType, GgufWriter, StringArray, Value, WriteError};
+use crate::model::config::HParams;
 use crate::quant;
 
 /// The shape and types of a fixture model.
@@ -166,35 +167,21 @@ impl FixtureConfig {
     }
 
     fn add_metadata(&self, w: &mut GgufWriter) -> Result<(), WriteError> {
-        let arch = self.architecture.as_str();
-        let key = |k: &str| format!("{arch}.{k}");
-        let u32v = |v: u64| Value::U32(v as u32);
-        w.add_metadata("general.architecture", Value::String(arch.into()))?;
-        w.add_metadata(
-            "general.name",
-            Value::String(format!(
-                "bitnet-fixture-{}-seed{}",
-                self.ternary_type, self.seed
-            )),
-        )?;
-        w.add_metadata(
-            "general.file_type",
-            Value::U32(file_type(self.ternary_type)),
-        )?;
-        w.add_metadata("general.quantization_version", Value::U32(2))?;
-        w.add_metadata(&key("vocab_size"), u32v(self.n_vocab))?;
-        w.add_metadata(&key("context_length"), u32v(self.n_ctx))?;
-        w.add_metadata(&key("embedding_length"), u32v(self.n_embd))?;
-        w.add_metadata(&key("block_count"), u32v(self.n_layers))?;
-        w.add_metadata(&key("feed_forward_length"), u32v(self.n_ff))?;
-        w.add_metadata(&key("rope.dimension_count"), u32v(self.head_dim()))?;
-        w.add_metadata(&key("attention.head_count"), u32v(self.n_head))?;
-        w.add_metadata(&key("attention.head_count_kv"), u32v(self.n_head_kv))?;
-        w.add_metadata(
-            &key("attention.layer_norm_rms_epsilon"),
-            Value::F32(self.rms_eps),
-        )?;
-        w.add_metadata(&key("rope.freq_base"), Value::F32(self.rope_theta))?;
+        HParams {
+            architecture: &self.architecture,
+            name: format!("bitnet-fixture-{}-seed{}", self.ternary_type, self.seed),
+            weight_type: self.ternary_type,
+            n_vocab: self.n_vocab,
+            n_ctx: self.n_ctx,
+            n_embd: self.n_embd,
+            n_layers: self.n_layers,
+            n_ff: self.n_ff,
+            n_head: self.n_head,
+            n_head_kv: self.n_head_kv,
+            rms_eps: self.rms_eps,
+            rope_theta: self.rope_theta,
+        }
+        .write(w)?;
 
         let vocab = Vocab::synthetic(self.n_vocab as usize, self.seed);
         w.add_metadata("tokenizer.ggml.model", Value::String("gpt2".into()))?;
@@ -253,16 +240,6 @@ impl FixtureConfig {
             add_norm(w, seed, &t("ffn_sub_norm"), f)?;
         }
         Ok(())
-    }
-}
-
-/// llama.cpp's `general.file_type` for each ternary type (bitnet.cpp's 40
-/// for I2_S).
-fn file_type(ty: GgmlType) -> u32 {
-    match ty {
-        GgmlType::I2_S => 40,
-        GgmlType::TQ1_0 => 36,
-        _ => 37, // TQ2_0
     }
 }
 

@@ -467,6 +467,68 @@ fn check_tokenizer(md: &Metadata, n_vocab: u64) -> Result<()> {
     Ok(())
 }
 
+/// llama.cpp's `general.file_type` for a model whose projections are `ty`
+/// (bitnet.cpp's 40 for I2_S); `None` for non-ternary types.
+pub fn ternary_file_type(ty: GgmlType) -> Option<u32> {
+    match ty {
+        GgmlType::I2_S => Some(40),
+        GgmlType::TQ1_0 => Some(36),
+        GgmlType::TQ2_0 => Some(37),
+        _ => None,
+    }
+}
+
+/// The `general.*` and `{arch}.*` keys every BitNet GGUF we write carries
+/// (the fixture generator and the converter share this).
+pub struct HParams<'a> {
+    pub architecture: &'a str,
+    pub name: String,
+    pub weight_type: GgmlType,
+    pub n_vocab: u64,
+    pub n_ctx: u64,
+    pub n_embd: u64,
+    pub n_layers: u64,
+    pub n_ff: u64,
+    pub n_head: u64,
+    pub n_head_kv: u64,
+    pub rms_eps: f32,
+    pub rope_theta: f32,
+}
+
+impl HParams<'_> {
+    pub fn write(
+        &self,
+        w: &mut crate::gguf::GgufWriter,
+    ) -> std::result::Result<(), crate::gguf::WriteError> {
+        let arch = self.architecture;
+        let key = |k: &str| format!("{arch}.{k}");
+        let u32v = |v: u64| Value::U32(v as u32);
+        w.add_metadata("general.architecture", Value::String(arch.into()))?;
+        w.add_metadata("general.name", Value::String(self.name.clone()))?;
+        if let Some(ft) = ternary_file_type(self.weight_type) {
+            w.add_metadata("general.file_type", Value::U32(ft))?;
+        }
+        w.add_metadata("general.quantization_version", Value::U32(2))?;
+        w.add_metadata(&key("vocab_size"), u32v(self.n_vocab))?;
+        w.add_metadata(&key("context_length"), u32v(self.n_ctx))?;
+        w.add_metadata(&key("embedding_length"), u32v(self.n_embd))?;
+        w.add_metadata(&key("block_count"), u32v(self.n_layers))?;
+        w.add_metadata(&key("feed_forward_length"), u32v(self.n_ff))?;
+        w.add_metadata(
+            &key("rope.dimension_count"),
+            u32v(self.n_embd / self.n_head.max(1)),
+        )?;
+        w.add_metadata(&key("attention.head_count"), u32v(self.n_head))?;
+        w.add_metadata(&key("attention.head_count_kv"), u32v(self.n_head_kv))?;
+        w.add_metadata(
+            &key("attention.layer_norm_rms_epsilon"),
+            Value::F32(self.rms_eps),
+        )?;
+        w.add_metadata(&key("rope.freq_base"), Value::F32(self.rope_theta))?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
