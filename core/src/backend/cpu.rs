@@ -31,6 +31,19 @@ impl CpuTensor {
         }
     }
 
+    /// A `rows` × `columns.len()` tensor from per-output-column results
+    /// (how the row-parallel kernels produce them).
+    fn from_columns(columns: &[Vec<f32>], rows: usize) -> Self {
+        let cols = columns.len();
+        let mut out = CpuTensor::zeros(rows, cols);
+        for (c, col) in columns.iter().enumerate() {
+            for (r, v) in col.iter().enumerate() {
+                out.data[r * cols + c] = *v;
+            }
+        }
+        out
+    }
+
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
@@ -326,13 +339,7 @@ impl Backend for CpuBackend {
                 },
             )
             .collect();
-        let mut out = CpuTensor::zeros(t, w.m);
-        for (m, col) in columns.iter().enumerate() {
-            for (r, v) in col.iter().enumerate() {
-                out.data[r * w.m + m] = *v;
-            }
-        }
-        out
+        CpuTensor::from_columns(&columns, t)
     }
 
     fn rope(&self, x: &mut CpuTensor, head_dim: usize, rope_dim: usize, theta: f32, pos0: usize) {
@@ -446,13 +453,7 @@ impl Backend for CpuBackend {
                     .collect()
             })
             .collect();
-        let mut out = CpuTensor::zeros(n, table.rows);
-        for (v, col) in columns.iter().enumerate() {
-            for (r, s) in col.iter().enumerate() {
-                out.data[r * table.rows + v] = *s;
-            }
-        }
-        out
+        CpuTensor::from_columns(&columns, n)
     }
 
     fn read(&self, x: &CpuTensor) -> Vec<f32> {
