@@ -1,12 +1,18 @@
 //! Hugging Face checkpoint → GGUF, for BitNet b1.58 models saved in the
-//! `microsoft/bitnet-b1.58-2B-4T` layout (`model_type: bitnet`).
+//! `microsoft/bitnet-b1.58-2B-4T` layout (`model_type: bitnet` → GGUF
+//! architecture `bitnet-b1.58`, with sub-norms) and for Llama-architecture
+//! ternary models (`model_type: llama` with a BitNet `quantization_config`,
+//! as HF1BitLLM/Llama3-8B-1.58 and Falcon3-1.58bit → GGUF `llama`, no
+//! sub-norms, SiLU, Q/K rows reordered for llama.cpp's RoPE pairing).
 //!
 //! Inputs: `config.json`, `model.safetensors` (or a sharded index),
 //! `tokenizer.json` and `tokenizer_config.json`. Ternary projections arrive
 //! packed (uint8 `[M/4, K]`: byte `[i, k]` holds rows i, i+M/4, i+2M/4,
 //! i+3M/4 in bit pairs 1-0, 3-2, 5-4, 7-6, code − 1 = weight) with one
-//! `weight_scale` each, which the 2B4T model multiplies by; unpacked float
-//! checkpoints are ternarised with absmean (scale = mean |W|). Norms and the
+//! `weight_scale` each, multiplied by (`linear_class: autobitlinear`, 2B4T)
+//! or divided by (the legacy default `bitlinear`) as `quantization_config`
+//! says; float checkpoints without a stored scale are ternarised with
+//! absmean (scale = mean |W|), as transformers' online mode does. Norms and the
 //! embedding keep their values (embedding type chosen by the caller).
 
 use std::collections::HashMap;
@@ -230,7 +236,19 @@ impl Default for ConvertOptions {
     }
 }
 
+/// How a packed checkpoint's `weight_scale` turns ternary codes back into
+/// weights (formats.md section 1): transformers' `AutoBitLinear` (2B4T,
+/// `linear_class: autobitlinear`) multiplies by it; the legacy `BitLinear`
+/// (the default class: Llama3-8B-1.58, Falcon3-1.58bit) divides by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ScaleRule {
+    Multiply,
+    Divide,
+}
+
 struct Cfg {
+    /// GGUF architecture: `bitnet-b1.58` (sub-norms) or `llama` (none).
+    arch: &'static str,
     n_vocab: u64,
     n_embd: u64,
     n_ff: u64,
@@ -242,34 +260,112 @@ struct Cfg {
     theta: f32,
     tied: bool,
     act: String,
+    /// `None`: no quantization_config, float weights ternarised here.
+    scale_rule: Option<ScaleRule>,
 }
 
 fn read_config(dir: &Path) -> Result<Cfg, ConvertError> {
     let c = read_json(&dir.join("config.json"))?;
+    let cfg_err = |m: String| ConvertError::Config(m);
     let model_type = c["model_type"].as_str().unwrap_or_default();
-    if model_type != "bitnet" {
-        return Err(ConvertError::Config(format!(
-            "model_type {model_type:?} is not supported (supported: bitnet)"
-        )));
-    }
+    // transformers' defaults per model type.
+    let (arch, default_act, default_eps) = match model_type {
+        "bitnet" => ("bitnet-b1.58", "relu2", 1e-5),
+        "llama" => ("llama", "silu", 1e-6),
+        other => {
+            return Err(cfg_err(format!(
+                "model_type {other:?} is not supported (supported: bitnet, llama)"
+            )))
+        }
+    };
     let int = |k: &str| {
         c[k].as_u64()
-            .ok_or_else(|| ConvertError::Config(format!("missing integer {k}")))
+            .ok_or_else(|| cfg_err(format!("missing integer {k}")))
     };
     let n_head = int("num_attention_heads")?;
+    let n_embd = int("hidden_size")?;
+    if n_head == 0 || n_embd % n_head != 0 {
+        return Err(cfg_err(format!(
+            "num_attention_heads {n_head} does not divide hidden_size {n_embd}"
+        )));
+    }
+    if let Some(hd) = c["head_dim"].as_u64() {
+        if hd != n_embd / n_head {
+            return Err(cfg_err(format!(
+                "head_dim {hd} differs from hidden_size / num_attention_heads = {} (not supported)",
+                n_embd / n_head
+            )));
+        }
+    }
+    for k in ["attention_bias", "mlp_bias"] {
+        if c[k].as_bool() == Some(true) {
+            return Err(cfg_err(format!("{k} = true is not supported")));
+        }
+    }
+    // transformers 5 keeps RoPE settings in rope_parameters, older files at
+    // the top level; any scaling (linear, dynamic, yarn, llama3) is refused.
+    let rope = c.get("rope_parameters").filter(|v| v.is_object());
+    let theta = rope
+        .and_then(|r| r["rope_theta"].as_f64())
+        .or_else(|| c["rope_theta"].as_f64())
+        .unwrap_or(10_000.0) as f32;
+    let rope_type = rope
+        .and_then(|r| r["rope_type"].as_str())
+        .unwrap_or("default");
+    if rope_type != "default" || !c["rope_scaling"].is_null() {
+        return Err(cfg_err(format!(
+            "RoPE scaling ({}) is not supported",
+            if rope_type != "default" {
+                rope_type.to_owned()
+            } else {
+                c["rope_scaling"].to_string()
+            }
+        )));
+    }
     Ok(Cfg {
+        arch,
         n_vocab: int("vocab_size")?,
-        n_embd: int("hidden_size")?,
+        n_embd,
         n_ff: int("intermediate_size")?,
         n_layers: int("num_hidden_layers")?,
         n_head,
         n_head_kv: c["num_key_value_heads"].as_u64().unwrap_or(n_head),
         n_ctx: int("max_position_embeddings")?,
-        eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-5) as f32,
-        theta: c["rope_theta"].as_f64().unwrap_or(10_000.0) as f32,
-        tied: c["tie_word_embeddings"].as_bool().unwrap_or(true),
-        act: c["hidden_act"].as_str().unwrap_or("relu2").to_owned(),
+        eps: c["rms_norm_eps"].as_f64().unwrap_or(default_eps) as f32,
+        theta,
+        // transformers' default for both model types.
+        tied: c["tie_word_embeddings"].as_bool().unwrap_or(false),
+        act: c["hidden_act"].as_str().unwrap_or(default_act).to_owned(),
+        scale_rule: scale_rule(&c["quantization_config"])?,
     })
+}
+
+/// The weight_scale rule of `quantization_config`, as transformers applies it.
+fn scale_rule(q: &Json) -> Result<Option<ScaleRule>, ConvertError> {
+    if q.is_null() {
+        return Ok(None);
+    }
+    let field = |k: &str| q[k].as_str();
+    let err = |m: String| Err(ConvertError::Config(format!("quantization_config: {m}")));
+    match field("quant_method") {
+        Some("bitnet") => {}
+        other => return err(format!("quant_method {other:?} is not supported (bitnet)")),
+    }
+    if q["use_rms_norm"].as_bool() == Some(true) {
+        return err("use_rms_norm = true (a norm inside every linear) is not supported".into());
+    }
+    match (
+        field("linear_class").unwrap_or("bitlinear"),
+        field("quantization_mode").unwrap_or("offline"),
+    ) {
+        ("bitlinear", _) => Ok(Some(ScaleRule::Divide)),
+        ("autobitlinear", "offline") => Ok(Some(ScaleRule::Multiply)),
+        // Online: float weights, quantized with absmean on the fly.
+        ("autobitlinear", "online") => Ok(None),
+        (class, mode) => err(format!(
+            "linear_class {class:?} with quantization_mode {mode:?} is not supported"
+        )),
+    }
 }
 
 /// Ternary weights of a projection as `[m][k]` codes (-1, 0, 1) and the
@@ -279,6 +375,7 @@ fn ternary(
     base: &str,
     k: usize,
     m: usize,
+    rule: Option<ScaleRule>,
 ) -> Result<(Vec<i8>, f32), ConvertError> {
     let name = format!("{base}.weight");
     let t = st.get(&name)?;
@@ -286,7 +383,27 @@ fn ternary(
         name: name.clone(),
         reason,
     };
-    if t.dtype == "U8" {
+    let Some(rule) = rule else {
+        // No stored scale: absmean ternarisation as transformers' online
+        // AutoBitLinear does it (codes = round(W / mean|W|), clamped).
+        if t.dtype == "U8" {
+            return Err(bad(
+                "packed ternary weights, but config.json has no quantization_config saying how to apply weight_scale".into(),
+            ));
+        }
+        let (v, shape) = st.f32s(&name)?;
+        if shape != [m, k] {
+            return Err(bad(format!("shape {shape:?}, expected [{m}, {k}]")));
+        }
+        let mean = v.iter().map(|x| x.abs() as f64).sum::<f64>() / v.len().max(1) as f64;
+        let inv = 1.0 / (mean as f32).max(1e-5);
+        let w = v
+            .iter()
+            .map(|x| (x * inv).round_ties_even().clamp(-1.0, 1.0) as i8)
+            .collect();
+        return Ok((w, 1.0 / inv));
+    };
+    let w = if t.dtype == "U8" {
         if t.shape != [m / 4, k] || m % 4 != 0 {
             return Err(bad(format!(
                 "packed shape {:?}, expected [{}, {k}]",
@@ -309,22 +426,51 @@ fn ternary(
                 }
             }
         }
-        let (s, _) = st.f32s(&format!("{base}.weight_scale"))?;
-        let scale = *s.first().ok_or_else(|| bad("empty weight_scale".into()))?;
-        return Ok((w, scale));
+        w
+    } else {
+        // Already ternary values stored as floats.
+        let (v, shape) = st.f32s(&name)?;
+        if shape != [m, k] {
+            return Err(bad(format!("shape {shape:?}, expected [{m}, {k}]")));
+        }
+        if let Some(x) = v.iter().find(|x| !matches!(**x, -1.0 | 0.0 | 1.0)) {
+            return Err(bad(format!(
+                "quantization_config says offline-quantized, but the weights hold {x}, not only -1, 0, 1"
+            )));
+        }
+        v.iter().map(|&x| x as i8).collect()
+    };
+    let (s, _) = st.f32s(&format!("{base}.weight_scale"))?;
+    let ws = *s.first().ok_or_else(|| bad("empty weight_scale".into()))?;
+    if !(ws.is_finite() && ws > 0.0) {
+        return Err(bad(format!("weight_scale {ws} must be finite and > 0")));
     }
-    // Float weights: absmean ternarisation (BitNet b1.58).
-    let (v, shape) = st.f32s(&name)?;
-    if shape != [m, k] {
-        return Err(bad(format!("shape {shape:?}, expected [{m}, {k}]")));
-    }
-    let mean = v.iter().map(|x| x.abs() as f64).sum::<f64>() / v.len().max(1) as f64;
-    let scale = (mean as f32).max(1e-5);
-    let w = v
-        .iter()
-        .map(|x| (x / scale).round_ties_even().clamp(-1.0, 1.0) as i8)
-        .collect();
+    let scale = match rule {
+        ScaleRule::Multiply => ws,
+        ScaleRule::Divide => 1.0 / ws,
+    };
     Ok((w, scale))
+}
+
+/// llama.cpp's `llama` architecture applies RoPE to adjacent pairs, so its
+/// converters reorder each head's Q/K rows: row `i` of the first half and
+/// row `i` of the second half become rows `2i` and `2i + 1`. We do the same
+/// so our `llama` files match the ones in the wild.
+fn interleave_heads(w: &[i8], k: usize, n_head: usize) -> Vec<i8> {
+    let rows = w.len() / k;
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0i8; w.len()];
+    for h in 0..n_head {
+        for j in 0..2 {
+            for i in 0..half {
+                let from = h * hd + j * half + i;
+                let to = h * hd + 2 * i + j;
+                out[to * k..(to + 1) * k].copy_from_slice(&w[from * k..(from + 1) * k]);
+            }
+        }
+    }
+    out
 }
 
 fn float_bytes(ty: GgmlType, v: &[f32]) -> Vec<u8> {
@@ -346,7 +492,8 @@ fn float_bytes(ty: GgmlType, v: &[f32]) -> Vec<u8> {
 pub fn convert_hf(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<u64, ConvertError> {
     let c = read_config(dir)?;
     let st = SafeTensors::open(dir)?;
-    let arch = "bitnet-b1.58";
+    let arch = c.arch;
+    let bitnet = arch != "llama";
     let mut w = GgufWriter::new();
     let name = opts.name.clone().unwrap_or_else(|| {
         dir.file_name()
@@ -375,16 +522,21 @@ pub fn convert_hf(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<u64, 
     }
     .write(&mut w)?;
     let key = |k: &str| format!("{arch}.{k}");
-    let act = match c.act.as_str() {
-        "relu2" => "relu2",
-        "silu" => "silu",
-        other => {
+    match (bitnet, c.act.as_str()) {
+        // llama.cpp's BitNet graph reads the activation from this key.
+        (true, act @ ("relu2" | "silu")) => {
+            w.add_metadata(&key("hidden_activation"), Value::String(act.into()))?
+        }
+        // The llama architecture is SiLU by definition.
+        (false, "silu") => {}
+        (_, other) => {
             return Err(ConvertError::Config(format!(
-                "hidden_act {other:?} is not supported (relu2, silu)"
+                "hidden_act {other:?} is not supported for model_type {} (supported: {})",
+                if bitnet { "bitnet" } else { "llama" },
+                if bitnet { "relu2, silu" } else { "silu" }
             )))
         }
-    };
-    w.add_metadata(&key("hidden_activation"), Value::String(act.into()))?;
+    }
     add_tokenizer(&mut w, dir, c.n_vocab)?;
 
     // Tensors.
@@ -420,8 +572,18 @@ pub fn convert_hf(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<u64, 
         Ok(())
     };
     norm(&mut w, "model.norm.weight", "output_norm.weight", c.n_embd)?;
-    if !c.tied && st.tensors.contains_key("lm_head.weight") {
-        let (v, _) = st.f32s("lm_head.weight")?;
+    if !c.tied {
+        let (v, shape) = st.f32s("lm_head.weight").map_err(|_| {
+            ConvertError::Config(
+                "tie_word_embeddings is false (transformers' default) but the checkpoint has no lm_head.weight".into(),
+            )
+        })?;
+        if shape != [c.n_vocab as usize, c.n_embd as usize] {
+            return Err(ConvertError::Tensor {
+                name: "lm_head.weight".into(),
+                reason: format!("shape {shape:?}, expected [{}, {}]", c.n_vocab, c.n_embd),
+            });
+        }
         w.add_tensor(
             "output.weight",
             &[c.n_embd, c.n_vocab],
@@ -443,7 +605,15 @@ pub fn convert_hf(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<u64, 
             ("mlp.up_proj", "ffn_up", e, f),
             ("mlp.down_proj", "ffn_down", f, e),
         ] {
-            let (codes, scale) = ternary(&st, &hf(from), k as usize, m as usize)?;
+            let (mut codes, scale) = ternary(&st, &hf(from), k as usize, m as usize, c.scale_rule)?;
+            if !bitnet && (to == "attn_q" || to == "attn_k") {
+                let heads = if to == "attn_q" {
+                    c.n_head
+                } else {
+                    c.n_head_kv
+                };
+                codes = interleave_heads(&codes, k as usize, heads as usize);
+            }
             let bytes = quant::encode_ternary(opts.weight_type, &codes, scale).map_err(|err| {
                 ConvertError::Tensor {
                     name: hf(from),
@@ -453,23 +623,25 @@ pub fn convert_hf(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<u64, 
             w.add_tensor(&gg(to), &[k, m], opts.weight_type, bytes)?;
         }
         norm(&mut w, &hf("input_layernorm.weight"), &gg("attn_norm"), e)?;
-        norm(
-            &mut w,
-            &hf("self_attn.attn_sub_norm.weight"),
-            &gg("attn_sub_norm"),
-            e,
-        )?;
+        if bitnet {
+            norm(
+                &mut w,
+                &hf("self_attn.attn_sub_norm.weight"),
+                &gg("attn_sub_norm"),
+                e,
+            )?;
+            norm(
+                &mut w,
+                &hf("mlp.ffn_sub_norm.weight"),
+                &gg("ffn_sub_norm"),
+                f,
+            )?;
+        }
         norm(
             &mut w,
             &hf("post_attention_layernorm.weight"),
             &gg("ffn_norm"),
             e,
-        )?;
-        norm(
-            &mut w,
-            &hf("mlp.ffn_sub_norm.weight"),
-            &gg("ffn_sub_norm"),
-            f,
         )?;
     }
     Ok(w.write_file(out)?)

@@ -22,6 +22,17 @@ pub const MAX_LAYERS: u64 = 1024;
 /// Longest chat template we accept (the official ones are a few KiB).
 pub const MAX_CHAT_TEMPLATE: usize = 256 * 1024;
 
+/// How RoPE pairs the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimension i with i + rope_dim/2 (GPT-NeoX; the BitNet architectures).
+    Neox,
+    /// Dimension 2i with 2i + 1 (llama.cpp's `llama` architecture, whose
+    /// converters permute the Q and K rows of Hugging Face checkpoints so
+    /// that this equals NEOX on the original weights).
+    Norm,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
     /// relu(x)², BitNet b1.58 2B4T.
@@ -44,6 +55,7 @@ pub struct BitNetConfig {
     pub head_dim: u64,
     pub rope_dim: u64,
     pub rope_theta: f32,
+    pub rope_style: RopeStyle,
     pub rms_eps: f32,
     pub activation: Activation,
     /// `attn_sub_norm` / `ffn_sub_norm` present (BitNet architectures).
@@ -84,6 +96,8 @@ pub enum ModelError {
     },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Backend(#[from] crate::backend::BackendError),
     #[error("the prompt and output need {needed} positions but the context holds {max}")]
@@ -218,6 +232,17 @@ impl BitNetConfig {
             ));
         }
         let head_dim = n_embd / n_head;
+        for key in ["attention.key_length", "attention.value_length"] {
+            if let Some(v) = k.opt_u64(key)? {
+                if v != head_dim {
+                    return Err(bad(
+                        k.full(key),
+                        format!("{v} differs from embedding_length / head_count = {head_dim}, which is not supported"),
+                    ));
+                }
+            }
+        }
+        check_rope_scaling(&k, file)?;
         let rope_dim = k.opt_u64("rope.dimension_count")?.unwrap_or(head_dim);
         if rope_dim > head_dim || rope_dim % 2 != 0 {
             return Err(bad(
@@ -241,6 +266,11 @@ impl BitNetConfig {
         let n_vocab = vocab_size(&k)?;
         let activation = activation(&k)?;
         let sub_norms = arch != "llama";
+        let rope_style = if arch == "llama" {
+            RopeStyle::Norm
+        } else {
+            RopeStyle::Neox
+        };
 
         let mut cfg = BitNetConfig {
             architecture: arch.into(),
@@ -254,6 +284,7 @@ impl BitNetConfig {
             head_dim,
             rope_dim,
             rope_theta,
+            rope_style,
             rms_eps,
             activation,
             sub_norms,
@@ -357,6 +388,41 @@ fn vocab_size(k: &Keys) -> Result<u64> {
     }
 }
 
+/// Context-extension schemes (linear, YaRN, Llama 3.1's `rope_freqs`) change
+/// every RoPE angle; we do not implement them, so refuse rather than run a
+/// model with wrong positions.
+fn check_rope_scaling(k: &Keys, file: &GgufFile) -> Result<()> {
+    let key = k.full("rope.scaling.type");
+    match k.md.get(&key) {
+        None => {}
+        Some(Value::String(s)) if s == "none" => {}
+        Some(Value::String(s)) => {
+            return Err(bad(key, format!("RoPE scaling {s:?} is not supported")));
+        }
+        Some(v) => {
+            return Err(ModelError::WrongType {
+                key,
+                expected: "STRING",
+                found: v.value_type().name(),
+            })
+        }
+    }
+    if let Some(f) = k.opt_f32("rope.scaling.factor")? {
+        if f != 1.0 && f != 0.0 {
+            return Err(bad(
+                k.full("rope.scaling.factor"),
+                format!("RoPE scaling by {f} is not supported"),
+            ));
+        }
+    }
+    if file.tensor("rope_freqs.weight").is_some() {
+        return Err(ModelError::Unsupported(
+            "tensor rope_freqs.weight (per-frequency RoPE factors, as Llama 3.1 uses) is not supported".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn activation(k: &Keys) -> Result<Activation> {
     let key = k.full("hidden_activation");
     match k.md.get(&key) {
@@ -436,6 +502,28 @@ fn check_tokenizer(md: &Metadata, n_vocab: u64) -> Result<()> {
                     "merge {i} ({m:?}) is not two tokens of the vocabulary"
                 ));
             }
+        }
+    }
+    // SentencePiece merges by score: one finite FLOAT32 score per token.
+    if md.get_str("tokenizer.ggml.model") == Some("llama") {
+        let Some(Array::F32(scores)) = md.get("tokenizer.ggml.scores").and_then(Value::as_array)
+        else {
+            return err(
+                "tokenizer.ggml.scores must be a FLOAT32 array (required for llama)".into(),
+            );
+        };
+        if scores.len() != tokens.len() {
+            return err(format!(
+                "{} token scores for {} tokens",
+                scores.len(),
+                tokens.len()
+            ));
+        }
+        if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+            return err(format!(
+                "token {i} has score {}, not a finite number",
+                scores[i]
+            ));
         }
     }
     for key in [

@@ -5,4 +5,4 @@ pub mod bitnet;
 pub mod config;
 
 pub use bitnet::{BitNet, Session};
-pub use config::{Activation, BitNetConfig, ModelError};
+pub use config::{Activation, BitNetConfig, ModelError, RopeStyle};
