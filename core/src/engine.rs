@@ -1,10 +1,12 @@
 //! Text in, text out: a model, its tokenizer and a sampler, generating token
 //! by token with streaming, cancellation and stop strings.
 
+use std::borrow::BorrowMut;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, KvType};
 use crate::gguf::GgufFile;
 use crate::model::{BitNet, ModelError, Session};
 use crate::sampler::{GenerationConfig, Sampler};
@@ -20,6 +22,16 @@ pub enum EngineError {
     PromptTooLong { prompt: usize, ctx: usize },
     #[error("the prompt is empty")]
     EmptyPrompt,
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Why generation ended.
@@ -42,7 +54,10 @@ pub enum StopReason {
 /// Timings and counts of one generation, as llama.cpp reports them.
 #[derive(Clone, Debug)]
 pub struct GenerationStats {
+    /// Tokens of the prompt, cached ones included.
     pub prompt_tokens: usize,
+    /// Prompt tokens found in the session's KV cache (not recomputed).
+    pub cached_prompt_tokens: usize,
     pub generated_tokens: usize,
     pub prompt_time: Duration,
     pub generation_time: Duration,
@@ -54,8 +69,10 @@ pub struct GenerationStats {
 }
 
 impl GenerationStats {
+    /// Prompt tokens actually computed per second.
     pub fn prompt_tokens_per_second(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+        let computed = self.prompt_tokens - self.cached_prompt_tokens;
+        computed as f64 / self.prompt_time.as_secs_f64().max(1e-9)
     }
 
     pub fn generation_tokens_per_second(&self) -> f64 {
@@ -65,110 +82,335 @@ impl GenerationStats {
     }
 }
 
+/// Stops a [`TokenStream`] from another thread (or from a callback): the
+/// stream ends with [`StopReason::Cancelled`] before its next token.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What a [`TokenStream`] yields: generated tokens and the text they made
+/// visible. Text can lag its tokens (a character split across tokens, or
+/// text that may begin a stop string is held back), so the last chunk of a
+/// stream may carry text and no token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    pub tokens: Vec<u32>,
+    pub text: String,
+}
+
+/// How a [`TokenStream`] groups tokens into chunks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamingConfig {
+    /// Tokens per chunk (1 = every token as soon as it is sampled).
+    pub buffer_size: usize,
+    /// A chunk is handed out once it is this old, even if not full.
+    pub flush_interval_ms: u64,
+    /// Stop ([`StopReason::Timeout`]) when one token takes longer than this;
+    /// overrides [`GenerationConfig::token_timeout`].
+    pub token_timeout_ms: Option<u64>,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            buffer_size: 1,
+            flush_interval_ms: 50,
+            token_timeout_ms: None,
+        }
+    }
+}
+
 /// A model with its tokenizer, ready to generate.
 pub struct Engine<B: Backend> {
     pub model: BitNet<B>,
     pub tokenizer: Tokenizer,
+    /// Positions of a new session's context (0 = the model's context length).
+    pub ctx_size: usize,
+    /// Storage of a new session's KV cache.
+    pub kv_type: KvType,
 }
 
 impl<B: Backend> Engine<B> {
     pub fn load(file: Arc<GgufFile>, backend: B) -> Result<Self, EngineError> {
         let tokenizer = Tokenizer::from_metadata(file.metadata())?;
         let model = BitNet::load(file, backend)?;
-        Ok(Engine { model, tokenizer })
+        Ok(Engine {
+            model,
+            tokenizer,
+            ctx_size: 0,
+            kv_type: KvType::F32,
+        })
     }
 
-    /// Generates a continuation of `prompt` (encoded with BOS as the model
-    /// asks) in a fresh session of `ctx_size` positions (0 = the model's).
-    /// `on_text` receives each piece of text as soon as it is valid UTF-8 and
-    /// cannot be part of a stop string; returning `false` cancels.
-    pub fn generate(
-        &self,
-        prompt: &str,
-        cfg: &GenerationConfig,
-        ctx_size: usize,
-        on_text: impl FnMut(&str) -> bool,
-    ) -> Result<GenerationStats, EngineError> {
-        let ids = self.tokenizer.encode(prompt, true);
-        self.generate_ids(&ids, cfg, ctx_size, on_text)
+    /// An empty sequence with this engine's context size and KV type.
+    pub fn new_session(&self) -> Session<B> {
+        self.model.new_session(self.ctx_size, self.kv_type)
     }
 
-    /// As [`Engine::generate`], from token ids.
-    pub fn generate_ids(
+    /// Starts generating a continuation of `prompt` (token ids, BOS
+    /// included where wanted) in `session`. Whatever prefix of `prompt` the
+    /// session already holds is reused from its KV cache (a chat's earlier
+    /// turns); the rest is computed as one batch on the first `next()`.
+    /// `session` is a `Session` (owned) or a `&mut Session` (kept by the
+    /// caller for the next turn).
+    pub fn stream<S: BorrowMut<Session<B>>>(
         &self,
+        mut session: S,
         prompt: &[u32],
         cfg: &GenerationConfig,
-        ctx_size: usize,
-        mut on_text: impl FnMut(&str) -> bool,
-    ) -> Result<GenerationStats, EngineError> {
+    ) -> Result<TokenStream<'_, B, S>, EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        let mut session: Session<B> = self.model.new_session(ctx_size);
-        let ctx = session.capacity();
+        let s = session.borrow_mut();
+        let ctx = s.capacity();
         if prompt.len() > ctx {
             return Err(EngineError::PromptTooLong {
                 prompt: prompt.len(),
                 ctx,
             });
         }
+        // Keep the cached prefix, but always recompute at least the last
+        // prompt token: its logits are where sampling starts.
+        let cached = s.common_prefix(prompt).min(prompt.len() - 1);
+        s.truncate(cached);
         let mut sampler = Sampler::new(cfg.clone());
         for &t in prompt {
             sampler.accept(t);
         }
-        let mut stops = StopMatcher::new(&cfg.stop);
-        let mut decoder = StreamDecoder::new();
-        let mut tokens = Vec::new();
+        Ok(TokenStream {
+            engine: self,
+            session,
+            token_timeout: cfg.token_timeout,
+            max_tokens: cfg.max_tokens,
+            stops: StopMatcher::new(&cfg.stop),
+            sampler,
+            decoder: StreamDecoder::new(),
+            prefill: prompt[cached..].to_vec(),
+            prompt_tokens: prompt.len(),
+            cached,
+            logits: Vec::new(),
+            tokens: Vec::new(),
+            buffer_size: 1,
+            flush_interval: Duration::from_millis(50),
+            cancel: CancelToken::new(),
+            start: Instant::now(),
+            prompt_time: Duration::ZERO,
+            gen_start: None,
+            ttft: None,
+            stop: None,
+            tail_sent: false,
+        })
+    }
 
-        let start = Instant::now();
-        let mut logits = self.model.forward(&mut session, prompt, false)?;
-        let prompt_time = start.elapsed();
-        let gen_start = Instant::now();
-        let mut ttft = None;
+    /// Generates a continuation of `prompt` (encoded with BOS as the model
+    /// asks) in a fresh session. `on_text` receives each piece of text as
+    /// soon as it is valid UTF-8 and cannot be part of a stop string;
+    /// returning `false` cancels.
+    pub fn generate(
+        &self,
+        prompt: &str,
+        cfg: &GenerationConfig,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<GenerationStats, EngineError> {
+        let ids = self.tokenizer.encode(prompt, true);
+        self.generate_ids(&mut self.new_session(), &ids, cfg, on_text)
+    }
 
-        let reason = loop {
-            if cfg.max_tokens.is_some_and(|n| tokens.len() >= n) {
-                break StopReason::MaxTokens;
-            }
-            let next = sampler.sample(&mut logits);
-            ttft.get_or_insert_with(|| start.elapsed());
-            if self.tokenizer.is_stop(next) {
-                break StopReason::EndOfText;
-            }
-            sampler.accept(next);
-            tokens.push(next);
-            let (text, hit) = stops.push(&decoder.push(&self.tokenizer, next));
-            if !text.is_empty() && !on_text(&text) {
-                break StopReason::Cancelled;
-            }
-            if hit {
-                break StopReason::StopString;
-            }
-            if session.len() >= ctx {
-                break StopReason::ContextFull;
-            }
-            let step = Instant::now();
-            logits = self.model.forward(&mut session, &[next], false)?;
-            if cfg.token_timeout.is_some_and(|t| step.elapsed() > t) {
-                break StopReason::Timeout;
-            }
-        };
-        if !matches!(reason, StopReason::StopString | StopReason::Cancelled) {
-            let tail = stops.finish(&decoder.finish());
-            if !tail.is_empty() {
-                on_text(&tail);
+    /// As [`Engine::generate`], from token ids, in `session` (reusing the
+    /// part of its cache that matches `prompt`).
+    pub fn generate_ids(
+        &self,
+        session: &mut Session<B>,
+        prompt: &[u32],
+        cfg: &GenerationConfig,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<GenerationStats, EngineError> {
+        let mut stream = self.stream(session, prompt, cfg)?;
+        while let Some(chunk) = stream.next() {
+            let chunk = chunk?;
+            if !chunk.text.is_empty() && !on_text(&chunk.text) {
+                stream.cancel_token().cancel();
             }
         }
-        Ok(GenerationStats {
-            prompt_tokens: prompt.len(),
-            generated_tokens: tokens.len(),
-            prompt_time,
-            generation_time: gen_start.elapsed(),
-            time_to_first_token: ttft.unwrap_or_default(),
-            stop_reason: reason,
-            seed: sampler.seed,
-            tokens,
-        })
+        Ok(stream.stats())
+    }
+}
+
+/// Generation as an iterator: each `next()` computes one token (the first
+/// also runs the prompt) and yields it with the text it completes. Dropping
+/// the stream stops generation; so does a [`CancelToken`].
+pub struct TokenStream<'a, B: Backend, S: BorrowMut<Session<B>> = Session<B>> {
+    engine: &'a Engine<B>,
+    session: S,
+    sampler: Sampler,
+    stops: StopMatcher,
+    decoder: StreamDecoder,
+    token_timeout: Option<Duration>,
+    max_tokens: Option<usize>,
+    /// Prompt tokens still to run (all of them before the first token).
+    prefill: Vec<u32>,
+    prompt_tokens: usize,
+    cached: usize,
+    logits: Vec<f32>,
+    tokens: Vec<u32>,
+    buffer_size: usize,
+    flush_interval: Duration,
+    cancel: CancelToken,
+    start: Instant,
+    prompt_time: Duration,
+    gen_start: Option<Instant>,
+    ttft: Option<Duration>,
+    stop: Option<StopReason>,
+    tail_sent: bool,
+}
+
+impl<B: Backend, S: BorrowMut<Session<B>>> TokenStream<'_, B, S> {
+    /// Groups tokens into chunks and sets the per-token timeout.
+    pub fn with_streaming(mut self, cfg: &StreamingConfig) -> Self {
+        self.buffer_size = cfg.buffer_size.max(1);
+        self.flush_interval = Duration::from_millis(cfg.flush_interval_ms);
+        if let Some(ms) = cfg.token_timeout_ms {
+            self.token_timeout = Some(Duration::from_millis(ms));
+        }
+        self
+    }
+
+    /// A handle that stops this stream from elsewhere.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    /// Makes `cancel` (shared with other streams or threads) stop this one.
+    pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Why the stream ended (`None` while it runs).
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.stop
+    }
+
+    /// The session, holding the prompt and the generated tokens.
+    pub fn session(&self) -> &Session<B> {
+        self.session.borrow()
+    }
+
+    /// Counts and timings so far (final once the stream has ended).
+    pub fn stats(&self) -> GenerationStats {
+        GenerationStats {
+            prompt_tokens: self.prompt_tokens,
+            cached_prompt_tokens: self.cached,
+            generated_tokens: self.tokens.len(),
+            prompt_time: self.prompt_time,
+            generation_time: self.gen_start.map(|t| t.elapsed()).unwrap_or_default(),
+            time_to_first_token: self.ttft.unwrap_or_default(),
+            stop_reason: self.stop.unwrap_or(StopReason::Cancelled),
+            seed: self.sampler.seed,
+            tokens: self.tokens.clone(),
+        }
+    }
+
+    /// Computes one token: `Ok(Some(id))`, or `Ok(None)` once stopped.
+    fn step(&mut self) -> Result<Option<u32>, EngineError> {
+        if self.stop.is_some() {
+            return Ok(None);
+        }
+        if self.cancel.is_cancelled() {
+            self.stop = Some(StopReason::Cancelled);
+            return Ok(None);
+        }
+        if self.max_tokens.is_some_and(|n| self.tokens.len() >= n) {
+            self.stop = Some(StopReason::MaxTokens);
+            return Ok(None);
+        }
+        let model = &self.engine.model;
+        if !self.prefill.is_empty() {
+            let prompt = std::mem::take(&mut self.prefill);
+            self.start = Instant::now();
+            self.logits = model.forward(self.session.borrow_mut(), &prompt, false)?;
+            self.prompt_time = self.start.elapsed();
+            self.gen_start = Some(Instant::now());
+        } else if let Some(&last) = self.tokens.last() {
+            if self.session.borrow().len() >= self.session.borrow().capacity() {
+                self.stop = Some(StopReason::ContextFull);
+                return Ok(None);
+            }
+            let step = Instant::now();
+            self.logits = model.forward(self.session.borrow_mut(), &[last], false)?;
+            if self.token_timeout.is_some_and(|t| step.elapsed() > t) {
+                self.stop = Some(StopReason::Timeout);
+                return Ok(None);
+            }
+        }
+        let next = self.sampler.sample(&mut self.logits);
+        self.ttft.get_or_insert_with(|| self.start.elapsed());
+        if self.engine.tokenizer.is_stop(next) {
+            self.stop = Some(StopReason::EndOfText);
+            return Ok(None);
+        }
+        self.sampler.accept(next);
+        self.tokens.push(next);
+        Ok(Some(next))
+    }
+}
+
+impl<B: Backend, S: BorrowMut<Session<B>>> Iterator for TokenStream<'_, B, S> {
+    type Item = Result<Chunk, EngineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut chunk = Chunk::default();
+        let begun = Instant::now();
+        while self.stop.is_none()
+            && chunk.tokens.len() < self.buffer_size
+            && (chunk.tokens.is_empty() || begun.elapsed() < self.flush_interval)
+        {
+            let id = match self.step() {
+                Ok(Some(id)) => id,
+                Ok(None) => break,
+                Err(e) => {
+                    self.stop = Some(StopReason::Cancelled);
+                    return Some(Err(e));
+                }
+            };
+            chunk.tokens.push(id);
+            let piece = self.decoder.push(&self.engine.tokenizer, id);
+            let (text, hit) = self.stops.push(&piece);
+            chunk.text.push_str(&text);
+            if hit {
+                self.stop = Some(StopReason::StopString);
+            }
+        }
+        if let Some(reason) = self.stop {
+            // Held-back text belongs to the output unless a stop string or
+            // the caller ended it.
+            if !self.tail_sent {
+                self.tail_sent = true;
+                if !matches!(reason, StopReason::StopString | StopReason::Cancelled) {
+                    chunk
+                        .text
+                        .push_str(&self.stops.finish(&self.decoder.finish()));
+                }
+            }
+            if chunk.tokens.is_empty() && chunk.text.is_empty() {
+                return None;
+            }
+        }
+        Some(Ok(chunk))
     }
 }
 

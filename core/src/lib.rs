@@ -1,15 +1,20 @@
 //! BitNet Rust core: the pieces every device shares.
 //!
-//! Today this crate holds the foundation: a validating GGUF reader
-//! ([`gguf::GgufFile`]) and writer ([`gguf::GgufWriter`]), the tensor types
-//! BitNet files use with scalar reference codecs ([`quant`]), and a generator
-//! of BitNet-shaped GGUF fixtures ([`fixture`]), and the model configuration
-//! with its checks ([`model::BitNetConfig`]). The forward pass, tokenizer and
-//! backends are built on top of these by later work; nothing here pretends to
-//! run a model yet.
+//! - [`BitNetModel`] ([`api`]): load a GGUF, generate (iterator, callback,
+//!   async, batch), with [`ModelConfig`], [`InferenceConfig`],
+//!   [`GenerationConfig`] and [`StreamingConfig`].
+//! - [`Engine`] ([`engine`]): model + tokenizer + sampler, token streams,
+//!   sessions whose KV cache is reused across chat turns.
+//! - [`model`]: configuration from GGUF metadata and the forward pass,
+//!   generic over a [`backend::Backend`] (the CPU reference in
+//!   [`backend::cpu`]).
+//! - [`gguf`]: validating reader and writer; [`quant`]: the tensor formats;
+//!   [`tokenizer`], [`chat`], [`sampler`]; [`convert`]: Hugging Face →
+//!   GGUF; [`fixture`]: BitNet-shaped test models.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
 pub mod backend;
 pub mod chat;
 pub mod convert;
@@ -21,7 +26,14 @@ pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
 
-pub use engine::{Engine, EngineError, GenerationStats, StopReason};
+pub use api::{
+    BitNetModel, Device, Generation, InferenceConfig, LoadingStrategy, ModelConfig, ModelStream,
+};
+pub use backend::KvType;
+pub use engine::{
+    CancelToken, Chunk, Engine, EngineError, GenerationStats, StopReason, StreamingConfig,
+    TokenStream,
+};
 pub use gguf::{GgmlType, GgufError, GgufFile};
 pub use model::{BitNet, BitNetConfig, ModelError};
 pub use sampler::{GenerationConfig, SamplingStrategy};

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bitnet::backend::cpu::CpuBackend;
+use bitnet::backend::KvType;
 use bitnet::fixture::FixtureConfig;
 use bitnet::gguf::GgufFile;
 use bitnet::model::{BitNet, ModelError};
@@ -22,7 +23,7 @@ fn every_ternary_format_gives_the_same_logits() {
     let mut all = Vec::new();
     for ty in [GgmlType::I2_S, GgmlType::TQ1_0, GgmlType::TQ2_0] {
         let m = model(ty);
-        let mut s = m.new_session(64);
+        let mut s = m.new_session(64, KvType::F32);
         let logits = m.forward(&mut s, &PROMPT, true).unwrap();
         assert_eq!(logits.len(), PROMPT.len() * 512);
         assert!(logits.iter().all(|v| v.is_finite()));
@@ -35,9 +36,9 @@ fn every_ternary_format_gives_the_same_logits() {
 #[test]
 fn batched_prefill_equals_token_by_token() {
     let m = model(GgmlType::I2_S);
-    let mut batch = m.new_session(64);
+    let mut batch = m.new_session(64, KvType::F32);
     let all = m.forward(&mut batch, &PROMPT, true).unwrap();
-    let mut step = m.new_session(64);
+    let mut step = m.new_session(64, KvType::F32);
     for (i, &t) in PROMPT.iter().enumerate() {
         let logits = m.forward(&mut step, &[t], false).unwrap();
         assert_eq!(logits, all[i * 512..(i + 1) * 512], "position {i}");
@@ -48,7 +49,7 @@ fn batched_prefill_equals_token_by_token() {
 #[test]
 fn bad_input_is_refused() {
     let m = model(GgmlType::TQ2_0);
-    let mut s = m.new_session(4);
+    let mut s = m.new_session(4, KvType::F32);
     let err = m.forward(&mut s, &PROMPT, false).unwrap_err();
     assert_eq!(err, ModelError::ContextOverflow { needed: 7, max: 4 });
     assert!(s.is_empty());
@@ -62,18 +63,24 @@ fn bad_input_is_refused() {
     );
 }
 
+fn tiny_engine(ctx: usize) -> bitnet::Engine<CpuBackend> {
+    let file = GgufFile::from_vec(FixtureConfig::tiny(GgmlType::I2_S).to_bytes().unwrap()).unwrap();
+    let mut engine = bitnet::Engine::load(Arc::new(file), CpuBackend).unwrap();
+    engine.ctx_size = ctx;
+    engine
+}
+
 #[test]
 fn generation_stops_and_cancels() {
-    use bitnet::{Engine, GenerationConfig, StopReason};
-    let file = GgufFile::from_vec(FixtureConfig::tiny(GgmlType::I2_S).to_bytes().unwrap()).unwrap();
-    let engine = Engine::load(Arc::new(file), CpuBackend).unwrap();
+    use bitnet::{GenerationConfig, StopReason};
+    let mut engine = tiny_engine(0);
     let cfg = GenerationConfig {
         max_tokens: Some(5),
         ..GenerationConfig::greedy()
     };
     let mut text = String::new();
     let stats = engine
-        .generate("Hello", &cfg, 0, |t| {
+        .generate("Hello", &cfg, |t| {
             text.push_str(t);
             true
         })
@@ -82,22 +89,24 @@ fn generation_stops_and_cancels() {
     assert_eq!(stats.generated_tokens, 5);
     assert_eq!(text, engine.tokenizer.decode(&stats.tokens));
     // Same settings, same tokens.
-    let again = engine.generate("Hello", &cfg, 0, |_| true).unwrap();
+    let again = engine.generate("Hello", &cfg, |_| true).unwrap();
     assert_eq!(again.tokens, stats.tokens);
     // Cancel at the first piece of text.
-    let cancel = engine.generate("Hello", &cfg, 0, |_| false).unwrap();
+    let cancel = engine.generate("Hello", &cfg, |_| false).unwrap();
     assert_eq!(cancel.stop_reason, StopReason::Cancelled);
     // A context smaller than the prompt: a clear error, nothing generated.
+    engine.ctx_size = 4;
     let err = engine
-        .generate("Hello there, a longer prompt", &cfg, 4, |_| true)
+        .generate("Hello there, a longer prompt", &cfg, |_| true)
         .unwrap_err();
     assert!(err.to_string().contains("but the context holds 4"), "{err}");
     // Context full: stops cleanly.
+    engine.ctx_size = 10;
     let full = GenerationConfig {
         max_tokens: None,
         ..cfg
     };
-    let stats = engine.generate("Hello", &full, 10, |_| true).unwrap();
+    let stats = engine.generate("Hello", &full, |_| true).unwrap();
     assert!(matches!(
         stats.stop_reason,
         StopReason::ContextFull | StopReason::EndOfText
@@ -105,4 +114,107 @@ fn generation_stops_and_cancels() {
     // The last token is sampled from the last position's logits and needs no
     // slot of its own.
     assert!(stats.prompt_tokens + stats.generated_tokens <= 11);
+}
+
+#[test]
+fn iterator_stream_equals_callback_and_chunks_as_asked() {
+    use bitnet::engine::{StreamingConfig, TokenStream};
+    use bitnet::GenerationConfig;
+    let engine = tiny_engine(0);
+    let cfg = GenerationConfig {
+        max_tokens: Some(9),
+        ..GenerationConfig::greedy()
+    };
+    let mut text = String::new();
+    let stats = engine
+        .generate("Hello", &cfg, |t| {
+            text.push_str(t);
+            true
+        })
+        .unwrap();
+    let ids = engine.tokenizer.encode("Hello", true);
+    // One token per chunk by default.
+    let stream = engine.stream(engine.new_session(), &ids, &cfg).unwrap();
+    let chunks: Vec<_> = stream.map(Result::unwrap).collect();
+    let tokens: Vec<u32> = chunks.iter().flat_map(|c| c.tokens.clone()).collect();
+    assert_eq!(tokens, stats.tokens);
+    assert!(chunks.iter().all(|c| c.tokens.len() <= 1));
+    assert_eq!(
+        chunks.iter().map(|c| c.text.as_str()).collect::<String>(),
+        text
+    );
+    // Four tokens per chunk (with a long flush interval): 9 tokens → 4, 4, 1.
+    let streaming = StreamingConfig {
+        buffer_size: 4,
+        flush_interval_ms: 60_000,
+        token_timeout_ms: None,
+    };
+    let mut stream: TokenStream<'_, CpuBackend> = engine
+        .stream(engine.new_session(), &ids, &cfg)
+        .unwrap()
+        .with_streaming(&streaming);
+    let sizes: Vec<usize> = stream
+        .by_ref()
+        .map(|c| c.unwrap().tokens.len())
+        .filter(|&n| n > 0)
+        .collect();
+    assert_eq!(sizes, [4, 4, 1]);
+    assert_eq!(stream.stats().tokens, stats.tokens);
+    // The session holds the prompt and every generated token but the last.
+    assert_eq!(stream.session().len(), ids.len() + 8);
+}
+
+#[test]
+fn cancel_token_stops_a_stream_between_tokens() {
+    use bitnet::{GenerationConfig, StopReason};
+    let engine = tiny_engine(0);
+    let ids = engine.tokenizer.encode("Hello", true);
+    let mut stream = engine
+        .stream(engine.new_session(), &ids, &GenerationConfig::greedy())
+        .unwrap();
+    let cancel = stream.cancel_token();
+    assert_eq!(stream.next().unwrap().unwrap().tokens.len(), 1);
+    cancel.cancel();
+    assert!(stream.next().is_none());
+    assert_eq!(stream.stop_reason(), Some(StopReason::Cancelled));
+    assert_eq!(stream.stats().generated_tokens, 1);
+}
+
+/// A chat keeps one session: the second turn reuses the cached prefix and
+/// must produce exactly what a fresh session produces.
+#[test]
+fn reused_session_equals_fresh_session() {
+    use bitnet::GenerationConfig;
+    let engine = tiny_engine(0);
+    let cfg = GenerationConfig {
+        max_tokens: Some(6),
+        ..GenerationConfig::greedy()
+    };
+    let mut session = engine.new_session();
+    let turn1 = engine.tokenizer.encode("User: hello there", true);
+    let first = engine
+        .generate_ids(&mut session, &turn1, &cfg, |_| true)
+        .unwrap();
+    assert_eq!(first.cached_prompt_tokens, 0);
+    let mut turn2 = turn1.clone();
+    turn2.extend(&first.tokens);
+    turn2.extend(engine.tokenizer.encode(" and again", false));
+    let reused = engine
+        .generate_ids(&mut session, &turn2, &cfg, |_| true)
+        .unwrap();
+    // Everything of turn 1 that went through the model is reused.
+    assert_eq!(
+        reused.cached_prompt_tokens,
+        turn1.len() + first.tokens.len() - 1
+    );
+    let fresh = engine
+        .generate_ids(&mut engine.new_session(), &turn2, &cfg, |_| true)
+        .unwrap();
+    assert_eq!(reused.tokens, fresh.tokens);
+    // The same prompt again: all but its last token come from the cache.
+    let same = engine
+        .generate_ids(&mut session, &turn2, &cfg, |_| true)
+        .unwrap();
+    assert_eq!(same.cached_prompt_tokens, turn2.len() - 1);
+    assert_eq!(same.tokens, fresh.tokens);
 }

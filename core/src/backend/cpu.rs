@@ -9,9 +9,9 @@ use std::sync::Arc;
 use half::f16;
 use rayon::prelude::*;
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, KvType};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
-use crate::model::config::{Activation, BitNetConfig};
+use crate::model::config::{Activation, BitNetConfig, RopeStyle};
 use crate::quant::{self, act, ternary};
 
 /// Row-major f32 activations.
@@ -135,12 +135,41 @@ impl CpuTable {
     }
 }
 
-/// f32 keys and values: `[layer][position][kv_dim]`.
+/// Keys and values: `[layer][position][kv_dim]`, f32 or f16 (stored as its
+/// bits so that the zeroed allocation stays lazily resident).
 pub struct CpuKvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    store: KvStore,
     kv_dim: usize,
     max_seq: usize,
+}
+
+enum KvStore {
+    F32 { k: Vec<Vec<f32>>, v: Vec<Vec<f32>> },
+    F16 { k: Vec<Vec<u16>>, v: Vec<Vec<u16>> },
+}
+
+/// An element type the KV cache can hold.
+trait KvElem: Copy + Send + Sync {
+    fn store(x: f32) -> Self;
+    fn load(self) -> f32;
+}
+
+impl KvElem for f32 {
+    fn store(x: f32) -> Self {
+        x
+    }
+    fn load(self) -> f32 {
+        self
+    }
+}
+
+impl KvElem for u16 {
+    fn store(x: f32) -> Self {
+        f16::from_f32(x).to_bits()
+    }
+    fn load(self) -> f32 {
+        f16::from_bits(self).to_f32()
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -181,6 +210,68 @@ fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
         .zip(b)
         .map(|(&x, &y)| i32::from(x) * i32::from(y))
         .sum()
+}
+
+/// Stores k, v at positions `pos0..` of one layer's cache and returns causal
+/// GQA attention of `q` over positions `0..pos0 + rows` (f32 arithmetic).
+#[allow(clippy::too_many_arguments)]
+fn attend<T: KvElem>(
+    q: &CpuTensor,
+    k: &CpuTensor,
+    v: &CpuTensor,
+    kc: &mut [T],
+    vc: &mut [T],
+    kv_dim: usize,
+    pos0: usize,
+    cfg: &BitNetConfig,
+) -> CpuTensor {
+    for r in 0..k.rows {
+        let p = pos0 + r;
+        for (dst, &x) in kc[p * kv_dim..(p + 1) * kv_dim].iter_mut().zip(k.row(r)) {
+            *dst = T::store(x);
+        }
+        for (dst, &x) in vc[p * kv_dim..(p + 1) * kv_dim].iter_mut().zip(v.row(r)) {
+            *dst = T::store(x);
+        }
+    }
+    let (kc, vc) = (&*kc, &*vc);
+    let hd = cfg.head_dim as usize;
+    let group = (cfg.n_head / cfg.n_head_kv) as usize;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let rows: Vec<Vec<f32>> = (0..q.rows)
+        .into_par_iter()
+        .map(|r| {
+            let n = pos0 + r + 1; // causal: positions 0..=pos0+r
+            let mut o = vec![0f32; q.cols];
+            let mut scores = vec![0f32; n];
+            for (h, qh) in q.row(r).chunks_exact(hd).enumerate() {
+                let at = |p: usize| p * kv_dim + (h / group) * hd;
+                for (p, s) in scores.iter_mut().enumerate() {
+                    let kp = &kc[at(p)..at(p) + hd];
+                    *s = qh.iter().zip(kp).map(|(a, b)| a * b.load()).sum::<f32>() * scale;
+                }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let mut total = 0.0;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    total += *s;
+                }
+                let oh = &mut o[h * hd..(h + 1) * hd];
+                for (p, s) in scores.iter().enumerate() {
+                    let w = s / total;
+                    for (o, v) in oh.iter_mut().zip(&vc[at(p)..at(p) + hd]) {
+                        *o += w * v.load();
+                    }
+                }
+            }
+            o
+        })
+        .collect();
+    let mut out = CpuTensor::zeros(q.rows, q.cols);
+    for (r, row) in rows.iter().enumerate() {
+        out.row_mut(r).copy_from_slice(row);
+    }
+    out
 }
 
 impl Backend for CpuBackend {
@@ -269,15 +360,24 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn new_kv_cache(&self, cfg: &BitNetConfig, max_seq: usize) -> CpuKvCache {
+    fn new_kv_cache(&self, cfg: &BitNetConfig, max_seq: usize, ty: KvType) -> CpuKvCache {
         let kv_dim = (cfg.n_head_kv * cfg.head_dim) as usize;
         let layers = cfg.n_layers as usize;
         // One zeroed allocation per layer (not clones of one), so pages are
         // only resident once positions are written.
-        let zeroed = || (0..layers).map(|_| vec![0.0; max_seq * kv_dim]).collect();
+        let n = max_seq * kv_dim;
+        let store = match ty {
+            KvType::F32 => KvStore::F32 {
+                k: (0..layers).map(|_| vec![0.0; n]).collect(),
+                v: (0..layers).map(|_| vec![0.0; n]).collect(),
+            },
+            KvType::F16 => KvStore::F16 {
+                k: (0..layers).map(|_| vec![0; n]).collect(),
+                v: (0..layers).map(|_| vec![0; n]).collect(),
+            },
+        };
         CpuKvCache {
-            k: zeroed(),
-            v: zeroed(),
+            store,
             kv_dim,
             max_seq,
         }
@@ -342,17 +442,24 @@ impl Backend for CpuBackend {
         CpuTensor::from_columns(&columns, t)
     }
 
-    fn rope(&self, x: &mut CpuTensor, head_dim: usize, rope_dim: usize, theta: f32, pos0: usize) {
+    fn rope(&self, x: &mut CpuTensor, pos0: usize, cfg: &BitNetConfig) {
+        let (head_dim, rope_dim) = (cfg.head_dim as usize, cfg.rope_dim as usize);
         let half = rope_dim / 2;
+        // Pair i rotates dimensions (i, i + half) or (2i, 2i + 1).
+        let pair = |i: usize| match cfg.rope_style {
+            RopeStyle::Neox => (i, i + half),
+            RopeStyle::Norm => (2 * i, 2 * i + 1),
+        };
         for r in 0..x.rows {
             let pos = (pos0 + r) as f32;
             for head in x.row_mut(r).chunks_exact_mut(head_dim) {
                 for i in 0..half {
-                    let freq = theta.powf(-2.0 * i as f32 / rope_dim as f32);
+                    let freq = cfg.rope_theta.powf(-2.0 * i as f32 / rope_dim as f32);
                     let (sin, cos) = (pos * freq).sin_cos();
-                    let (a, b) = (head[i], head[i + half]);
-                    head[i] = a * cos - b * sin;
-                    head[i + half] = a * sin + b * cos;
+                    let (ia, ib) = pair(i);
+                    let (a, b) = (head[ia], head[ib]);
+                    head[ia] = a * cos - b * sin;
+                    head[ib] = a * sin + b * cos;
                 }
             }
         }
@@ -368,52 +475,16 @@ impl Backend for CpuBackend {
         pos0: usize,
         cfg: &BitNetConfig,
     ) -> CpuTensor {
-        let kv_dim = cache.kv_dim;
         debug_assert!(pos0 + q.rows <= cache.max_seq);
-        for r in 0..k.rows {
-            let p = pos0 + r;
-            cache.k[layer][p * kv_dim..(p + 1) * kv_dim].copy_from_slice(k.row(r));
-            cache.v[layer][p * kv_dim..(p + 1) * kv_dim].copy_from_slice(v.row(r));
+        let kv_dim = cache.kv_dim;
+        match &mut cache.store {
+            KvStore::F32 { k: kc, v: vc } => {
+                attend(q, k, v, &mut kc[layer], &mut vc[layer], kv_dim, pos0, cfg)
+            }
+            KvStore::F16 { k: kc, v: vc } => {
+                attend(q, k, v, &mut kc[layer], &mut vc[layer], kv_dim, pos0, cfg)
+            }
         }
-        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
-        let hd = cfg.head_dim as usize;
-        let group = (cfg.n_head / cfg.n_head_kv) as usize;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = CpuTensor::zeros(q.rows, q.cols);
-        let rows: Vec<Vec<f32>> = (0..q.rows)
-            .into_par_iter()
-            .map(|r| {
-                let n = pos0 + r + 1; // causal: positions 0..=pos0+r
-                let mut o = vec![0f32; q.cols];
-                let mut scores = vec![0f32; n];
-                for (h, qh) in q.row(r).chunks_exact(hd).enumerate() {
-                    let kvh = h / group;
-                    for (p, s) in scores.iter_mut().enumerate() {
-                        let kp = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                        *s = qh.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale;
-                    }
-                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    let mut total = 0.0;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        total += *s;
-                    }
-                    let oh = &mut o[h * hd..(h + 1) * hd];
-                    for (p, s) in scores.iter().enumerate() {
-                        let w = s / total;
-                        let vp = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                        for (o, v) in oh.iter_mut().zip(vp) {
-                            *o += w * v;
-                        }
-                    }
-                }
-                o
-            })
-            .collect();
-        for (r, row) in rows.iter().enumerate() {
-            out.row_mut(r).copy_from_slice(row);
-        }
-        out
     }
 
     fn glu(&self, gate: &CpuTensor, up: &CpuTensor, act: Activation) -> CpuTensor {
@@ -458,5 +529,64 @@ impl Backend for CpuBackend {
 
     fn read(&self, x: &CpuTensor) -> Vec<f32> {
         x.data.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::FixtureConfig;
+    use crate::gguf::GgmlType;
+
+    fn tensor(rows: usize, cols: usize, seed: u32) -> CpuTensor {
+        let mut t = CpuTensor::zeros(rows, cols);
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        for v in t.data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *v = (x % 2001) as f32 / 250.0 - 4.0;
+        }
+        t
+    }
+
+    /// The f16 cache is exactly the f32 cache fed with f16-rounded keys and
+    /// values: attention arithmetic is f32 either way.
+    #[test]
+    fn f16_kv_cache_equals_f32_on_rounded_inputs() {
+        let file =
+            GgufFile::from_vec(FixtureConfig::tiny(GgmlType::I2_S).to_bytes().unwrap()).unwrap();
+        let cfg = BitNetConfig::from_gguf(&file).unwrap();
+        let (q_cols, kv_cols) = (
+            (cfg.n_head * cfg.head_dim) as usize,
+            (cfg.n_head_kv * cfg.head_dim) as usize,
+        );
+        let b = CpuBackend;
+        let mut c32 = b.new_kv_cache(&cfg, 16, KvType::F32);
+        let mut c16 = b.new_kv_cache(&cfg, 16, KvType::F16);
+        let round = |t: &CpuTensor| CpuTensor {
+            data: t.data.iter().map(|&x| f16::from_f32(x).to_f32()).collect(),
+            ..*t
+        };
+        // A 5-token prefill, then two single-token steps, on layer 1.
+        let mut pos = 0;
+        for (step, rows) in [5, 1, 1].into_iter().enumerate() {
+            let seed = step as u32 * 3;
+            let (q, k, v) = (
+                tensor(rows, q_cols, seed + 1),
+                tensor(rows, kv_cols, seed + 2),
+                tensor(rows, kv_cols, seed + 3),
+            );
+            let a = b.attention(&q, &round(&k), &round(&v), &mut c32, 1, pos, &cfg);
+            let h = b.attention(&q, &k, &v, &mut c16, 1, pos, &cfg);
+            assert_eq!(a.data, h.data, "step {step}");
+            // And the rounding is real: unrounded inputs give other values.
+            let mut c = b.new_kv_cache(&cfg, 16, KvType::F32);
+            if step == 0 {
+                let exact = b.attention(&q, &k, &v, &mut c, 1, 0, &cfg);
+                assert_ne!(exact.data, h.data);
+            }
+            pos += rows;
+        }
     }
 }

@@ -21,6 +21,28 @@ pub enum BackendError {
     Unsupported(String),
 }
 
+/// Storage type of the KV cache. Attention always computes in f32; F16
+/// halves the cache's memory at a small cost in precision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    #[default]
+    F32,
+    F16,
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvType::F32),
+            "f16" => Ok(KvType::F16),
+            other => Err(format!(
+                "KV cache type {other:?} is not supported (f32, f16)"
+            )),
+        }
+    }
+}
+
 /// What a backend must provide to run the BitNet forward pass.
 pub trait Backend: Send + Sync {
     /// Activations: `rows` tokens × `cols` features, f32.
@@ -39,7 +61,7 @@ pub trait Backend: Send + Sync {
     fn load_linear(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Linear, BackendError>;
     fn load_vector(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Vector, BackendError>;
     fn load_table(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Table, BackendError>;
-    fn new_kv_cache(&self, cfg: &BitNetConfig, max_seq: usize) -> Self::KvCache;
+    fn new_kv_cache(&self, cfg: &BitNetConfig, max_seq: usize, ty: KvType) -> Self::KvCache;
 
     /// Rows of `table` for `tokens`.
     fn embed(&self, table: &Self::Table, tokens: &[u32]) -> Self::Tensor;
@@ -48,8 +70,9 @@ pub trait Backend: Send + Sync {
     /// BitLinear: per-token int8 activations × ternary weights, exact i32
     /// sums, then the float rescale.
     fn bitlinear(&self, x: &Self::Tensor, w: &Self::Linear) -> Self::Tensor;
-    /// NEOX rotary embedding in place; row r is at position `pos0 + r`.
-    fn rope(&self, x: &mut Self::Tensor, head_dim: usize, rope_dim: usize, theta: f32, pos0: usize);
+    /// Rotary embedding in place, in the model's pairing (`cfg.rope_style`),
+    /// on every head of width `cfg.head_dim`; row r is at position `pos0 + r`.
+    fn rope(&self, x: &mut Self::Tensor, pos0: usize, cfg: &BitNetConfig);
     /// Stores k, v at positions `pos0..` of `layer` and returns causal GQA
     /// attention of `q` over positions `0..pos0 + rows`.
     #[allow(clippy::too_many_arguments)]

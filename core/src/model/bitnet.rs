@@ -5,7 +5,8 @@
 //! ```text
 //! h = RMSNorm(x) · attn_norm
 //! q, k, v = BitLinear(h)                 per-token int8 × ternary, exact i32 sums
-//! q, k = RoPE(q, k)                      NEOX pairing (i, i + rope_dim/2)
+//! q, k = RoPE(q, k)                      NEOX pairing (i, i + rope_dim/2);
+//!                                        `llama` files: pairs (2i, 2i + 1)
 //! a = causal GQA attention(q, K, V)      scale 1/sqrt(head_dim)
 //! a = RMSNorm(a) · attn_sub_norm         BitNet architectures only
 //! x = x + BitLinear_o(a)
@@ -21,7 +22,7 @@
 use std::sync::Arc;
 
 use super::config::{BitNetConfig, ModelError};
-use crate::backend::Backend;
+use crate::backend::{Backend, KvType};
 use crate::gguf::GgufFile;
 
 struct Layer<B: Backend> {
@@ -48,11 +49,13 @@ pub struct BitNet<B: Backend> {
     layers: Vec<Layer<B>>,
 }
 
-/// One sequence being generated: its KV cache and how far it has got.
+/// One sequence being generated: its KV cache and the tokens in it.
 pub struct Session<B: Backend> {
     cache: B::KvCache,
     pos: usize,
     max_seq: usize,
+    /// The token at each cached position.
+    tokens: Vec<u32>,
 }
 
 impl<B: Backend> Session<B> {
@@ -71,7 +74,28 @@ impl<B: Backend> Session<B> {
 
     /// Forgets everything; the cache is reused.
     pub fn reset(&mut self) {
-        self.pos = 0;
+        self.truncate(0);
+    }
+
+    /// The tokens whose keys and values the cache holds.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// How many leading tokens of `ids` the cache already holds.
+    pub fn common_prefix(&self, ids: &[u32]) -> usize {
+        self.tokens
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
+    /// Keeps the first `n` positions (later ones are overwritten as the
+    /// sequence continues).
+    pub fn truncate(&mut self, n: usize) {
+        self.pos = self.pos.min(n);
+        self.tokens.truncate(self.pos);
     }
 }
 
@@ -124,17 +148,18 @@ impl<B: Backend> BitNet<B> {
     }
 
     /// A new sequence with room for `max_seq` positions (0 = the model's
-    /// context length).
-    pub fn new_session(&self, max_seq: usize) -> Session<B> {
+    /// context length), its KV cache stored as `kv`.
+    pub fn new_session(&self, max_seq: usize, kv: KvType) -> Session<B> {
         let max_seq = if max_seq == 0 {
             self.cfg.n_ctx as usize
         } else {
             max_seq
         };
         Session {
-            cache: self.backend.new_kv_cache(&self.cfg, max_seq),
+            cache: self.backend.new_kv_cache(&self.cfg, max_seq, kv),
             pos: 0,
             max_seq,
+            tokens: Vec::new(),
         }
     }
 
@@ -164,7 +189,6 @@ impl<B: Backend> BitNet<B> {
             return Ok(Vec::new());
         }
         let (b, c) = (&self.backend, &self.cfg);
-        let (hd, rd) = (c.head_dim as usize, c.rope_dim as usize);
         let pos0 = s.pos;
 
         let mut x = b.embed(&self.embedding, tokens);
@@ -174,8 +198,8 @@ impl<B: Backend> BitNet<B> {
             let mut q = b.bitlinear(&h, &l.wq);
             let mut k = b.bitlinear(&h, &l.wk);
             let v = b.bitlinear(&h, &l.wv);
-            b.rope(&mut q, hd, rd, c.rope_theta, pos0);
-            b.rope(&mut k, hd, rd, c.rope_theta, pos0);
+            b.rope(&mut q, pos0, c);
+            b.rope(&mut k, pos0, c);
             let mut a = b.attention(&q, &k, &v, &mut s.cache, i, pos0, c);
             if let Some(w) = &l.attn_sub_norm {
                 a = b.rms_norm(&a, w, c.rms_eps);
@@ -195,6 +219,7 @@ impl<B: Backend> BitNet<B> {
             b.add(&mut x, &b.bitlinear(&m, &l.down));
         }
         s.pos = needed;
+        s.tokens.extend_from_slice(tokens);
 
         let x = b.rms_norm(&x, &self.output_norm, c.rms_eps);
         let head = self.output.as_ref().unwrap_or(&self.embedding);

@@ -28,7 +28,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     set_threads(a.sampling.threads)?;
-    let (engine, source) = load_engine(a.model)?;
+    let (engine, source) = load_engine(a.model, &a.sampling)?;
     let file_template = source
         .open()?
         .metadata()
@@ -50,6 +50,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let eos = tok.eos.and_then(|e| tok.token(e)).unwrap_or("").to_owned();
     let cfg = a.sampling.config();
 
+    // One session for the whole conversation: each turn reuses the cached
+    // keys and values of everything before it.
+    let mut session = engine.new_session();
     let mut messages = Vec::new();
     if let Some(s) = a.system {
         messages.push(ChatMessage::new("system", &s));
@@ -75,7 +78,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let ids = tok.encode(&prompt, false);
         let mut reply = String::new();
         let mut out = std::io::stdout().lock();
-        let stats = engine.generate_ids(&ids, &cfg, a.sampling.ctx_size, |text| {
+        let stats = engine.generate_ids(&mut session, &ids, &cfg, |text| {
             reply.push_str(text);
             out.write_all(text.as_bytes())
                 .and_then(|()| out.flush())

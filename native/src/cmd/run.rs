@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bitnet::backend::cpu::CpuBackend;
+use bitnet::backend::KvType;
 use bitnet::{Engine, GenerationConfig, GenerationStats, SamplingStrategy};
 
 use crate::ModelSource;
@@ -72,6 +73,12 @@ pub struct SamplingArgs {
     /// Context size (0 = the model's).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
     pub ctx_size: usize,
+    /// KV cache storage for keys: f32 or f16 (llama.cpp's -ctk).
+    #[arg(long = "cache-type-k", default_value = "f32")]
+    pub cache_type_k: KvType,
+    /// KV cache storage for values: must equal --cache-type-k.
+    #[arg(long = "cache-type-v", default_value = "f32")]
+    pub cache_type_v: KvType,
     /// CPU threads (default: all cores; also RAYON_NUM_THREADS).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -102,10 +109,18 @@ impl SamplingArgs {
 }
 
 /// Loads the model the flags name (or the bundled one) on the CPU backend.
-pub fn load_engine(model: Option<PathBuf>) -> anyhow::Result<(Engine<CpuBackend>, ModelSource)> {
+pub fn load_engine(
+    model: Option<PathBuf>,
+    args: &SamplingArgs,
+) -> anyhow::Result<(Engine<CpuBackend>, ModelSource)> {
+    if args.cache_type_k != args.cache_type_v {
+        anyhow::bail!("--cache-type-k and --cache-type-v must be the same type (one KV cache type per session)");
+    }
     let source = ModelSource::from_option(model);
     let file = Arc::new(source.open()?);
-    let engine = Engine::load(file, CpuBackend).with_context(|| source.display())?;
+    let mut engine = Engine::load(file, CpuBackend).with_context(|| source.display())?;
+    engine.ctx_size = args.ctx_size;
+    engine.kv_type = args.cache_type_k;
     if matches!(source, ModelSource::Bundled) {
         eprintln!(
             "model: {} (random weights: expect noise, not English)",
@@ -120,8 +135,9 @@ pub fn print_stats(stats: &GenerationStats, cfg: &GenerationConfig) {
         eprintln!("seed: {}", stats.seed);
     }
     eprintln!(
-        "prompt: {} tokens in {:.1} ms ({:.2} tokens/s) | generation: {} tokens in {:.1} ms ({:.2} tokens/s) | time to first token: {:.1} ms | stop: {:?}",
+        "prompt: {} tokens ({} cached) in {:.1} ms ({:.2} tokens/s) | generation: {} tokens in {:.1} ms ({:.2} tokens/s) | time to first token: {:.1} ms | stop: {:?}",
         stats.prompt_tokens,
+        stats.cached_prompt_tokens,
         stats.prompt_time.as_secs_f64() * 1e3,
         stats.prompt_tokens_per_second(),
         stats.generated_tokens,
@@ -151,14 +167,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         (None, None) => String::new(),
     };
-    let (engine, _) = load_engine(a.model)?;
+    let (engine, _) = load_engine(a.model, &a.sampling)?;
     let cfg = a.sampling.config();
     let mut out = std::io::stdout().lock();
     if !a.no_display_prompt {
         let _ = write!(out, "{prompt}");
         let _ = out.flush();
     }
-    let stats = engine.generate(&prompt, &cfg, a.sampling.ctx_size, |text| {
+    let stats = engine.generate(&prompt, &cfg, |text| {
         // A closed stdout (`| head`) cancels generation quietly.
         out.write_all(text.as_bytes())
             .and_then(|()| out.flush())
