@@ -37,3 +37,9 @@ pub use engine::{
 pub use gguf::{GgmlType, GgufError, GgufFile};
 pub use model::{BitNet, BitNetConfig, ModelError};
 pub use sampler::{GenerationConfig, SamplingStrategy};
+
+/// The Rust examples of docs/performance-tuning.md, compiled as doctests so
+/// that the guide stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/performance-tuning.md")]
+pub struct PerformanceTuningGuide;
