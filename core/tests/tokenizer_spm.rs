@@ -25,8 +25,8 @@ fn ids(v: &Json) -> Vec<u32> {
         .collect()
 }
 
-/// The golden vocabulary as a GGUF file with tokenizer keys only.
-fn load(g: &Json) -> Tokenizer {
+/// The golden vocabulary as GGUF tokenizer metadata.
+fn add_tokenizer(w: &mut GgufWriter, g: &Json) {
     let pieces: StringArray = g["pieces"]
         .as_array()
         .unwrap()
@@ -46,9 +46,7 @@ fn load(g: &Json) -> Tokenizer {
         .map(|t| t.as_i64().unwrap() as i32)
         .collect();
     let id = |k: &str| Value::U32(g[k].as_u64().unwrap() as u32);
-    let mut w = GgufWriter::new();
     let mut add = |k: &str, v: Value| w.add_metadata(k, v).unwrap();
-    add("general.architecture", Value::String("llama".into()));
     add("tokenizer.ggml.model", Value::String("llama".into()));
     add("tokenizer.ggml.tokens", Value::Array(Array::String(pieces)));
     add("tokenizer.ggml.scores", Value::Array(Array::F32(scores)));
@@ -61,8 +59,78 @@ fn load(g: &Json) -> Tokenizer {
         Value::Bool(g["add_space_prefix"].as_bool().unwrap()),
     );
     add("tokenizer.ggml.add_bos_token", Value::Bool(true));
+}
+
+/// The golden vocabulary as a GGUF file with tokenizer keys only.
+fn load(g: &Json) -> Tokenizer {
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", Value::String("llama".into()))
+        .unwrap();
+    add_tokenizer(&mut w, g);
     let file = GgufFile::from_vec(w.to_bytes().unwrap()).unwrap();
     Tokenizer::from_metadata(file.metadata()).unwrap()
+}
+
+/// A 1bitLLM-style model (architecture `bitnet`: sub-norms, SiLU) with this
+/// SentencePiece vocabulary runs end to end: prompt in, text out.
+#[test]
+fn bitnet_model_with_sentencepiece_vocabulary_generates() {
+    use std::sync::Arc;
+
+    use bitnet::backend::cpu::CpuBackend;
+    use bitnet::fixture::FixtureConfig;
+    use bitnet::{Engine, GenerationConfig, GgmlType, StopReason};
+
+    let g = golden();
+    let n_vocab = g["pieces"].as_array().unwrap().len() as u64;
+    let fixture = FixtureConfig {
+        architecture: "bitnet".into(),
+        n_vocab,
+        ..FixtureConfig::tiny(GgmlType::TQ2_0)
+    };
+    // The fixture's tensors and model keys, with our tokenizer instead of its.
+    let src = GgufFile::from_vec(fixture.to_bytes().unwrap()).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata().iter() {
+        if !k.starts_with("tokenizer.") {
+            w.add_metadata(k, v.clone()).unwrap();
+        }
+    }
+    add_tokenizer(&mut w, &g);
+    for t in src.tensors() {
+        w.add_tensor(&t.info.name, &t.info.dims, t.info.ty, t.data.to_vec())
+            .unwrap();
+    }
+    let file = GgufFile::from_vec(w.to_bytes().unwrap()).unwrap();
+    let engine = Engine::load(Arc::new(file), CpuBackend).unwrap();
+    assert_eq!(engine.model.cfg.architecture, "bitnet");
+    let cfg = GenerationConfig {
+        max_tokens: Some(8),
+        ..GenerationConfig::greedy()
+    };
+    let mut text = String::new();
+    let stats = engine
+        .generate("The cat sat", &cfg, |t| {
+            text.push_str(t);
+            true
+        })
+        .unwrap();
+    let prompt = engine.tokenizer.encode("The cat sat", true);
+    assert_eq!(prompt[0], 1, "BOS first");
+    assert_eq!(stats.prompt_tokens, prompt.len());
+    if stats.stop_reason == StopReason::MaxTokens {
+        assert_eq!(stats.generated_tokens, 8);
+    }
+    // Streamed text is the generated ids decoded, spaces as spaces.
+    let mut dec = StreamDecoder::new();
+    let streamed: String = stats
+        .tokens
+        .iter()
+        .map(|&t| dec.push(&engine.tokenizer, t))
+        .collect::<String>()
+        + &dec.finish();
+    assert_eq!(text, streamed);
+    assert!(!text.contains('\u{2581}'), "{text:?}");
 }
 
 #[test]
