@@ -141,7 +141,7 @@ impl BitNetModel {
 
     fn from_file(file: GgufFile, config: &ModelConfig) -> Result<Self, EngineError> {
         let Device::Cpu = config.device;
-        let mut engine = Engine::load(Arc::new(file), CpuBackend)?;
+        let mut engine = Engine::load(Arc::new(file), CpuBackend::new())?;
         engine.ctx_size = config.max_seq_len;
         engine.kv_type = config.kv_cache_type;
         Ok(BitNetModel {

@@ -13,7 +13,7 @@ use bitnet::GgmlType;
 
 fn model(ty: GgmlType) -> BitNet<CpuBackend> {
     let file = GgufFile::from_vec(FixtureConfig::tiny(ty).to_bytes().unwrap()).unwrap();
-    BitNet::load(Arc::new(file), CpuBackend).unwrap()
+    BitNet::load(Arc::new(file), CpuBackend::new()).unwrap()
 }
 
 const PROMPT: [u32; 7] = [496, 10, 200, 3, 77, 300, 5];
@@ -65,7 +65,7 @@ fn bad_input_is_refused() {
 
 fn tiny_engine(ctx: usize) -> bitnet::Engine<CpuBackend> {
     let file = GgufFile::from_vec(FixtureConfig::tiny(GgmlType::I2_S).to_bytes().unwrap()).unwrap();
-    let mut engine = bitnet::Engine::load(Arc::new(file), CpuBackend).unwrap();
+    let mut engine = bitnet::Engine::load(Arc::new(file), CpuBackend::new()).unwrap();
     engine.ctx_size = ctx;
     engine
 }
@@ -217,4 +217,53 @@ fn reused_session_equals_fresh_session() {
         .unwrap();
     assert_eq!(same.cached_prompt_tokens, turn2.len() - 1);
     assert_eq!(same.tokens, fresh.tokens);
+}
+
+/// Every SIMD level this CPU runs gives the scalar reference's results: the
+/// hidden states exactly (integer kernels are bit-exact, the float ops are
+/// shared), the logits to the rounding of the F16 head's dot product, and
+/// the same greedy tokens, for every ternary format.
+#[test]
+fn every_simd_level_matches_scalar() {
+    use bitnet::backend::kernels::SimdLevel;
+    use bitnet::{Engine, GenerationConfig};
+    let cfg = GenerationConfig {
+        max_tokens: Some(6),
+        ..GenerationConfig::greedy()
+    };
+    for ty in [GgmlType::I2_S, GgmlType::TQ2_0, GgmlType::TQ1_0] {
+        let bytes = FixtureConfig::tiny(ty).to_bytes().unwrap();
+        let run = |level: SimdLevel| {
+            let file = Arc::new(GgufFile::from_vec(bytes.clone()).unwrap());
+            let engine = Engine::load(file, CpuBackend::with_level(level).unwrap()).unwrap();
+            let prompt = engine.tokenizer.encode("Hello there, general", true);
+            let m = &engine.model;
+            let logits = m
+                .forward(&mut m.new_session(64, KvType::F32), &prompt, true)
+                .unwrap();
+            let tokens = engine
+                .generate("Hello there, general", &cfg, |_| true)
+                .unwrap()
+                .tokens;
+            (logits, tokens)
+        };
+        let (want_logits, want_tokens) = run(SimdLevel::Scalar);
+        for level in SimdLevel::ALL {
+            if !level.supported() {
+                eprintln!("{level}: not supported on this CPU, skipped");
+                continue;
+            }
+            let (logits, tokens) = run(level);
+            let scale = want_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = logits
+                .iter()
+                .zip(&want_logits)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= 1e-5 * scale,
+                "{ty} {level}: logits differ by {diff}"
+            );
+            assert_eq!(tokens, want_tokens, "{ty} {level}: greedy tokens");
+        }
+    }
 }

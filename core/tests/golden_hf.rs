@@ -80,7 +80,7 @@ fn convert(dir: &Path, ty: GgmlType) -> Engine<CpuBackend> {
     convert_hf(dir, &out, &opts).unwrap();
     let file = GgufFile::from_vec(std::fs::read(&out).unwrap()).unwrap();
     std::fs::remove_file(&out).unwrap();
-    Engine::load(Arc::new(file), CpuBackend).unwrap()
+    Engine::load(Arc::new(file), CpuBackend::new()).unwrap()
 }
 
 fn check(ty: GgmlType) {

@@ -102,7 +102,7 @@ fn bitnet_model_with_sentencepiece_vocabulary_generates() {
             .unwrap();
     }
     let file = GgufFile::from_vec(w.to_bytes().unwrap()).unwrap();
-    let engine = Engine::load(Arc::new(file), CpuBackend).unwrap();
+    let engine = Engine::load(Arc::new(file), CpuBackend::new()).unwrap();
     assert_eq!(engine.model.cfg.architecture, "bitnet");
     let cfg = GenerationConfig {
         max_tokens: Some(8),

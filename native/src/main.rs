@@ -34,6 +34,8 @@ enum Command {
     Inference(cmd::run::Args),
     /// Chat with the model (built-in BitNet format or the file's template).
     Chat(cmd::chat::Args),
+    /// Measure prompt processing and generation speed (llama-bench's tests).
+    Benchmark(cmd::bench::Args),
     /// Show a GGUF file's header: version, metadata, tensor table, sizes.
     Info(cmd::info::Args),
     /// Convert a Hugging Face BitNet checkpoint to GGUF.
@@ -72,11 +74,16 @@ impl ModelSource {
 }
 
 fn main() -> ExitCode {
+    // RUST_LOG=debug shows, among others, which kernels were chosen.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inference(args) => cmd::run::run(args),
         Command::Chat(args) => cmd::chat::run(args),
         Command::Info(args) => cmd::info::run(args),
+        Command::Benchmark(args) => cmd::bench::run(args),
         Command::Convert(args) => cmd::tools::convert(args),
         Command::Dump(args) => cmd::tools::dump(args),
         Command::GenFixture(args) => cmd::tools::gen_fixture(args),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use half::f16;
 use rayon::prelude::*;
 
+use super::kernels::{Kernels, Packing, SimdLevel};
 use super::{Backend, BackendError, KvType};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::model::config::{Activation, BitNetConfig, RopeStyle};
@@ -31,12 +32,30 @@ impl CpuTensor {
         }
     }
 
-    /// A `rows` × `columns.len()` tensor from per-output-column results
-    /// (how the row-parallel kernels produce them).
-    fn from_columns(columns: &[Vec<f32>], rows: usize) -> Self {
-        let cols = columns.len();
+    /// A `rows` × `cols` tensor computed one output column at a time, in
+    /// parallel: `f(init, c, out)` writes column c's `rows` values to `out`
+    /// (how the row-parallel matrix kernels produce results: one weight row
+    /// read once for every token). One allocation, then a transpose.
+    fn par_columns<S>(
+        rows: usize,
+        cols: usize,
+        init: impl Fn() -> S + Sync + Send,
+        f: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+    ) -> Self {
+        let mut by_col = vec![0f32; rows * cols];
+        by_col
+            .par_chunks_mut(rows.max(1))
+            .enumerate()
+            .for_each_init(init, |state, (c, out)| f(state, c, out));
+        if rows == 1 {
+            return CpuTensor {
+                data: by_col,
+                rows,
+                cols,
+            };
+        }
         let mut out = CpuTensor::zeros(rows, cols);
-        for (c, col) in columns.iter().enumerate() {
+        for (c, col) in by_col.chunks_exact(rows).enumerate() {
             for (r, v) in col.iter().enumerate() {
                 out.data[r * cols + c] = *v;
             }
@@ -172,8 +191,38 @@ impl KvElem for u16 {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuBackend;
+/// The CPU backend: weights stay in the file's map; the kernels (scalar or
+/// SIMD, see [`kernels`](super::kernels)) are chosen when it is made.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuBackend {
+    kernels: Kernels,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuBackend {
+    /// The process-wide kernel choice (best level, or `BITNET_SIMD_LEVEL`).
+    pub fn new() -> Self {
+        CpuBackend {
+            kernels: *Kernels::global(),
+        }
+    }
+
+    /// Kernels of one level (an error if this CPU cannot run them).
+    pub fn with_level(level: SimdLevel) -> Result<Self, BackendError> {
+        Ok(CpuBackend {
+            kernels: Kernels::for_level(level).map_err(BackendError::Unsupported)?,
+        })
+    }
+
+    pub fn simd_level(&self) -> SimdLevel {
+        self.kernels.level
+    }
+}
 
 fn find<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, BackendError> {
     file.tensor(name)
@@ -409,37 +458,83 @@ impl Backend for CpuBackend {
 
     fn bitlinear(&self, x: &CpuTensor, w: &CpuLinear) -> CpuTensor {
         debug_assert_eq!(x.cols, w.k);
-        let t = x.rows;
-        let mut q = vec![0i8; t * w.k];
+        let (t, k) = (x.rows, w.k);
+        let mut q = vec![0i8; t * k];
         let scales: Vec<f32> = (0..t)
-            .map(|r| act::quantize_row(x.row(r), &mut q[r * w.k..(r + 1) * w.k]))
+            .map(|r| act::quantize_row(x.row(r), &mut q[r * k..(r + 1) * k]))
             .collect();
-        // One output row of W per task: unpack it once, dot it with every token.
-        let columns: Vec<Vec<f32>> = (0..w.m)
-            .into_par_iter()
-            .map_init(
-                || (vec![0i8; w.k], Vec::new()),
-                |(codes, d), row| {
-                    w.decode_row(row, codes, d);
-                    (0..t)
-                        .map(|r| {
-                            let qr = &q[r * w.k..(r + 1) * w.k];
-                            let sum = match w.scale {
-                                Scale::Tensor(s) => dot_i8(qr, codes) as f32 * s,
-                                Scale::Block => qr
-                                    .chunks_exact(256)
-                                    .zip(codes.chunks_exact(256))
-                                    .zip(d.iter())
-                                    .map(|((a, b), d)| dot_i8(a, b) as f32 * d)
-                                    .sum(),
-                            };
-                            sum / scales[r]
-                        })
-                        .collect()
-                },
-            )
+        // Σ q per 256-wide block of each token: the packed kernels sum
+        // code·q with code = weight + 1, so Σ weight·q = Σ code·q − Σ q.
+        let blocks = k.div_ceil(256);
+        let block_sums: Vec<i32> = q
+            .chunks_exact(k)
+            .flat_map(|row| row.chunks(256))
+            .map(|c| c.iter().map(|&v| i32::from(v)).sum())
             .collect();
-        CpuTensor::from_columns(&columns, t)
+        let row_sums: Vec<i32> = block_sums
+            .chunks_exact(blocks)
+            .map(|b| b.iter().sum())
+            .collect();
+        let dot = self.kernels.dot_codes;
+        let data = w.data();
+        // One output row of W per task, dotted with every token.
+        CpuTensor::par_columns(
+            t,
+            w.m,
+            || (vec![0i8; k], Vec::new()),
+            |(codes, d), row, out| {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = {
+                        let qr = &q[r * k..(r + 1) * k];
+                        let sum = match (w.info.ty, &w.scale) {
+                            (GgmlType::I2_S, Scale::Tensor(s)) => {
+                                let packed = &data[row * k / 4..(row + 1) * k / 4];
+                                (dot(packed, qr, Packing::I2S) - row_sums[r]) as f32 * s
+                            }
+                            (GgmlType::TQ2_0, scale) => {
+                                let per_row = k / 256;
+                                let bytes = &data[row * per_row * 66..(row + 1) * per_row * 66];
+                                let mut total_i = 0i32;
+                                let mut total_f = 0f32;
+                                for (b, blk) in bytes.chunks_exact(66).enumerate() {
+                                    let s =
+                                        dot(&blk[..64], &qr[b * 256..(b + 1) * 256], Packing::Tq2)
+                                            - block_sums[r * blocks + b];
+                                    match scale {
+                                        Scale::Tensor(_) => total_i += s,
+                                        Scale::Block => {
+                                            let dd = f16::from_le_bytes([blk[64], blk[65]]);
+                                            total_f += s as f32 * dd.to_f32();
+                                        }
+                                    }
+                                }
+                                match scale {
+                                    Scale::Tensor(s) => total_i as f32 * s,
+                                    Scale::Block => total_f,
+                                }
+                            }
+                            // TQ1_0 (base-3 codes): unpack, then the
+                            // scalar integer dot.
+                            (_, scale) => {
+                                if r == 0 {
+                                    w.decode_row(row, codes, d);
+                                }
+                                match scale {
+                                    Scale::Tensor(s) => dot_i8(qr, codes) as f32 * s,
+                                    Scale::Block => qr
+                                        .chunks_exact(256)
+                                        .zip(codes.chunks_exact(256))
+                                        .zip(d.iter())
+                                        .map(|((a, b), d)| dot_i8(a, b) as f32 * d)
+                                        .sum(),
+                                }
+                            }
+                        };
+                        sum / scales[r]
+                    };
+                }
+            },
+        )
     }
 
     fn rope(&self, x: &mut CpuTensor, pos0: usize, cfg: &BitNetConfig) {
@@ -515,16 +610,23 @@ impl Backend for CpuBackend {
             0
         };
         let n = x.rows - first;
-        let columns: Vec<Vec<f32>> = (0..table.rows)
-            .into_par_iter()
-            .map_init(Vec::new, |row, v| {
-                table.row_into(v, row);
-                (first..x.rows)
-                    .map(|r| x.row(r).iter().zip(row.iter()).map(|(a, b)| a * b).sum())
-                    .collect()
-            })
-            .collect();
-        CpuTensor::from_columns(&columns, n)
+        let dot_f16 = self.kernels.dot_f16;
+        let data = table.file.tensor_data(&table.info);
+        CpuTensor::par_columns(n, table.rows, Vec::new, |row, v, out| {
+            if table.info.ty == GgmlType::F16 {
+                // The largest read per token (656 MB for 2B4T): straight
+                // from the map, no f32 copy.
+                let bytes = &data[v * table.row_bytes..(v + 1) * table.row_bytes];
+                for (o, r) in out.iter_mut().zip(first..x.rows) {
+                    *o = dot_f16(bytes, x.row(r));
+                }
+                return;
+            }
+            table.row_into(v, row);
+            for (o, r) in out.iter_mut().zip(first..x.rows) {
+                *o = x.row(r).iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+            }
+        })
     }
 
     fn read(&self, x: &CpuTensor) -> Vec<f32> {
@@ -561,7 +663,7 @@ mod tests {
             (cfg.n_head * cfg.head_dim) as usize,
             (cfg.n_head_kv * cfg.head_dim) as usize,
         );
-        let b = CpuBackend;
+        let b = CpuBackend::new();
         let mut c32 = b.new_kv_cache(&cfg, 16, KvType::F32);
         let mut c16 = b.new_kv_cache(&cfg, 16, KvType::F16);
         let round = |t: &CpuTensor| CpuTensor {
@@ -587,6 +689,77 @@ mod tests {
                 assert_ne!(exact.data, h.data);
             }
             pos += rows;
+        }
+    }
+}
+
+#[cfg(test)]
+mod bitlinear_tests {
+    use super::*;
+    use crate::gguf::GgufWriter;
+
+    /// BitLinear at every kernel level against a direct computation from the
+    /// ternary weights, on shapes whose K is not a multiple of 256 (I2_S) and
+    /// with several tokens, all-zero and saturated activations.
+    #[test]
+    fn bitlinear_matches_direct_computation_at_every_level() {
+        let mut seed = 12345u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (ty, k, m) in [
+            (GgmlType::I2_S, 384, 7),
+            (GgmlType::I2_S, 128, 3),
+            (GgmlType::TQ2_0, 512, 5),
+            (GgmlType::TQ1_0, 256, 4),
+        ] {
+            let w: Vec<i8> = (0..k * m).map(|_| (next() % 3) as i8 - 1).collect();
+            let scale = 0.37f32;
+            let mut gw = GgufWriter::new();
+            // Type id 36 means I2_S only in bitnet.cpp's architectures.
+            gw.add_metadata(
+                "general.architecture",
+                crate::gguf::Value::String("bitnet-b1.58".into()),
+            )
+            .unwrap();
+            let bytes = quant::encode_ternary(ty, &w, scale).unwrap();
+            gw.add_tensor("w", &[k as u64, m as u64], ty, bytes)
+                .unwrap();
+            let file = Arc::new(GgufFile::from_vec(gw.to_bytes().unwrap()).unwrap());
+            let t = 4;
+            let mut x = CpuTensor::zeros(t, k);
+            for (i, v) in x.data.iter_mut().enumerate() {
+                *v = match i / k {
+                    0 => 0.0,                                   // all zero
+                    1 if i % 5 == 0 => 1e6,                     // saturated
+                    _ => (next() % 2001) as f32 / 100.0 - 10.0, // random
+                };
+            }
+            // Direct: q = int8(x), Σ w·q exactly, × scale / act_scale.
+            let scale_f = match ty {
+                GgmlType::I2_S => scale,
+                _ => f16::from_f32(scale).to_f32(),
+            };
+            let mut want = vec![0f32; t * m];
+            for r in 0..t {
+                let mut q = vec![0i8; k];
+                let s = act::quantize_row(x.row(r), &mut q);
+                for o in 0..m {
+                    let dot: i32 = (0..k)
+                        .map(|j| i32::from(w[o * k + j]) * i32::from(q[j]))
+                        .sum();
+                    want[r * m + o] = dot as f32 * scale_f / s;
+                }
+            }
+            for level in SimdLevel::ALL.into_iter().filter(|l| l.supported()) {
+                let b = CpuBackend::with_level(level).unwrap();
+                let lin = b.load_linear(&file, "w").unwrap();
+                let got = b.bitlinear(&x, &lin);
+                assert_eq!(got.data, want, "{ty} k {k} m {m} at {level}");
+            }
         }
     }
 }

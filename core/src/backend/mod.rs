@@ -5,6 +5,7 @@
 //! nothing else. Activations are f32 everywhere (ReLU² overflows f16).
 
 pub mod cpu;
+pub mod kernels;
 
 use std::sync::Arc;
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bitnet::backend::cpu::CpuBackend;
+use bitnet::backend::kernels::SimdLevel;
 use bitnet::backend::KvType;
 use bitnet::{Engine, GenerationConfig, GenerationStats, SamplingStrategy};
 
@@ -79,6 +80,10 @@ pub struct SamplingArgs {
     /// KV cache storage for values: must equal --cache-type-k.
     #[arg(long = "cache-type-v", default_value = "f32")]
     pub cache_type_v: KvType,
+    /// CPU kernel level: scalar or avx2 (default: the best this CPU runs;
+    /// also BITNET_SIMD_LEVEL).
+    #[arg(long)]
+    pub simd_level: Option<SimdLevel>,
     /// CPU threads (default: all cores; also RAYON_NUM_THREADS).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -118,7 +123,12 @@ pub fn load_engine(
     }
     let source = ModelSource::from_option(model);
     let file = Arc::new(source.open()?);
-    let mut engine = Engine::load(file, CpuBackend).with_context(|| source.display())?;
+    let backend = match args.simd_level {
+        Some(level) => CpuBackend::with_level(level)?,
+        None => CpuBackend::new(),
+    };
+    log::debug!("CPU backend, {} kernels", backend.simd_level());
+    let mut engine = Engine::load(file, backend).with_context(|| source.display())?;
     engine.ctx_size = args.ctx_size;
     engine.kv_type = args.cache_type_k;
     if matches!(source, ModelSource::Bundled) {

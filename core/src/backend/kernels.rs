@@ -1,0 +1,400 @@
+//! CPU kernels behind one table chosen once at start-up: a scalar reference
+//! for every op and SIMD versions where the CPU has them. Every SIMD kernel
+//! is checked against the scalar one (integer results bit for bit; float
+//! results to rounding) in the tests below, at every level this CPU runs.
+//!
+//! The ternary kernel works on the packed 2-bit codes as the file stores
+//! them (code = weight + 1, so 0, 1 or 2): it returns Σ code·q over int8
+//! activations q, and the caller subtracts Σ q to get Σ weight·q exactly.
+//! I2_S and TQ2_0 share the layout of a 32-byte chunk: byte p holds the
+//! weights p, 32 + p, 64 + p and 96 + p of a 128-weight group, at the bit
+//! positions [`Packing::shifts`] gives (I2_S from the top bits down, TQ2_0
+//! from the bottom up).
+//!
+//! Levels: scalar, AVX2 (with FMA and F16C for the float kernels). AVX-512
+//! and NEON versions are not written yet: [`SimdLevel::detect`] never picks a
+//! level that has no kernels.
+
+use std::sync::OnceLock;
+
+use half::f16;
+
+/// How 2-bit codes sit in a byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    /// bitnet.cpp's I2_S: weight 32·l + p at bits 6 − 2l.
+    I2S,
+    /// llama.cpp's TQ2_0: weight 32·l + p at bits 2l.
+    Tq2,
+}
+
+impl Packing {
+    pub const fn shifts(self) -> [u32; 4] {
+        match self {
+            Packing::I2S => [6, 4, 2, 0],
+            Packing::Tq2 => [0, 2, 4, 6],
+        }
+    }
+}
+
+/// An instruction-set level with a full set of kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    Scalar,
+    Avx2,
+}
+
+impl SimdLevel {
+    /// Every level, lowest first.
+    pub const ALL: [SimdLevel; 2] = [SimdLevel::Scalar, SimdLevel::Avx2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "scalar",
+            SimdLevel::Avx2 => "avx2",
+        }
+    }
+
+    /// Whether this CPU can run the level's kernels.
+    pub fn supported(self) -> bool {
+        match self {
+            SimdLevel::Scalar => true,
+            SimdLevel::Avx2 => avx2_available(),
+        }
+    }
+
+    /// The highest supported level.
+    pub fn detect() -> SimdLevel {
+        *SimdLevel::ALL
+            .iter()
+            .rev()
+            .find(|l| l.supported())
+            .unwrap_or(&SimdLevel::Scalar)
+    }
+}
+
+impl std::str::FromStr for SimdLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "scalar" | "none" => Ok(SimdLevel::Scalar),
+            "avx2" => Ok(SimdLevel::Avx2),
+            "sse" | "sse4" | "avx" | "avx512" | "avx512vnni" | "neon" => Err(format!(
+                "SIMD level {s:?} has no kernels yet (available: scalar, avx2)"
+            )),
+            _ => Err(format!("unknown SIMD level {s:?} (scalar, avx2)")),
+        }
+    }
+}
+
+impl std::fmt::Display for SimdLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_available() -> bool {
+    false
+}
+
+/// The kernels of one level.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernels {
+    pub level: SimdLevel,
+    /// Σ code·q over `packed.len() / 32` chunks of 128 weights.
+    pub dot_codes: fn(packed: &[u8], q: &[i8], packing: Packing) -> i32,
+    /// Σ f16(row[i]) · x[i], in f32.
+    pub dot_f16: fn(row: &[u8], x: &[f32]) -> f32,
+}
+
+impl Kernels {
+    /// The kernels of `level`, or an error naming why it cannot run here.
+    pub fn for_level(level: SimdLevel) -> Result<Kernels, String> {
+        if !level.supported() {
+            return Err(format!("this CPU cannot run the {level} kernels"));
+        }
+        Ok(match level {
+            SimdLevel::Scalar => Kernels {
+                level,
+                dot_codes: dot_codes_scalar,
+                dot_f16: dot_f16_scalar,
+            },
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => Kernels {
+                level,
+                dot_codes: avx2::dot_codes,
+                dot_f16: avx2::dot_f16,
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            SimdLevel::Avx2 => unreachable!("supported() is false off x86_64"),
+        })
+    }
+
+    /// The process-wide choice: `BITNET_SIMD_LEVEL` if set, else the best
+    /// level this CPU supports. Chosen once, on first use.
+    pub fn global() -> &'static Kernels {
+        static CHOSEN: OnceLock<Kernels> = OnceLock::new();
+        CHOSEN.get_or_init(|| {
+            let forced = std::env::var("BITNET_SIMD_LEVEL").ok();
+            let level = forced
+                .as_deref()
+                .and_then(|s| s.parse::<SimdLevel>().ok())
+                .filter(|l| l.supported())
+                .unwrap_or_else(SimdLevel::detect);
+            if let Some(f) = forced.filter(|f| f.parse::<SimdLevel>().ok() != Some(level)) {
+                log::warn!("BITNET_SIMD_LEVEL={f} cannot be used here; using {level}");
+            }
+            log::debug!("CPU kernels: {level} (dot_codes, dot_f16)");
+            // `for_level` cannot fail for a supported level.
+            Kernels::for_level(level).unwrap_or(Kernels {
+                level: SimdLevel::Scalar,
+                dot_codes: dot_codes_scalar,
+                dot_f16: dot_f16_scalar,
+            })
+        })
+    }
+}
+
+/// Scalar reference: Σ code·q.
+pub fn dot_codes_scalar(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
+    let shifts = packing.shifts();
+    let mut sum = 0i32;
+    for (chunk, qg) in packed.chunks_exact(32).zip(q.chunks_exact(128)) {
+        for (p, &b) in chunk.iter().enumerate() {
+            for (l, s) in shifts.iter().enumerate() {
+                let code = i32::from((b >> s) & 3);
+                sum += code * i32::from(qg[32 * l + p]);
+            }
+        }
+    }
+    sum
+}
+
+/// Scalar reference: Σ f16(row) · x.
+pub fn dot_f16_scalar(row: &[u8], x: &[f32]) -> f32 {
+    row.chunks_exact(2)
+        .zip(x)
+        .map(|(b, &v)| f16::from_le_bytes([b[0], b[1]]).to_f32() * v)
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::Packing;
+
+    pub fn dot_codes(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
+        assert!(q.len() >= packed.len() / 32 * 128);
+        // SAFETY: this table entry is only reachable through
+        // `Kernels::for_level(Avx2)`, which checks AVX2 at run time; the
+        // assert above keeps every load in bounds.
+        unsafe { dot_codes_avx2(packed, q, packing.shifts()) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot_codes_avx2(packed: &[u8], q: &[i8], shifts: [u32; 4]) -> i32 {
+        let mask = _mm256_set1_epi8(3);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_si256();
+        for (c, chunk) in packed.chunks_exact(32).enumerate() {
+            // SAFETY: `chunk` is 32 bytes; `q` holds 128 bytes from c·128
+            // (asserted by the caller); unaligned loads.
+            let (v, qp) = unsafe {
+                (
+                    _mm256_loadu_si256(chunk.as_ptr().cast()),
+                    q.as_ptr().add(c * 128),
+                )
+            };
+            for (l, &s) in shifts.iter().enumerate() {
+                let codes =
+                    _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(s as i32)), mask);
+                // SAFETY: in bounds as above.
+                let x = unsafe { _mm256_loadu_si256(qp.add(32 * l).cast()) };
+                // u8 codes (≤ 2) × i8: pair sums ≤ 512, no i16 saturation.
+                let prod = _mm256_maddubs_epi16(codes, x);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(prod, ones));
+            }
+        }
+        hsum_i32(acc)
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn hsum_i32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+
+    pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+        let n = (row.len() / 2).min(x.len());
+        // SAFETY: reachable only when AVX2, FMA and F16C were detected
+        // (`Kernels::for_level`); loads stay below `n` elements.
+        unsafe { dot_f16_avx2(row, x, n) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_f16_avx2(row: &[u8], x: &[f32], n: usize) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let at = i + 8 * j;
+                // SAFETY: at + 8 ≤ n elements of both slices.
+                let (h, v) = unsafe {
+                    (
+                        _mm_loadu_si128(row.as_ptr().add(2 * at).cast()),
+                        _mm256_loadu_ps(x.as_ptr().add(at)),
+                    )
+                };
+                *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), v, *a);
+            }
+            i += 32;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        let mut sum = _mm_cvtss_f32(s);
+        sum += super::dot_f16_scalar(&row[2 * i..2 * n], &x[i..n]);
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn levels() -> Vec<Kernels> {
+        SimdLevel::ALL
+            .iter()
+            .filter(|l| {
+                let ok = l.supported();
+                if !ok {
+                    eprintln!("{l}: not supported on this CPU, skipped");
+                }
+                ok
+            })
+            .map(|&l| Kernels::for_level(l).unwrap())
+            .collect()
+    }
+
+    /// Integer kernels equal the scalar reference exactly, on random and
+    /// edge-valued activations (all -128, all 127, zeros), every code
+    /// pattern including the unused code 3, several lengths.
+    #[test]
+    fn dot_codes_equals_scalar_bit_for_bit() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for chunks in [1, 2, 3, 7, 20, 40] {
+            for case in 0..12 {
+                let packed: Vec<u8> = (0..chunks * 32).map(|_| rng.next() as u8).collect();
+                let q: Vec<i8> = (0..chunks * 128)
+                    .map(|_| match case {
+                        0 => -128,
+                        1 => 127,
+                        2 => 0,
+                        _ => rng.next() as i8,
+                    })
+                    .collect();
+                for packing in [Packing::I2S, Packing::Tq2] {
+                    let want = dot_codes_scalar(&packed, &q, packing);
+                    for k in levels() {
+                        assert_eq!(
+                            (k.dot_codes)(&packed, &q, packing),
+                            want,
+                            "{} {packing:?} chunks {chunks} case {case}",
+                            k.level
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The scalar kernel agrees with the codecs' own unpacking.
+    #[test]
+    fn scalar_dot_codes_matches_the_formats() {
+        use crate::quant::ternary::{BlockI2S, BlockTQ2_0, TernaryBlock};
+        let mut rng = Rng(7);
+        let w: Vec<i8> = (0..256).map(|_| (rng.next() % 3) as i8 - 1).collect();
+        let q: Vec<i8> = (0..256).map(|_| rng.next() as i8).collect();
+        let exact: i32 = w
+            .iter()
+            .zip(&q)
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .sum();
+        let qsum: i32 = q.iter().map(|&v| i32::from(v)).sum();
+        let mut packed = Vec::new();
+        for g in w.chunks_exact(128) {
+            packed.extend_from_slice(&BlockI2S::pack(g.try_into().unwrap()).qs);
+        }
+        assert_eq!(dot_codes_scalar(&packed, &q, Packing::I2S) - qsum, exact);
+        let block = BlockTQ2_0::pack(w.as_slice().try_into().unwrap(), f16::ONE);
+        let mut bytes = Vec::new();
+        block.write(&mut bytes);
+        assert_eq!(
+            dot_codes_scalar(&bytes[..64], &q, Packing::Tq2) - qsum,
+            exact
+        );
+    }
+
+    /// Float kernels agree with the scalar one to rounding (different
+    /// summation order), on lengths with every tail size.
+    #[test]
+    fn dot_f16_close_to_scalar() {
+        let mut rng = Rng(99);
+        for n in [1, 7, 8, 31, 32, 33, 100, 256, 2560, 2561] {
+            let row: Vec<u8> = (0..n)
+                .flat_map(|_| f16::from_f32((rng.next() % 2001) as f32 / 500.0 - 2.0).to_le_bytes())
+                .collect();
+            let x: Vec<f32> = (0..n)
+                .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let want = dot_f16_scalar(&row, &x);
+            let mag: f32 = row
+                .chunks_exact(2)
+                .zip(&x)
+                .map(|(b, v)| (f16::from_le_bytes([b[0], b[1]]).to_f32() * v).abs())
+                .sum();
+            for k in levels() {
+                let got = (k.dot_f16)(&row, &x);
+                assert!(
+                    (got - want).abs() <= 1e-5 * mag.max(1.0),
+                    "{} n {n}: {got} vs {want}",
+                    k.level
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn levels_parse_and_refuse_clearly() {
+        assert_eq!("AVX2".parse::<SimdLevel>(), Ok(SimdLevel::Avx2));
+        assert_eq!("scalar".parse::<SimdLevel>(), Ok(SimdLevel::Scalar));
+        assert!("avx512"
+            .parse::<SimdLevel>()
+            .unwrap_err()
+            .contains("no kernels yet"));
+        assert!("mmx".parse::<SimdLevel>().unwrap_err().contains("unknown"));
+        assert!(SimdLevel::detect().supported());
+    }
+}
