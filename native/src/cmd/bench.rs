@@ -60,6 +60,10 @@ pub struct Args {
     /// Output format: md (llama-bench's table) or json.
     #[arg(short = 'o', long = "output", default_value = "md")]
     output: String,
+    /// Also measure memory read bandwidth (a 1 GiB buffer summed with every
+    /// thread) and the decode floor it implies for this model.
+    #[arg(long)]
+    bandwidth: bool,
     /// Also write the output to this file.
     #[arg(long = "output-file")]
     output_file: Option<PathBuf>,
@@ -207,6 +211,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
 
+    if a.bandwidth {
+        let t = *threads.iter().max().unwrap_or(&1);
+        let bw = read_bandwidth(t)?;
+        // Per decoded token every weight is read once: the ternary
+        // projections and the LM head (the whole table); the file is that
+        // plus one embedding row per token.
+        let floor = file_size as f64 / bw;
+        eprintln!(
+            "memory read bandwidth ({t} threads): {:.2} GB/s; decode floor for this model: {:.1} ms/token ({:.1} tokens/s)",
+            bw / 1e9,
+            floor * 1e3,
+            1.0 / floor
+        );
+    }
     let out = if a.output == "json" {
         json(&rows, &desc, file_size, n_params)
     } else {
@@ -289,4 +307,39 @@ fn json(rows: &[Row], desc: &str, size: u64, params: u64) -> String {
     let mut s = serde_json::to_string_pretty(&list).unwrap_or_default();
     s.push('\n');
     s
+}
+
+/// Read bandwidth in bytes/s: a 1 GiB buffer (touched first, so it is
+/// resident) summed by `threads` threads, eight independent accumulators
+/// each so that the sum is not latency-bound; best of five passes.
+fn read_bandwidth(threads: usize) -> anyhow::Result<f64> {
+    use rayon::prelude::*;
+    let words = 1usize << 27; // 1 GiB of u64
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let mut best = f64::INFINITY;
+    let mut check = 0u64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let sum = pool.install(|| {
+            buf.par_chunks(1 << 20)
+                .map(|c| {
+                    let mut acc = [0u64; 8];
+                    for w in c.chunks_exact(8) {
+                        for (a, v) in acc.iter_mut().zip(w) {
+                            *a = a.wrapping_add(*v);
+                        }
+                    }
+                    acc.iter().fold(0u64, |x, y| x.wrapping_add(*y))
+                })
+                .reduce(|| 0, u64::wrapping_add)
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+        check = check.wrapping_add(sum);
+    }
+    // Keeps the sums observable so the loop is not optimised away.
+    if check == 1 {
+        eprintln!("(checksum {check})");
+    }
+    Ok((words * 8) as f64 / best)
 }
