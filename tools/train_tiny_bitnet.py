@@ -132,7 +132,9 @@ def write_tokenizer_files(tok, d: Path, max_len):
     cfg = {
         "added_tokens_decoder": added,
         "bos_token": "<|begin_of_text|>",
-        "eos_token": "<|eot_id|>",
+        # a base model: documents end with <|end_of_text|> in training, so that is its EOS
+        # (bitnet-cli convert writes it as tokenizer.ggml.eos_token_id; <|eot_id|> stays the EOT token)
+        "eos_token": "<|end_of_text|>",
         "chat_template": CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
         "model_input_names": ["input_ids", "attention_mask"],

@@ -88,7 +88,7 @@ def margins(lg):
 
 
 def run_cli(cli, gguf, text):
-    r = subprocess.run([cli, "inference", "-m", gguf, "-p", text, "-n", str(N_NEW), "--temp", "0"],
+    r = subprocess.run([cli, "inference", "-m", gguf, "-p", text, "-n", str(N_NEW), "--temp", "0", "-t", "1", "--no-display-prompt"],
                        capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
         raise RuntimeError(r.stderr)
@@ -150,15 +150,14 @@ def main():
 
     cli_check = None
     if a.cli:
-        cli_check = {"command": f"bitnet-cli inference -m {a.gguf} -p TEXT -n {N_NEW} --temp 0", "results": []}
+        cli_check = {"command": f"bitnet-cli inference -m {a.gguf} -p TEXT -n {N_NEW} --temp 0 -t 1 --no-display-prompt", "results": []}
         for e in prompts:
             out = run_cli(a.cli, a.gguf, e["text"])
             ids = e["greedy_ids"]
             if e["first_special_step"] is not None:
                 ids = ids[: e["first_special_step"]]  # the CLI stops at an end-of-generation token
             want = tok.decode(ids, skip_special_tokens=True)
-            got = out[len(e["text"]):] if out.startswith(e["text"]) else out
-            ok = got.rstrip("\n") == want or got == want
+            ok = out == want or out.rstrip("\n") == want
             cli_check["results"].append({"label": e["label"], "kept": e["kept"], "match": ok,
                                          **({} if ok else {"cli_text": out})})
             print(f"cli {e['label']:10s} match={ok}" + ("" if ok else f"  cli={out!r} want={want!r}"), flush=True)
