@@ -475,63 +475,73 @@ impl Backend for CpuBackend {
             .chunks_exact(blocks)
             .map(|b| b.iter().sum())
             .collect();
-        let dot = self.kernels.dot_codes;
+        let dot_multi = self.kernels.dot_codes_multi;
         let data = w.data();
-        // One output row of W per task, dotted with every token.
+        // One output row of W per task, dotted with every token; the packed
+        // kernels take all tokens in one pass over the row.
         CpuTensor::par_columns(
             t,
             w.m,
-            || (vec![0i8; k], Vec::new()),
-            |(codes, d), row, out| {
-                for (r, o) in out.iter_mut().enumerate() {
-                    *o = {
-                        let qr = &q[r * k..(r + 1) * k];
-                        let sum = match (w.info.ty, &w.scale) {
-                            (GgmlType::I2_S, Scale::Tensor(s)) => {
-                                let packed = &data[row * k / 4..(row + 1) * k / 4];
-                                (dot(packed, qr, Packing::I2S) - row_sums[r]) as f32 * s
-                            }
-                            (GgmlType::TQ2_0, scale) => {
-                                let per_row = k / 256;
-                                let bytes = &data[row * per_row * 66..(row + 1) * per_row * 66];
-                                let mut total_i = 0i32;
-                                let mut total_f = 0f32;
-                                for (b, blk) in bytes.chunks_exact(66).enumerate() {
-                                    let s =
-                                        dot(&blk[..64], &qr[b * 256..(b + 1) * 256], Packing::Tq2)
-                                            - block_sums[r * blocks + b];
-                                    match scale {
-                                        Scale::Tensor(_) => total_i += s,
-                                        Scale::Block => {
-                                            let dd = f16::from_le_bytes([blk[64], blk[65]]);
-                                            total_f += s as f32 * dd.to_f32();
-                                        }
-                                    }
-                                }
+            || {
+                (
+                    vec![0i8; k],
+                    Vec::new(),
+                    vec![0i32; t],
+                    vec![0f32; t],
+                    vec![0i32; t],
+                )
+            },
+            |(codes, d, sums, acc, total), row, out| {
+                match (w.info.ty, &w.scale) {
+                    (GgmlType::I2_S, Scale::Tensor(s)) => {
+                        let packed = &data[row * k / 4..(row + 1) * k / 4];
+                        dot_multi(packed, &q, k, Packing::I2S, sums);
+                        for (r, o) in out.iter_mut().enumerate() {
+                            *o = (sums[r] - row_sums[r]) as f32 * s / scales[r];
+                        }
+                    }
+                    (GgmlType::TQ2_0, scale) => {
+                        // Block by block (66 bytes: 64 of codes, f16 d).
+                        let per_row = k / 256;
+                        let bytes = &data[row * per_row * 66..(row + 1) * per_row * 66];
+                        acc.fill(0.0);
+                        total.fill(0);
+                        for (b, blk) in bytes.chunks_exact(66).enumerate() {
+                            dot_multi(&blk[..64], &q[b * 256..], k, Packing::Tq2, sums);
+                            let dd = f16::from_le_bytes([blk[64], blk[65]]).to_f32();
+                            for r in 0..t {
+                                let s = sums[r] - block_sums[r * blocks + b];
                                 match scale {
-                                    Scale::Tensor(s) => total_i as f32 * s,
-                                    Scale::Block => total_f,
+                                    Scale::Tensor(_) => total[r] += s,
+                                    Scale::Block => acc[r] += s as f32 * dd,
                                 }
                             }
-                            // TQ1_0 (base-3 codes): unpack, then the
-                            // scalar integer dot.
-                            (_, scale) => {
-                                if r == 0 {
-                                    w.decode_row(row, codes, d);
-                                }
-                                match scale {
-                                    Scale::Tensor(s) => dot_i8(qr, codes) as f32 * s,
-                                    Scale::Block => qr
-                                        .chunks_exact(256)
-                                        .zip(codes.chunks_exact(256))
-                                        .zip(d.iter())
-                                        .map(|((a, b), d)| dot_i8(a, b) as f32 * d)
-                                        .sum(),
-                                }
-                            }
-                        };
-                        sum / scales[r]
-                    };
+                        }
+                        for (r, o) in out.iter_mut().enumerate() {
+                            *o = match scale {
+                                Scale::Tensor(s) => total[r] as f32 * s,
+                                Scale::Block => acc[r],
+                            } / scales[r];
+                        }
+                    }
+                    // TQ1_0 (base-3 codes), and anything else: unpack the
+                    // row, then the scalar integer dot per token.
+                    (_, scale) => {
+                        w.decode_row(row, codes, d);
+                        for (r, o) in out.iter_mut().enumerate() {
+                            let qr = &q[r * k..(r + 1) * k];
+                            let sum = match scale {
+                                Scale::Tensor(s) => dot_i8(qr, codes) as f32 * s,
+                                Scale::Block => qr
+                                    .chunks_exact(256)
+                                    .zip(codes.chunks_exact(256))
+                                    .zip(d.iter())
+                                    .map(|((a, b), d)| dot_i8(a, b) as f32 * d)
+                                    .sum(),
+                            };
+                            *o = sum / scales[r];
+                        }
+                    }
                 }
             },
         )

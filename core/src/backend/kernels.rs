@@ -111,6 +111,11 @@ pub struct Kernels {
     pub level: SimdLevel,
     /// Σ code·q over `packed.len() / 32` chunks of 128 weights.
     pub dot_codes: fn(packed: &[u8], q: &[i8], packing: Packing) -> i32,
+    /// The same for several tokens at once (`out.len()` of them, token j's
+    /// activations at `q[j * stride..]`): the weights are unpacked once for
+    /// all of them (the prefill kernel).
+    pub dot_codes_multi:
+        fn(packed: &[u8], q: &[i8], stride: usize, packing: Packing, out: &mut [i32]),
     /// Σ f16(row[i]) · x[i], in f32.
     pub dot_f16: fn(row: &[u8], x: &[f32]) -> f32,
 }
@@ -122,15 +127,12 @@ impl Kernels {
             return Err(format!("this CPU cannot run the {level} kernels"));
         }
         Ok(match level {
-            SimdLevel::Scalar => Kernels {
-                level,
-                dot_codes: dot_codes_scalar,
-                dot_f16: dot_f16_scalar,
-            },
+            SimdLevel::Scalar => SCALAR,
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx2 => Kernels {
                 level,
                 dot_codes: avx2::dot_codes,
+                dot_codes_multi: avx2::dot_codes_multi,
                 dot_f16: avx2::dot_f16,
             },
             #[cfg(not(target_arch = "x86_64"))]
@@ -154,12 +156,28 @@ impl Kernels {
             }
             log::debug!("CPU kernels: {level} (dot_codes, dot_f16)");
             // `for_level` cannot fail for a supported level.
-            Kernels::for_level(level).unwrap_or(Kernels {
-                level: SimdLevel::Scalar,
-                dot_codes: dot_codes_scalar,
-                dot_f16: dot_f16_scalar,
-            })
+            Kernels::for_level(level).unwrap_or(SCALAR)
         })
+    }
+}
+
+const SCALAR: Kernels = Kernels {
+    level: SimdLevel::Scalar,
+    dot_codes: dot_codes_scalar,
+    dot_codes_multi: dot_codes_multi_scalar,
+    dot_f16: dot_f16_scalar,
+};
+
+/// Scalar reference: Σ code·q for each token.
+pub fn dot_codes_multi_scalar(
+    packed: &[u8],
+    q: &[i8],
+    stride: usize,
+    packing: Packing,
+    out: &mut [i32],
+) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_codes_scalar(packed, &q[j * stride..], packing);
     }
 }
 
@@ -193,38 +211,81 @@ mod avx2 {
     use super::Packing;
 
     pub fn dot_codes(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
-        assert!(q.len() >= packed.len() / 32 * 128);
-        // SAFETY: this table entry is only reachable through
-        // `Kernels::for_level(Avx2)`, which checks AVX2 at run time; the
-        // assert above keeps every load in bounds.
-        unsafe { dot_codes_avx2(packed, q, packing.shifts()) }
+        let mut out = [0i32];
+        dot_codes_multi(packed, q, 0, packing, &mut out);
+        out[0]
     }
 
-    #[target_feature(enable = "avx2")]
-    unsafe fn dot_codes_avx2(packed: &[u8], q: &[i8], shifts: [u32; 4]) -> i32 {
-        let mask = _mm256_set1_epi8(3);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_si256();
-        for (c, chunk) in packed.chunks_exact(32).enumerate() {
-            // SAFETY: `chunk` is 32 bytes; `q` holds 128 bytes from c·128
-            // (asserted by the caller); unaligned loads.
-            let (v, qp) = unsafe {
-                (
-                    _mm256_loadu_si256(chunk.as_ptr().cast()),
-                    q.as_ptr().add(c * 128),
-                )
-            };
-            for (l, &s) in shifts.iter().enumerate() {
-                let codes =
-                    _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(s as i32)), mask);
-                // SAFETY: in bounds as above.
-                let x = unsafe { _mm256_loadu_si256(qp.add(32 * l).cast()) };
-                // u8 codes (≤ 2) × i8: pair sums ≤ 512, no i16 saturation.
-                let prod = _mm256_maddubs_epi16(codes, x);
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(prod, ones));
+    pub fn dot_codes_multi(
+        packed: &[u8],
+        q: &[i8],
+        stride: usize,
+        packing: Packing,
+        out: &mut [i32],
+    ) {
+        let span = packed.len() / 32 * 128;
+        if let Some(last) = out.len().checked_sub(1) {
+            assert!(q.len() >= last * stride + span);
+        }
+        let shifts = packing.shifts();
+        for (g, o) in out.chunks_mut(4).enumerate() {
+            let q = &q[g * 4 * stride..];
+            // SAFETY: reachable only through `Kernels::for_level(Avx2)`,
+            // which checks AVX2 at run time; the assert above keeps every
+            // load of every token row in bounds.
+            unsafe {
+                match o.len() {
+                    1 => o.copy_from_slice(&dot_n::<1>(packed, q, stride, shifts)),
+                    2 => o.copy_from_slice(&dot_n::<2>(packed, q, stride, shifts)),
+                    3 => o.copy_from_slice(&dot_n::<3>(packed, q, stride, shifts)),
+                    _ => o.copy_from_slice(&dot_n::<4>(packed, q, stride, shifts)),
+                }
             }
         }
-        hsum_i32(acc)
+    }
+
+    /// N tokens against one packed row: each 32-byte chunk is unpacked once
+    /// into four vectors of codes and multiplied with every token. Products
+    /// are summed in i16 for 8 chunks (32 maddubs of at most |3·128·2| = 768
+    /// each: ≤ 24,576, no overflow even for the unused code 3), then widened.
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot_n<const N: usize>(
+        packed: &[u8],
+        q: &[i8],
+        stride: usize,
+        shifts: [u32; 4],
+    ) -> [i32; N] {
+        let mask = _mm256_set1_epi8(3);
+        let ones = _mm256_set1_epi16(1);
+        let sh = shifts.map(|s| _mm_cvtsi32_si128(s as i32));
+        let mut acc32 = [_mm256_setzero_si256(); N];
+        let mut acc16 = [_mm256_setzero_si256(); N];
+        for (c, chunk) in packed.chunks_exact(32).enumerate() {
+            // SAFETY: `chunk` is 32 bytes; unaligned load.
+            let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
+            let codes = sh.map(|s| _mm256_and_si256(_mm256_srl_epi16(v, s), mask));
+            for (j, a) in acc16.iter_mut().enumerate() {
+                // SAFETY: token j's 128 activations of chunk c are in
+                // bounds (asserted by the caller).
+                let qp = unsafe { q.as_ptr().add(j * stride + c * 128) };
+                for (l, code) in codes.iter().enumerate() {
+                    // SAFETY: as above.
+                    let x = unsafe { _mm256_loadu_si256(qp.add(32 * l).cast()) };
+                    *a = _mm256_add_epi16(*a, _mm256_maddubs_epi16(*code, x));
+                }
+            }
+            if c % 8 == 7 {
+                for (a32, a16) in acc32.iter_mut().zip(acc16.iter_mut()) {
+                    *a32 = _mm256_add_epi32(*a32, _mm256_madd_epi16(*a16, ones));
+                    *a16 = _mm256_setzero_si256();
+                }
+            }
+        }
+        let mut out = [0i32; N];
+        for ((o, a32), a16) in out.iter_mut().zip(acc32).zip(acc16) {
+            *o = hsum_i32(_mm256_add_epi32(a32, _mm256_madd_epi16(a16, ones)));
+        }
+        out
     }
 
     #[target_feature(enable = "avx2")]
@@ -327,6 +388,43 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The multi-token kernel equals one call per token, for 1..=9 tokens
+    /// (groups of four and every remainder), with a stride larger than the
+    /// row (activations of other columns in between).
+    #[test]
+    fn dot_codes_multi_equals_single() {
+        let mut rng = Rng(0xdead_beef);
+        for chunks in [1, 8, 9, 20] {
+            let span = chunks * 128;
+            let stride = span + 64;
+            let packed: Vec<u8> = (0..chunks * 32).map(|_| rng.next() as u8).collect();
+            for n in 1..=9 {
+                let q: Vec<i8> = (0..n * stride).map(|_| rng.next() as i8).collect();
+                for packing in [Packing::I2S, Packing::Tq2] {
+                    let want: Vec<i32> = (0..n)
+                        .map(|j| {
+                            dot_codes_scalar(&packed, &q[j * stride..j * stride + span], packing)
+                        })
+                        .collect();
+                    for k in levels() {
+                        let mut got = vec![0; n];
+                        (k.dot_codes_multi)(&packed, &q, stride, packing, &mut got);
+                        assert_eq!(got, want, "{} chunks {chunks} n {n}", k.level);
+                    }
+                }
+            }
+        }
+        // Extremes: every code 3 (unused, but must not overflow) with all
+        // activations -128, over many chunks.
+        let packed = vec![0xffu8; 64 * 32];
+        let q = vec![-128i8; 64 * 128 * 3];
+        for k in levels() {
+            let mut got = vec![0; 3];
+            (k.dot_codes_multi)(&packed, &q, 64 * 128, Packing::I2S, &mut got);
+            assert_eq!(got, vec![3 * -128 * 64 * 128; 3], "{}", k.level);
         }
     }
 

@@ -316,7 +316,9 @@ fn read_bandwidth(threads: usize) -> anyhow::Result<f64> {
     use rayon::prelude::*;
     let words = 1usize << 27; // 1 GiB of u64
     let buf: Vec<u64> = (0..words as u64).collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     let mut best = f64::INFINITY;
     let mut check = 0u64;
     for _ in 0..5 {
