@@ -29,7 +29,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::{CpuBackend, OutputTable};
 use crate::backend::KvType;
 use crate::engine::{CancelToken, Chunk, Engine, EngineError, GenerationStats, TokenStream};
 use crate::gguf::GgufFile;
@@ -68,6 +68,9 @@ pub struct ModelConfig {
     pub max_seq_len: usize,
     /// KV cache storage: f32, or f16 for half the memory.
     pub kv_cache_type: KvType,
+    /// What the LM head reads: the file's table, or a compact int8 copy
+    /// made at load time (fewer bytes per token; logits change slightly).
+    pub output_table: OutputTable,
 }
 
 /// How generation runs.
@@ -141,7 +144,8 @@ impl BitNetModel {
 
     fn from_file(file: GgufFile, config: &ModelConfig) -> Result<Self, EngineError> {
         let Device::Cpu = config.device;
-        let mut engine = Engine::load(Arc::new(file), CpuBackend::new())?;
+        let backend = CpuBackend::new().with_output_table(config.output_table);
+        let mut engine = Engine::load(Arc::new(file), backend)?;
         engine.ctx_size = config.max_seq_len;
         engine.kv_type = config.kv_cache_type;
         Ok(BitNetModel {

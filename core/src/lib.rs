@@ -29,6 +29,7 @@ pub mod tokenizer;
 pub use api::{
     BitNetModel, Device, Generation, InferenceConfig, LoadingStrategy, ModelConfig, ModelStream,
 };
+pub use backend::cpu::OutputTable;
 pub use backend::KvType;
 pub use engine::{
     CancelToken, Chunk, Engine, EngineError, GenerationStats, StopReason, StreamingConfig,

@@ -250,3 +250,62 @@ fn f16_kv_cache_stays_close_to_transformers() {
         "{argmax_same}/{positions}"
     );
 }
+
+/// The opt-in int8 output table against the file's table, on every
+/// reference model and every prompt position: mean KL divergence of the
+/// next-token distributions and top-1 agreement (recorded in docs/perf.md).
+#[test]
+fn int8_output_table_stays_close() {
+    use bitnet::backend::cpu::OutputTable;
+    let (mut kl_sum, mut n, mut agree, mut worst_kl) = (0f64, 0usize, 0usize, 0f64);
+    for dir in golden_dirs() {
+        let golden: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap())
+                .unwrap();
+        let file_engine = convert(&dir, GgmlType::I2_S);
+        let bytes = {
+            // The same converted file, loaded a second time with the int8 table.
+            let out = std::env::temp_dir().join(format!(
+                "bitnet-int8-{}-{}.gguf",
+                std::process::id(),
+                dir.file_name().unwrap().to_string_lossy()
+            ));
+            convert_hf(&dir, &out, &ConvertOptions::default()).unwrap();
+            let b = std::fs::read(&out).unwrap();
+            std::fs::remove_file(&out).unwrap();
+            b
+        };
+        let backend = CpuBackend::new().with_output_table(OutputTable::Int8);
+        let int8_engine =
+            Engine::load(Arc::new(GgufFile::from_vec(bytes).unwrap()), backend).unwrap();
+        let vocab = file_engine.model.cfg.n_vocab as usize;
+        for p in golden["prompts"].as_array().unwrap() {
+            let input = ids(&p["input_ids"]);
+            let run = |e: &Engine<CpuBackend>| {
+                e.model
+                    .forward(&mut e.model.new_session(0, KvType::F32), &input, true)
+                    .unwrap()
+            };
+            let (a, b) = (run(&file_engine), run(&int8_engine));
+            for (la, lb) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)) {
+                let logp = |l: &[f32]| {
+                    let m = l.iter().fold(f32::NEG_INFINITY, |x, &v| x.max(v)) as f64;
+                    let z = l.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
+                    l.iter().map(|&v| v as f64 - z).collect::<Vec<f64>>()
+                };
+                let (pa, pb) = (logp(la), logp(lb));
+                let kl: f64 = pa.iter().zip(&pb).map(|(x, y)| x.exp() * (x - y)).sum();
+                kl_sum += kl;
+                worst_kl = worst_kl.max(kl);
+                n += 1;
+                agree += usize::from(bitnet::sampler::argmax(la) == bitnet::sampler::argmax(lb));
+            }
+        }
+    }
+    let mean_kl = kl_sum / n as f64;
+    eprintln!(
+        "int8 output table: mean KL {mean_kl:.3e} nats (worst {worst_kl:.3e}), top-1 agreement {agree}/{n}"
+    );
+    assert!(mean_kl <= 1e-2, "mean KL {mean_kl}");
+    assert!(agree * 100 >= n * 98, "top-1 agreement {agree}/{n}");
+}

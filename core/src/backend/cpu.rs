@@ -9,7 +9,7 @@ use std::sync::Arc;
 use half::f16;
 use rayon::prelude::*;
 
-use super::kernels::{Kernels, Packing, SimdLevel};
+use super::kernels::{self, Kernels, Packing, SimdLevel};
 use super::{Backend, BackendError, KvType};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::model::config::{Activation, BitNetConfig, RopeStyle};
@@ -135,13 +135,24 @@ impl CpuLinear {
     }
 }
 
-/// A float (or 8-bit) table of `rows` rows of `cols` values, in the file.
+/// A float (or 8-bit) table of `rows` rows of `cols` values, in the file,
+/// plus, for the LM head when asked, a compact int8 copy.
 pub struct CpuTable {
     file: Arc<GgufFile>,
     info: TensorInfo,
     rows: usize,
     cols: usize,
     row_bytes: usize,
+    int8: Option<Int8Table>,
+}
+
+/// The compact output table: int8 values in 32-wide blocks with an f32
+/// scale each (absmax / 127), made at load time from the file's table.
+struct Int8Table {
+    q: Vec<i8>,
+    scales: Vec<f32>,
+    /// Blocks per row.
+    blocks: usize,
 }
 
 impl CpuTable {
@@ -196,6 +207,33 @@ impl KvElem for u16 {
 #[derive(Clone, Copy, Debug)]
 pub struct CpuBackend {
     kernels: Kernels,
+    output: OutputTable,
+}
+
+/// What the CPU backend reads for the LM head.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputTable {
+    /// The file's table as it is (F16 for 2B4T: 656 MB read per token).
+    #[default]
+    File,
+    /// An int8 copy made at load time (32-wide blocks, f32 scales: 1.125
+    /// bytes per weight, 369 MB for 2B4T), multiplied with int8-quantized
+    /// activations. Fewer bytes per token, slightly different logits (see
+    /// docs/perf.md for the measured change).
+    Int8,
+}
+
+impl std::str::FromStr for OutputTable {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "file" => Ok(OutputTable::File),
+            "int8" | "q8" => Ok(OutputTable::Int8),
+            other => Err(format!(
+                "output table {other:?} is not supported (file, int8)"
+            )),
+        }
+    }
 }
 
 impl Default for CpuBackend {
@@ -209,6 +247,7 @@ impl CpuBackend {
     pub fn new() -> Self {
         CpuBackend {
             kernels: *Kernels::global(),
+            output: OutputTable::File,
         }
     }
 
@@ -216,7 +255,14 @@ impl CpuBackend {
     pub fn with_level(level: SimdLevel) -> Result<Self, BackendError> {
         Ok(CpuBackend {
             kernels: Kernels::for_level(level).map_err(BackendError::Unsupported)?,
+            output: OutputTable::File,
         })
+    }
+
+    /// Chooses what the LM head reads (see [`OutputTable`]).
+    pub fn with_output_table(mut self, output: OutputTable) -> Self {
+        self.output = output;
+        self
     }
 
     pub fn simd_level(&self) -> SimdLevel {
@@ -406,7 +452,31 @@ impl Backend for CpuBackend {
             rows,
             cols,
             row_bytes,
+            int8: None,
         })
+    }
+
+    fn prepare_output(&self, table: &mut CpuTable) -> Result<(), BackendError> {
+        if self.output != OutputTable::Int8 || table.int8.is_some() {
+            return Ok(());
+        }
+        let (rows, cols) = (table.rows, table.cols);
+        let blocks = cols.div_ceil(32);
+        let mut q = vec![0i8; rows * cols];
+        let mut scales = vec![0f32; rows * blocks];
+        q.par_chunks_mut(cols)
+            .zip(scales.par_chunks_mut(blocks))
+            .enumerate()
+            .for_each_init(Vec::new, |row, (r, (qr, sr))| {
+                table.row_into(r, row);
+                kernels::quantize_q8_blocks(row, qr, sr);
+            });
+        log::debug!(
+            "int8 output table: {rows} x {cols}, {} MB",
+            (q.len() + 4 * scales.len()) / 1_000_000
+        );
+        table.int8 = Some(Int8Table { q, scales, blocks });
+        Ok(())
     }
 
     fn new_kv_cache(&self, cfg: &BitNetConfig, max_seq: usize, ty: KvType) -> CpuKvCache {
@@ -620,6 +690,37 @@ impl Backend for CpuBackend {
             0
         };
         let n = x.rows - first;
+        if let Some(t8) = &table.int8 {
+            // Each token's activations to int8 once, then int8 × int8.
+            let cols = table.cols;
+            let mut xq = vec![0i8; n * cols];
+            let mut xs = vec![0f32; n * t8.blocks];
+            for (j, r) in (first..x.rows).enumerate() {
+                kernels::quantize_q8_blocks(
+                    x.row(r),
+                    &mut xq[j * cols..(j + 1) * cols],
+                    &mut xs[j * t8.blocks..(j + 1) * t8.blocks],
+                );
+            }
+            let dot_q8 = self.kernels.dot_q8;
+            return CpuTensor::par_columns(
+                n,
+                table.rows,
+                || (),
+                |_, v, out| {
+                    let w = &t8.q[v * cols..(v + 1) * cols];
+                    let ws = &t8.scales[v * t8.blocks..(v + 1) * t8.blocks];
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = dot_q8(
+                            w,
+                            ws,
+                            &xq[j * cols..(j + 1) * cols],
+                            &xs[j * t8.blocks..(j + 1) * t8.blocks],
+                        );
+                    }
+                },
+            );
+        }
         let dot_f16 = self.kernels.dot_f16;
         let data = table.file.tensor_data(&table.info);
         CpuTensor::par_columns(n, table.rows, Vec::new, |row, v, out| {

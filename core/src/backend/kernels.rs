@@ -118,6 +118,10 @@ pub struct Kernels {
         fn(packed: &[u8], q: &[i8], stride: usize, packing: Packing, out: &mut [i32]),
     /// Σ f16(row[i]) · x[i], in f32.
     pub dot_f16: fn(row: &[u8], x: &[f32]) -> f32,
+    /// Σ over 32-wide blocks b of w_scale[b] · x_scale[b] · Σ w[i]·x[i]
+    /// (int8 weights and activations, exact integer block sums): the
+    /// compact output table's product.
+    pub dot_q8: fn(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32,
 }
 
 impl Kernels {
@@ -134,6 +138,7 @@ impl Kernels {
                 dot_codes: avx2::dot_codes,
                 dot_codes_multi: avx2::dot_codes_multi,
                 dot_f16: avx2::dot_f16,
+                dot_q8: avx2::dot_q8,
             },
             #[cfg(not(target_arch = "x86_64"))]
             SimdLevel::Avx2 => unreachable!("supported() is false off x86_64"),
@@ -166,7 +171,37 @@ const SCALAR: Kernels = Kernels {
     dot_codes: dot_codes_scalar,
     dot_codes_multi: dot_codes_multi_scalar,
     dot_f16: dot_f16_scalar,
+    dot_q8: dot_q8_scalar,
 };
+
+/// Scalar reference of [`Kernels::dot_q8`].
+pub fn dot_q8_scalar(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
+    w.chunks(32)
+        .zip(x.chunks(32))
+        .zip(w_scale.iter().zip(x_scale))
+        .map(|((wb, xb), (sw, sx))| {
+            let dot: i32 = wb
+                .iter()
+                .zip(xb)
+                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .sum();
+            dot as f32 * (sw * sx)
+        })
+        .sum()
+}
+
+/// Quantizes `x` to int8 in 32-wide blocks (scale = absmax / 127, rounding
+/// ties to even, as the BitLinear activations); the last block may be short.
+pub fn quantize_q8_blocks(x: &[f32], q: &mut [i8], scales: &mut [f32]) {
+    for ((xb, qb), s) in x.chunks(32).zip(q.chunks_mut(32)).zip(scales.iter_mut()) {
+        let max = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *s = max / 127.0;
+        let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+        for (o, v) in qb.iter_mut().zip(xb) {
+            *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+    }
+}
 
 /// Scalar reference: Σ code·q for each token.
 pub fn dot_codes_multi_scalar(
@@ -294,6 +329,46 @@ mod avx2 {
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
         _mm_cvtsi128_si32(s)
+    }
+
+    pub fn dot_q8(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let full = (n / 32).min(w_scale.len()).min(x_scale.len());
+        // SAFETY: reachable only when AVX2 was detected
+        // (`Kernels::for_level`); loads stay within the first `full` blocks.
+        let head = unsafe { dot_q8_avx2(w, w_scale, x, x_scale, full) };
+        // A short last block (width not a multiple of 32).
+        head + super::dot_q8_scalar(
+            &w[full * 32..n],
+            &w_scale[full.min(w_scale.len())..],
+            &x[full * 32..n],
+            &x_scale[full.min(x_scale.len())..],
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_q8_avx2(w: &[i8], ws: &[f32], x: &[i8], xs: &[f32], blocks: usize) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..blocks {
+            // SAFETY: b < blocks ≤ len / 32 of both slices.
+            let (wv, xv) = unsafe {
+                (
+                    _mm256_loadu_si256(w.as_ptr().add(32 * b).cast()),
+                    _mm256_loadu_si256(x.as_ptr().add(32 * b).cast()),
+                )
+            };
+            // i8 × i8 through maddubs (u8 × i8): |w| and x with w's sign.
+            // Pair sums ≤ 2·127·127, within i16.
+            let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
+            let scale = _mm256_set1_ps(ws[b] * xs[b]);
+            acc = _mm256_fmadd_ps(sums, scale, acc);
+        }
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
     }
 
     pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
@@ -482,6 +557,76 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The int8 table product agrees with the scalar one to rounding, for
+    /// widths with and without a short last block, and -127/127 extremes.
+    #[test]
+    fn dot_q8_close_to_scalar() {
+        let mut rng = Rng(4242);
+        for n in [32usize, 64, 96, 2560, 40, 2570] {
+            let nb = n.div_ceil(32);
+            let w: Vec<i8> = (0..n)
+                .map(|i| {
+                    if i % 7 == 0 {
+                        -127
+                    } else {
+                        rng.next() as i8 / 2
+                    }
+                })
+                .collect();
+            let x: Vec<i8> = (0..n)
+                .map(|i| {
+                    if i % 5 == 0 {
+                        127
+                    } else {
+                        rng.next() as i8 / 2
+                    }
+                })
+                .collect();
+            let ws: Vec<f32> = (0..nb).map(|_| (rng.next() % 1000) as f32 / 1e5).collect();
+            let xs: Vec<f32> = (0..nb).map(|_| (rng.next() % 1000) as f32 / 1e4).collect();
+            let want = dot_q8_scalar(&w, &ws, &x, &xs);
+            let mag: f32 = w
+                .chunks(32)
+                .zip(x.chunks(32))
+                .zip(ws.iter().zip(&xs))
+                .map(|((a, b), (p, q))| {
+                    a.iter()
+                        .zip(b)
+                        .map(|(&u, &v)| (i32::from(u) * i32::from(v)).abs())
+                        .sum::<i32>() as f32
+                        * p
+                        * q
+                })
+                .sum();
+            for k in levels() {
+                let got = (k.dot_q8)(&w, &ws, &x, &xs);
+                assert!(
+                    (got - want).abs() <= 1e-5 * mag.max(1e-6),
+                    "{} n {n}: {got} vs {want}",
+                    k.level
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn q8_block_quantization_round_trips_within_half_a_step() {
+        let x: Vec<f32> = (0..70).map(|i| (i as f32 - 35.0) * 0.37).collect();
+        let mut q = vec![0i8; 70];
+        let mut s = vec![0f32; 3];
+        quantize_q8_blocks(&x, &mut q, &mut s);
+        for (i, v) in x.iter().enumerate() {
+            let back = f32::from(q[i]) * s[i / 32];
+            assert!(
+                (back - v).abs() <= s[i / 32] * 0.5 + 1e-6,
+                "{i}: {v} vs {back}"
+            );
+        }
+        let zeros = [0f32; 32];
+        quantize_q8_blocks(&zeros, &mut q[..32], &mut s[..1]);
+        assert!(q[..32].iter().all(|&v| v == 0) && s[0] == 0.0);
     }
 
     #[test]

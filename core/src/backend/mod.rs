@@ -63,6 +63,11 @@ pub trait Backend: Send + Sync {
     fn load_vector(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Vector, BackendError>;
     fn load_table(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Table, BackendError>;
     fn new_kv_cache(&self, cfg: &BitNetConfig, max_seq: usize, ty: KvType) -> Self::KvCache;
+    /// Called once on the table the LM head reads (the embedding when tied),
+    /// so a backend can make a copy in the layout its kernels want.
+    fn prepare_output(&self, _table: &mut Self::Table) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// Rows of `table` for `tokens`.
     fn embed(&self, table: &Self::Table, tokens: &[u32]) -> Self::Tensor;

@@ -128,13 +128,17 @@ impl<B: Backend> BitNet<B> {
                 down: b.load_linear(&file, &n("ffn_down"))?,
             });
         }
+        let mut embedding = b.load_table(&file, "token_embd.weight")?;
         let output = if cfg.tied_embeddings {
+            b.prepare_output(&mut embedding)?;
             None
         } else {
-            Some(b.load_table(&file, "output.weight")?)
+            let mut t = b.load_table(&file, "output.weight")?;
+            b.prepare_output(&mut t)?;
+            Some(t)
         };
         Ok(BitNet {
-            embedding: b.load_table(&file, "token_embd.weight")?,
+            embedding,
             output_norm: b.load_vector(&file, "output_norm.weight")?,
             output,
             layers,

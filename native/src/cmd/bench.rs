@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use bitnet::backend::cpu::CpuBackend;
+use bitnet::backend::cpu::{CpuBackend, OutputTable};
 use bitnet::backend::kernels::SimdLevel;
 use bitnet::backend::KvType;
 use bitnet::model::BitNet;
@@ -57,6 +57,9 @@ pub struct Args {
     /// CPU kernel levels to test (comma list: scalar, avx2; default: the best).
     #[arg(long, value_delimiter = ',')]
     simd_level: Vec<SimdLevel>,
+    /// LM head tables to test (comma list: file, int8).
+    #[arg(long, value_delimiter = ',', default_value = "file")]
+    output_table: Vec<OutputTable>,
     /// Output format: md (llama-bench's table) or json.
     #[arg(short = 'o', long = "output", default_value = "md")]
     output: String,
@@ -71,6 +74,7 @@ pub struct Args {
 
 struct Row {
     level: SimdLevel,
+    output: OutputTable,
     threads: usize,
     n_prompt: usize,
     n_gen: usize,
@@ -165,8 +169,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut desc = String::new();
     let mut n_params = 0u64;
-    for &level in &levels {
-        let backend = CpuBackend::with_level(level)?;
+    for (level, output) in levels
+        .iter()
+        .flat_map(|&l| a.output_table.iter().map(move |&o| (l, o)))
+    {
+        let backend = CpuBackend::with_level(level)?.with_output_table(output);
         let model = BitNet::load(file.clone(), backend).with_context(|| source.display())?;
         n_params = file.tensor_infos().iter().map(|t| t.n_elements).sum();
         desc = format!(
@@ -195,6 +202,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 })?;
                 let row = Row {
                     level,
+                    output,
                     threads: t,
                     n_prompt: np,
                     n_gen: ng,
@@ -237,6 +245,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn head_name(o: OutputTable) -> &'static str {
+    match o {
+        OutputTable::File => "file",
+        OutputTable::Int8 => "int8",
+    }
+}
+
 fn human_params(n: u64) -> String {
     if n >= 1_000_000_000 {
         format!("{:.2}B", n as f64 / 1e9)
@@ -262,10 +277,15 @@ fn markdown(rows: &[Row], desc: &str, size: u64, params: u64) -> String {
     for r in rows {
         let (m, sd) = mean_std(&r.samples_ts());
         s += &format!(
-            "| {desc} | {} | {} | CPU ({}) | {} | {} | {m:.2} ± {sd:.2} |\n",
+            "| {desc} | {} | {} | CPU ({}{}) | {} | {} | {m:.2} ± {sd:.2} |\n",
             human_size(size),
             human_params(params),
             r.level,
+            if r.output == OutputTable::Int8 {
+                ", int8 head"
+            } else {
+                ""
+            },
             r.threads,
             r.test_name()
         );
@@ -286,6 +306,7 @@ fn json(rows: &[Row], desc: &str, size: u64, params: u64) -> String {
                 "build_commit": env!("CARGO_PKG_VERSION"),
                 "backends": "CPU",
                 "simd_level": r.level.name(),
+                "output_table": head_name(r.output),
                 "model_type": desc,
                 "model_size": size,
                 "model_n_params": params,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bitnet::backend::cpu::CpuBackend;
+use bitnet::backend::cpu::{CpuBackend, OutputTable};
 use bitnet::backend::kernels::SimdLevel;
 use bitnet::backend::KvType;
 use bitnet::{Engine, GenerationConfig, GenerationStats, SamplingStrategy};
@@ -84,6 +84,10 @@ pub struct SamplingArgs {
     /// also BITNET_SIMD_LEVEL).
     #[arg(long)]
     pub simd_level: Option<SimdLevel>,
+    /// LM head table: `file` (as stored) or `int8` (a compact copy made at
+    /// load: fewer bytes read per token, logits change slightly).
+    #[arg(long, default_value = "file")]
+    pub output_table: OutputTable,
     /// CPU threads (default: all cores; also RAYON_NUM_THREADS).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -126,7 +130,8 @@ pub fn load_engine(
     let backend = match args.simd_level {
         Some(level) => CpuBackend::with_level(level)?,
         None => CpuBackend::new(),
-    };
+    }
+    .with_output_table(args.output_table);
     log::debug!("CPU backend, {} kernels", backend.simd_level());
     let mut engine = Engine::load(file, backend).with_context(|| source.display())?;
     engine.ctx_size = args.ctx_size;
