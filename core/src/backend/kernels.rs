@@ -105,6 +105,9 @@ fn avx2_available() -> bool {
     false
 }
 
+/// `(weights, weight block scales, activations, activation block scales)`.
+pub type DotQ8 = fn(&[i8], &[f32], &[i8], &[f32]) -> f32;
+
 /// The kernels of one level.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernels {
@@ -121,7 +124,7 @@ pub struct Kernels {
     /// Σ over 32-wide blocks b of w_scale[b] · x_scale[b] · Σ w[i]·x[i]
     /// (int8 weights and activations, exact integer block sums): the
     /// compact output table's product.
-    pub dot_q8: fn(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32,
+    pub dot_q8: DotQ8,
 }
 
 impl Kernels {
