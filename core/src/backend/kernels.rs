@@ -632,6 +632,51 @@ mod tests {
         assert!(q[..32].iter().all(|&v| v == 0) && s[0] == 0.0);
     }
 
+    mod prop {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::levels;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Random shapes, tokens and misaligned starts (the packed row
+            /// and the activations begin at arbitrary byte offsets of their
+            /// buffers): every level equals the scalar reference exactly.
+            #[test]
+            fn multi_token_kernel_equals_scalar(
+                chunks in 1usize..24,
+                tokens in 1usize..7,
+                pad in 0usize..40,
+                w_off in 0usize..31,
+                q_off in 0usize..31,
+                seed in any::<u64>(),
+                edge in 0u8..4,
+            ) {
+                let mut x = seed | 1;
+                let mut next = move || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x };
+                let span = chunks * 128;
+                let stride = span + pad;
+                let wbuf: Vec<u8> = (0..w_off + chunks * 32).map(|_| next() as u8).collect();
+                let qbuf: Vec<i8> = (0..q_off + tokens * stride)
+                    .map(|_| match edge { 0 => -128, 1 => 127, 2 => 0, _ => next() as i8 })
+                    .collect();
+                let (packed, q) = (&wbuf[w_off..], &qbuf[q_off..]);
+                for packing in [Packing::I2S, Packing::Tq2] {
+                    let mut want = vec![0; tokens];
+                    dot_codes_multi_scalar(packed, q, stride, packing, &mut want);
+                    for k in levels() {
+                        let mut got = vec![0; tokens];
+                        (k.dot_codes_multi)(packed, q, stride, packing, &mut got);
+                        prop_assert_eq!(&got, &want);
+                        prop_assert_eq!((k.dot_codes)(packed, q, packing), want[0]);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn levels_parse_and_refuse_clearly() {
         assert_eq!("AVX2".parse::<SimdLevel>(), Ok(SimdLevel::Avx2));
