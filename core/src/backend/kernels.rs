@@ -11,9 +11,9 @@
 //! positions [`Packing::shifts`] gives (I2_S from the top bits down, TQ2_0
 //! from the bottom up).
 //!
-//! Levels: scalar, AVX2 (with FMA and F16C for the float kernels). AVX-512
-//! and NEON versions are not written yet: [`SimdLevel::detect`] never picks a
-//! level that has no kernels.
+//! Levels: scalar, SSE (SSSE3 integer kernels), AVX2 (with FMA and F16C for
+//! the float kernels). AVX-512 and NEON versions are not written yet:
+//! [`SimdLevel::detect`] never picks a level that has no kernels.
 
 use std::sync::OnceLock;
 
@@ -41,16 +41,19 @@ impl Packing {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SimdLevel {
     Scalar,
+    /// SSSE3 (128-bit integer kernels; the float kernels stay scalar).
+    Sse,
     Avx2,
 }
 
 impl SimdLevel {
     /// Every level, lowest first.
-    pub const ALL: [SimdLevel; 2] = [SimdLevel::Scalar, SimdLevel::Avx2];
+    pub const ALL: [SimdLevel; 3] = [SimdLevel::Scalar, SimdLevel::Sse, SimdLevel::Avx2];
 
     pub fn name(self) -> &'static str {
         match self {
             SimdLevel::Scalar => "scalar",
+            SimdLevel::Sse => "sse",
             SimdLevel::Avx2 => "avx2",
         }
     }
@@ -59,6 +62,7 @@ impl SimdLevel {
     pub fn supported(self) -> bool {
         match self {
             SimdLevel::Scalar => true,
+            SimdLevel::Sse => ssse3_available(),
             SimdLevel::Avx2 => avx2_available(),
         }
     }
@@ -78,11 +82,12 @@ impl std::str::FromStr for SimdLevel {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
             "scalar" | "none" => Ok(SimdLevel::Scalar),
+            "sse" | "ssse3" | "sse4" => Ok(SimdLevel::Sse),
             "avx2" => Ok(SimdLevel::Avx2),
-            "sse" | "sse4" | "avx" | "avx512" | "avx512vnni" | "neon" => Err(format!(
-                "SIMD level {s:?} has no kernels yet (available: scalar, avx2)"
+            "avx" | "avx512" | "avx512vnni" | "neon" => Err(format!(
+                "SIMD level {s:?} has no kernels yet (available: scalar, sse, avx2)"
             )),
-            _ => Err(format!("unknown SIMD level {s:?} (scalar, avx2)")),
+            _ => Err(format!("unknown SIMD level {s:?} (scalar, sse, avx2)")),
         }
     }
 }
@@ -102,6 +107,16 @@ fn avx2_available() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2_available() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn ssse3_available() -> bool {
+    is_x86_feature_detected!("ssse3")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn ssse3_available() -> bool {
     false
 }
 
@@ -143,8 +158,18 @@ impl Kernels {
                 dot_f16: avx2::dot_f16,
                 dot_q8: avx2::dot_q8,
             },
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Sse => Kernels {
+                level,
+                dot_codes: sse::dot_codes,
+                dot_codes_multi: sse::dot_codes_multi,
+                dot_f16: dot_f16_scalar,
+                dot_q8: sse::dot_q8,
+            },
             #[cfg(not(target_arch = "x86_64"))]
-            SimdLevel::Avx2 => unreachable!("supported() is false off x86_64"),
+            SimdLevel::Sse | SimdLevel::Avx2 => {
+                unreachable!("supported() is false off x86_64")
+            }
         })
     }
 
@@ -406,6 +431,118 @@ mod avx2 {
         let mut sum = _mm_cvtss_f32(s);
         sum += super::dot_f16_scalar(&row[2 * i..2 * n], &x[i..n]);
         sum
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse {
+    use std::arch::x86_64::*;
+
+    use super::Packing;
+
+    pub fn dot_codes(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
+        let mut out = [0i32];
+        dot_codes_multi(packed, q, 0, packing, &mut out);
+        out[0]
+    }
+
+    pub fn dot_codes_multi(
+        packed: &[u8],
+        q: &[i8],
+        stride: usize,
+        packing: Packing,
+        out: &mut [i32],
+    ) {
+        let span = packed.len() / 32 * 128;
+        if let Some(last) = out.len().checked_sub(1) {
+            assert!(q.len() >= last * stride + span);
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            // SAFETY: reachable only through `Kernels::for_level(Sse)`,
+            // which checks SSSE3 at run time; the assert above keeps every
+            // token row's loads in bounds.
+            *o = unsafe { dot_one(packed, &q[j * stride..], packing.shifts()) };
+        }
+    }
+
+    /// One token: each 32-byte chunk is two 16-byte halves; half h holds
+    /// weights 32·l + 16·h + i. Eight maddubs per chunk land in the same i16
+    /// lanes, so they are widened every 4 chunks (32 × 768 ≤ 24,576).
+    #[target_feature(enable = "ssse3")]
+    unsafe fn dot_one(packed: &[u8], q: &[i8], shifts: [u32; 4]) -> i32 {
+        let mask = _mm_set1_epi8(3);
+        let ones = _mm_set1_epi16(1);
+        let sh = shifts.map(|s| _mm_cvtsi32_si128(s as i32));
+        let (mut acc32, mut acc16) = (_mm_setzero_si128(), _mm_setzero_si128());
+        for (c, chunk) in packed.chunks_exact(32).enumerate() {
+            for h in 0..2 {
+                // SAFETY: 16 bytes at 16·h of a 32-byte chunk; q holds 128
+                // activations from c·128 (asserted by the caller).
+                let (v, qp) = unsafe {
+                    (
+                        _mm_loadu_si128(chunk.as_ptr().add(16 * h).cast()),
+                        q.as_ptr().add(c * 128 + 16 * h),
+                    )
+                };
+                for (l, s) in sh.iter().enumerate() {
+                    let codes = _mm_and_si128(_mm_srl_epi16(v, *s), mask);
+                    // SAFETY: as above.
+                    let x = unsafe { _mm_loadu_si128(qp.add(32 * l).cast()) };
+                    acc16 = _mm_add_epi16(acc16, _mm_maddubs_epi16(codes, x));
+                }
+            }
+            if c % 4 == 3 {
+                acc32 = _mm_add_epi32(acc32, _mm_madd_epi16(acc16, ones));
+                acc16 = _mm_setzero_si128();
+            }
+        }
+        hsum(_mm_add_epi32(acc32, _mm_madd_epi16(acc16, ones)))
+    }
+
+    #[target_feature(enable = "ssse3")]
+    fn hsum(v: __m128i) -> i32 {
+        let s = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+
+    pub fn dot_q8(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let full = (n / 32).min(w_scale.len()).min(x_scale.len());
+        // SAFETY: reachable only when SSSE3 was detected; loads stay within
+        // the first `full` blocks.
+        let head = unsafe { dot_q8_ssse3(w, w_scale, x, x_scale, full) };
+        head + super::dot_q8_scalar(
+            &w[full * 32..n],
+            &w_scale[full.min(w_scale.len())..],
+            &x[full * 32..n],
+            &x_scale[full.min(x_scale.len())..],
+        )
+    }
+
+    #[target_feature(enable = "ssse3")]
+    unsafe fn dot_q8_ssse3(w: &[i8], ws: &[f32], x: &[i8], xs: &[f32], blocks: usize) -> f32 {
+        let ones = _mm_set1_epi16(1);
+        let mut acc = _mm_setzero_ps();
+        for b in 0..blocks {
+            let mut sums = _mm_setzero_si128();
+            for h in 0..2 {
+                // SAFETY: b < blocks ≤ len / 32 of both slices.
+                let (wv, xv) = unsafe {
+                    (
+                        _mm_loadu_si128(w.as_ptr().add(32 * b + 16 * h).cast()),
+                        _mm_loadu_si128(x.as_ptr().add(32 * b + 16 * h).cast()),
+                    )
+                };
+                let prod = _mm_maddubs_epi16(_mm_sign_epi8(wv, wv), _mm_sign_epi8(xv, wv));
+                sums = _mm_add_epi32(sums, _mm_madd_epi16(prod, ones));
+            }
+            let scale = _mm_set1_ps(ws[b] * xs[b]);
+            acc = _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(sums), scale));
+        }
+        let s = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0b01));
+        _mm_cvtss_f32(s)
     }
 }
 
@@ -680,6 +817,7 @@ mod tests {
     #[test]
     fn levels_parse_and_refuse_clearly() {
         assert_eq!("AVX2".parse::<SimdLevel>(), Ok(SimdLevel::Avx2));
+        assert_eq!("sse".parse::<SimdLevel>(), Ok(SimdLevel::Sse));
         assert_eq!("scalar".parse::<SimdLevel>(), Ok(SimdLevel::Scalar));
         assert!("avx512"
             .parse::<SimdLevel>()

@@ -54,7 +54,7 @@ pub struct Args {
     /// Thread counts to test (comma list; default: all cores).
     #[arg(short = 't', long, value_delimiter = ',')]
     threads: Vec<usize>,
-    /// CPU kernel levels to test (comma list: scalar, avx2; default: the best).
+    /// CPU kernel levels to test (comma list: scalar, sse, avx2; default: the best).
     #[arg(long, value_delimiter = ',')]
     simd_level: Vec<SimdLevel>,
     /// LM head tables to test (comma list: file, int8).

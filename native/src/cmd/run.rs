@@ -80,7 +80,7 @@ pub struct SamplingArgs {
     /// KV cache storage for values: must equal --cache-type-k.
     #[arg(long = "cache-type-v", default_value = "f32")]
     pub cache_type_v: KvType,
-    /// CPU kernel level: scalar or avx2 (default: the best this CPU runs;
+    /// CPU kernel level: scalar, sse or avx2 (default: the best this CPU runs;
     /// also BITNET_SIMD_LEVEL).
     #[arg(long)]
     pub simd_level: Option<SimdLevel>,
