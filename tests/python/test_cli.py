@@ -122,3 +122,27 @@ def test_chat_reads_turns_from_stdin():
     # One reply line per turn (replies of the random bundled model may hold
     # newlines of their own).
     assert proc.stdout.count("\n") >= 2
+
+
+def test_benchmark_reports_llama_bench_fields():
+    proc = run_cli("benchmark", "-p", "8", "-n", "4", "-r", "2", "--warmup", "0", "-t", "1", "-o", "json",
+                   "--simd-level", "scalar", "--output-table", "file,int8")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [(r["n_prompt"], r["n_gen"], r["output_table"]) for r in rows] == [
+        (8, 0, "file"), (0, 4, "file"), (8, 0, "int8"), (0, 4, "int8")]
+    for r in rows:
+        assert r["n_threads"] == 1 and r["simd_level"] == "scalar"
+        assert len(r["samples_ts"]) == 2 and r["avg_ts"] > 0 and r["stddev_ts"] >= 0
+        assert r["model_size"] > 0 and r["model_n_params"] > 0
+    md = run_cli("benchmark", "-p", "8", "-n", "0", "-r", "1", "--warmup", "0", "-t", "1")
+    assert md.returncode == 0, md.stderr
+    assert md.stdout.startswith("| model | size | params | backend | threads | test | t/s |")
+    assert "| pp8 |" in md.stdout
+
+
+def test_benchmark_refuses_bad_options():
+    proc = run_cli("benchmark", "-r", "0", check=False)
+    assert proc.returncode != 0 and "repetitions" in proc.stderr
+    proc = run_cli("benchmark", "--simd-level", "avx512", check=False)
+    assert proc.returncode != 0 and "no kernels yet" in proc.stderr
