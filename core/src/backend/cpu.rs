@@ -96,43 +96,6 @@ impl CpuLinear {
     fn data(&self) -> &[u8] {
         self.file.tensor_data(&self.info)
     }
-
-    /// Unpacks row `r` into `codes` (weights -1, 0, 1) and, for per-block
-    /// scales, the row's block scales into `d`.
-    fn decode_row(&self, r: usize, codes: &mut [i8], d: &mut Vec<f32>) {
-        let data = self.data();
-        match self.info.ty {
-            GgmlType::I2_S => {
-                let bytes = &data[r * self.k / 4..(r + 1) * self.k / 4];
-                for (g, chunk) in bytes.chunks_exact(ternary::I2S_GROUP_BYTES).enumerate() {
-                    let mut qs = [0u8; 32];
-                    qs.copy_from_slice(chunk);
-                    codes[g * 128..(g + 1) * 128]
-                        .copy_from_slice(&ternary::BlockI2S { qs }.unpack());
-                }
-            }
-            GgmlType::TQ2_0 => self.decode_blocks::<ternary::BlockTQ2_0>(data, r, codes, d),
-            GgmlType::TQ1_0 => self.decode_blocks::<ternary::BlockTQ1_0>(data, r, codes, d),
-            _ => unreachable!("load_linear accepts ternary types only"),
-        }
-    }
-
-    fn decode_blocks<B: ternary::TernaryBlock>(
-        &self,
-        data: &[u8],
-        r: usize,
-        codes: &mut [i8],
-        d: &mut Vec<f32>,
-    ) {
-        let per_row = self.k / ternary::QK_K;
-        d.clear();
-        for b in 0..per_row {
-            let start = (r * per_row + b) * B::BYTES;
-            let block = B::read(&data[start..start + B::BYTES]);
-            codes[b * 256..(b + 1) * 256].copy_from_slice(&block.unpack());
-            d.push(block.scale().to_f32());
-        }
-    }
 }
 
 /// A float (or 8-bit) table of `rows` rows of `cols` values, in the file,
@@ -298,13 +261,6 @@ fn uniform_block_scale<B: ternary::TernaryBlock>(data: &[u8]) -> Option<f32> {
         }
     }
     Some(scale.unwrap_or(f16::ZERO).to_f32())
-}
-
-fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| i32::from(x) * i32::from(y))
-        .sum()
 }
 
 /// Stores k, v at positions `pos0..` of one layer's cache and returns causal
@@ -546,22 +502,15 @@ impl Backend for CpuBackend {
             .map(|b| b.iter().sum())
             .collect();
         let dot_multi = self.kernels.dot_codes_multi;
+        let dot_u8 = self.kernels.dot_u8_multi;
         let data = w.data();
         // One output row of W per task, dotted with every token; the packed
         // kernels take all tokens in one pass over the row.
         CpuTensor::par_columns(
             t,
             w.m,
-            || {
-                (
-                    vec![0i8; k],
-                    Vec::new(),
-                    vec![0i32; t],
-                    vec![0f32; t],
-                    vec![0i32; t],
-                )
-            },
-            |(codes, d, sums, acc, total), row, out| {
+            || (vec![0u8; 256], vec![0i32; t], vec![0f32; t], vec![0i32; t]),
+            |(codes256, sums, acc, total), row, out| {
                 match (w.info.ty, &w.scale) {
                     (GgmlType::I2_S, Scale::Tensor(s)) => {
                         let packed = &data[row * k / 4..(row + 1) * k / 4];
@@ -594,24 +543,35 @@ impl Backend for CpuBackend {
                             } / scales[r];
                         }
                     }
-                    // TQ1_0 (base-3 codes), and anything else: unpack the
-                    // row, then the scalar integer dot per token.
-                    (_, scale) => {
-                        w.decode_row(row, codes, d);
+                    // TQ1_0: base-3 codes unpacked through a table, block by
+                    // block (54 bytes: 52 of codes, f16 d), then u8 × i8.
+                    (GgmlType::TQ1_0, scale) => {
+                        let per_row = k / 256;
+                        let bytes = &data[row * per_row * 54..(row + 1) * per_row * 54];
+                        acc.fill(0.0);
+                        total.fill(0);
+                        for (b, blk) in bytes.chunks_exact(54).enumerate() {
+                            ternary::tq1_unpack_codes(blk, codes256);
+                            dot_u8(codes256, &q[b * 256..], k, sums);
+                            let dd = f16::from_le_bytes([blk[52], blk[53]]).to_f32();
+                            for r in 0..t {
+                                let s = sums[r] - block_sums[r * blocks + b];
+                                match scale {
+                                    Scale::Tensor(_) => total[r] += s,
+                                    Scale::Block => acc[r] += s as f32 * dd,
+                                }
+                            }
+                        }
                         for (r, o) in out.iter_mut().enumerate() {
-                            let qr = &q[r * k..(r + 1) * k];
-                            let sum = match scale {
-                                Scale::Tensor(s) => dot_i8(qr, codes) as f32 * s,
-                                Scale::Block => qr
-                                    .chunks_exact(256)
-                                    .zip(codes.chunks_exact(256))
-                                    .zip(d.iter())
-                                    .map(|((a, b), d)| dot_i8(a, b) as f32 * d)
-                                    .sum(),
-                            };
-                            *o = sum / scales[r];
+                            *o = match scale {
+                                Scale::Tensor(s) => total[r] as f32 * s,
+                                Scale::Block => acc[r],
+                            } / scales[r];
                         }
                     }
+                    // Load accepts I2_S with a tensor scale and the TQ types
+                    // only; anything else would be a bug there.
+                    (ty, _) => unreachable!("bitlinear on {ty}"),
                 }
             },
         )

@@ -134,6 +134,10 @@ pub struct Kernels {
     /// all of them (the prefill kernel).
     pub dot_codes_multi:
         fn(packed: &[u8], q: &[i8], stride: usize, packing: Packing, out: &mut [i32]),
+    /// Σ codes[i]·q[i] for unpacked codes (0..=3, one per byte), for
+    /// several tokens (`out.len()`, token j at `q[j * stride..]`): TQ1_0's
+    /// path, whose base-3 codes are unpacked through a table first.
+    pub dot_u8_multi: fn(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]),
     /// Σ f16(row[i]) · x[i], in f32.
     pub dot_f16: fn(row: &[u8], x: &[f32]) -> f32,
     /// Σ over 32-wide blocks b of w_scale[b] · x_scale[b] · Σ w[i]·x[i]
@@ -155,6 +159,7 @@ impl Kernels {
                 level,
                 dot_codes: avx2::dot_codes,
                 dot_codes_multi: avx2::dot_codes_multi,
+                dot_u8_multi: avx2::dot_u8_multi,
                 dot_f16: avx2::dot_f16,
                 dot_q8: avx2::dot_q8,
             },
@@ -163,6 +168,7 @@ impl Kernels {
                 level,
                 dot_codes: sse::dot_codes,
                 dot_codes_multi: sse::dot_codes_multi,
+                dot_u8_multi: sse::dot_u8_multi,
                 dot_f16: dot_f16_scalar,
                 dot_q8: sse::dot_q8,
             },
@@ -198,6 +204,7 @@ const SCALAR: Kernels = Kernels {
     level: SimdLevel::Scalar,
     dot_codes: dot_codes_scalar,
     dot_codes_multi: dot_codes_multi_scalar,
+    dot_u8_multi: dot_u8_multi_scalar,
     dot_f16: dot_f16_scalar,
     dot_q8: dot_q8_scalar,
 };
@@ -241,6 +248,18 @@ pub fn dot_codes_multi_scalar(
 ) {
     for (j, o) in out.iter_mut().enumerate() {
         *o = dot_codes_scalar(packed, &q[j * stride..], packing);
+    }
+}
+
+/// Scalar reference of [`Kernels::dot_u8_multi`].
+pub fn dot_u8_multi_scalar(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        let qj = &q[j * stride..j * stride + codes.len()];
+        *o = codes
+            .iter()
+            .zip(qj)
+            .map(|(&c, &v)| i32::from(c) * i32::from(v))
+            .sum();
     }
 }
 
@@ -357,6 +376,48 @@ mod avx2 {
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
         _mm_cvtsi128_si32(s)
+    }
+
+    pub fn dot_u8_multi(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
+        let n = codes.len();
+        if let Some(last) = out.len().checked_sub(1) {
+            assert!(q.len() >= last * stride + n);
+        }
+        let full = n / 32 * 32;
+        for (j, o) in out.iter_mut().enumerate() {
+            let qj = &q[j * stride..j * stride + n];
+            // SAFETY: reachable only when AVX2 was detected; `dot_u8`
+            // loads only the first `full` bytes of both slices.
+            *o = unsafe { dot_u8(codes, qj, full) }
+                + codes[full..]
+                    .iter()
+                    .zip(&qj[full..])
+                    .map(|(&c, &v)| i32::from(c) * i32::from(v))
+                    .sum::<i32>();
+        }
+    }
+
+    /// u8 codes (≤ 3) × i8 over `full` bytes (a multiple of 32); i16 sums
+    /// widened every 32 vectors (32 × 768 ≤ 24,576).
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot_u8(codes: &[u8], q: &[i8], full: usize) -> i32 {
+        let ones = _mm256_set1_epi16(1);
+        let (mut acc32, mut acc16) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for i in 0..full / 32 {
+            // SAFETY: 32 bytes at 32·i < full ≤ len of both slices.
+            let (c, x) = unsafe {
+                (
+                    _mm256_loadu_si256(codes.as_ptr().add(32 * i).cast()),
+                    _mm256_loadu_si256(q.as_ptr().add(32 * i).cast()),
+                )
+            };
+            acc16 = _mm256_add_epi16(acc16, _mm256_maddubs_epi16(c, x));
+            if i % 32 == 31 {
+                acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(acc16, ones));
+                acc16 = _mm256_setzero_si256();
+            }
+        }
+        hsum_i32(_mm256_add_epi32(acc32, _mm256_madd_epi16(acc16, ones)))
     }
 
     pub fn dot_q8(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
@@ -506,6 +567,46 @@ mod sse {
         _mm_cvtsi128_si32(s)
     }
 
+    pub fn dot_u8_multi(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
+        let n = codes.len();
+        if let Some(last) = out.len().checked_sub(1) {
+            assert!(q.len() >= last * stride + n);
+        }
+        let full = n / 16 * 16;
+        for (j, o) in out.iter_mut().enumerate() {
+            let qj = &q[j * stride..j * stride + n];
+            // SAFETY: reachable only when SSSE3 was detected; `dot_u8`
+            // loads only the first `full` bytes of both slices.
+            *o = unsafe { dot_u8(codes, qj, full) }
+                + codes[full..]
+                    .iter()
+                    .zip(&qj[full..])
+                    .map(|(&c, &v)| i32::from(c) * i32::from(v))
+                    .sum::<i32>();
+        }
+    }
+
+    #[target_feature(enable = "ssse3")]
+    unsafe fn dot_u8(codes: &[u8], q: &[i8], full: usize) -> i32 {
+        let ones = _mm_set1_epi16(1);
+        let (mut acc32, mut acc16) = (_mm_setzero_si128(), _mm_setzero_si128());
+        for i in 0..full / 16 {
+            // SAFETY: 16 bytes at 16·i < full ≤ len of both slices.
+            let (c, x) = unsafe {
+                (
+                    _mm_loadu_si128(codes.as_ptr().add(16 * i).cast()),
+                    _mm_loadu_si128(q.as_ptr().add(16 * i).cast()),
+                )
+            };
+            acc16 = _mm_add_epi16(acc16, _mm_maddubs_epi16(c, x));
+            if i % 32 == 31 {
+                acc32 = _mm_add_epi32(acc32, _mm_madd_epi16(acc16, ones));
+                acc16 = _mm_setzero_si128();
+            }
+        }
+        hsum(_mm_add_epi32(acc32, _mm_madd_epi16(acc16, ones)))
+    }
+
     pub fn dot_q8(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
         let n = w.len().min(x.len());
         let full = (n / 32).min(w_scale.len()).min(x_scale.len());
@@ -631,6 +732,14 @@ mod tests {
                     }
                 }
             }
+        }
+        // Unpacked codes at the extreme: all 3 × -128 over 10,000 bytes.
+        let codes = vec![3u8; 10_000];
+        let q = vec![-128i8; 10_000];
+        for k in levels() {
+            let mut got = [0];
+            (k.dot_u8_multi)(&codes, &q, 0, &mut got);
+            assert_eq!(got[0], 3 * -128 * 10_000, "{}", k.level);
         }
         // Extremes: every code 3 (unused, but must not overflow) with all
         // activations -128, over many chunks.
@@ -809,6 +918,18 @@ mod tests {
                         prop_assert_eq!(&got, &want);
                         prop_assert_eq!((k.dot_codes)(packed, q, packing), want[0]);
                     }
+                }
+                // Unpacked codes (0..=3), any length (tails), same offsets.
+                let codes: Vec<u8> = wbuf.iter().map(|b| b & 3).collect();
+                let codes = &codes[w_off..];
+                let cut = (seed as usize % 31).min(codes.len() - 1);
+                let codes = &codes[..codes.len() - cut];
+                let mut want = vec![0; tokens];
+                dot_u8_multi_scalar(codes, q, stride, &mut want);
+                for k in levels() {
+                    let mut got = vec![0; tokens];
+                    (k.dot_u8_multi)(codes, q, stride, &mut got);
+                    prop_assert_eq!(&got, &want);
                 }
             }
         }
