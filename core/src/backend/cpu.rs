@@ -503,6 +503,7 @@ impl Backend for CpuBackend {
             .collect();
         let dot_multi = self.kernels.dot_codes_multi;
         let dot_u8 = self.kernels.dot_u8_multi;
+        let unpack_tq1 = self.kernels.unpack_tq1;
         let data = w.data();
         // One output row of W per task, dotted with every token; the packed
         // kernels take all tokens in one pass over the row.
@@ -551,7 +552,7 @@ impl Backend for CpuBackend {
                         acc.fill(0.0);
                         total.fill(0);
                         for (b, blk) in bytes.chunks_exact(54).enumerate() {
-                            ternary::tq1_unpack_codes(blk, codes256);
+                            unpack_tq1(blk, codes256);
                             dot_u8(codes256, &q[b * 256..], k, sums);
                             let dd = f16::from_le_bytes([blk[52], blk[53]]).to_f32();
                             for r in 0..t {

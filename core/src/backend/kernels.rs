@@ -19,6 +19,8 @@ use std::sync::OnceLock;
 
 use half::f16;
 
+use crate::quant::ternary::tq1_unpack_codes;
+
 /// How 2-bit codes sit in a byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Packing {
@@ -138,6 +140,8 @@ pub struct Kernels {
     /// several tokens (`out.len()`, token j at `q[j * stride..]`): TQ1_0's
     /// path, whose base-3 codes are unpacked through a table first.
     pub dot_u8_multi: fn(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]),
+    /// Unpacks one TQ1_0 block's 52 code bytes into 256 codes (0..=2).
+    pub unpack_tq1: fn(bytes: &[u8], out: &mut [u8]),
     /// Σ f16(row[i]) · x[i], in f32.
     pub dot_f16: fn(row: &[u8], x: &[f32]) -> f32,
     /// Σ over 32-wide blocks b of w_scale[b] · x_scale[b] · Σ w[i]·x[i]
@@ -160,6 +164,7 @@ impl Kernels {
                 dot_codes: avx2::dot_codes,
                 dot_codes_multi: avx2::dot_codes_multi,
                 dot_u8_multi: avx2::dot_u8_multi,
+                unpack_tq1: avx2::unpack_tq1,
                 dot_f16: avx2::dot_f16,
                 dot_q8: avx2::dot_q8,
             },
@@ -169,6 +174,7 @@ impl Kernels {
                 dot_codes: sse::dot_codes,
                 dot_codes_multi: sse::dot_codes_multi,
                 dot_u8_multi: sse::dot_u8_multi,
+                unpack_tq1: tq1_unpack_codes,
                 dot_f16: dot_f16_scalar,
                 dot_q8: sse::dot_q8,
             },
@@ -205,6 +211,7 @@ const SCALAR: Kernels = Kernels {
     dot_codes: dot_codes_scalar,
     dot_codes_multi: dot_codes_multi_scalar,
     dot_u8_multi: dot_u8_multi_scalar,
+    unpack_tq1: tq1_unpack_codes,
     dot_f16: dot_f16_scalar,
     dot_q8: dot_q8_scalar,
 };
@@ -376,6 +383,54 @@ mod avx2 {
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
         _mm_cvtsi128_si32(s)
+    }
+
+    pub fn unpack_tq1(bytes: &[u8], out: &mut [u8]) {
+        assert!(bytes.len() >= 52 && out.len() >= 256);
+        // SAFETY: reachable only when AVX2 was detected; the assert keeps
+        // every load and store in bounds.
+        unsafe { unpack_tq1_avx2(bytes, out) };
+        // The last 16 weights (4 bytes × 4 trits) through the table.
+        crate::quant::ternary::tq1_unpack_tail(bytes, out);
+    }
+
+    /// Trit n of each byte b is ((b·3ⁿ mod 256)·3) >> 8. No byte multiply
+    /// exists, so even and odd bytes are multiplied in 16-bit lanes apart.
+    #[target_feature(enable = "avx2")]
+    fn trits(v: __m256i, pow: i16) -> __m256i {
+        let p = _mm256_set1_epi16(pow);
+        let lo_mask = _mm256_set1_epi16(0x00ff);
+        let hi_mask = _mm256_set1_epi16(0xff00u16 as i16);
+        let three = _mm256_set1_epi16(3);
+        // x = b·3ⁿ mod 256 in each byte.
+        let lo = _mm256_and_si256(_mm256_mullo_epi16(v, p), lo_mask);
+        let hi = _mm256_and_si256(_mm256_mullo_epi16(_mm256_and_si256(v, hi_mask), p), hi_mask);
+        // (x·3) >> 8, in place: even bytes shift down, odd bytes keep the
+        // high byte of (x·3) with x taken from the high byte.
+        let lo_t = _mm256_srli_epi16(_mm256_mullo_epi16(lo, three), 8);
+        let hi_t = _mm256_and_si256(_mm256_mullo_epi16(_mm256_srli_epi16(hi, 8), three), hi_mask);
+        _mm256_or_si256(lo_t, hi_t)
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn unpack_tq1_avx2(bytes: &[u8], out: &mut [u8]) {
+        const POW3: [i16; 5] = [1, 3, 9, 27, 81];
+        // SAFETY: bytes holds ≥ 52 bytes (asserted by the caller).
+        let a = unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) };
+        for (n, &p) in POW3.iter().enumerate() {
+            // Weights n·32 + p for p in 0..32.
+            // SAFETY: 32·n + 32 ≤ 160 ≤ out.len() (≥ 256, asserted).
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(32 * n).cast(), trits(a, p)) };
+        }
+        // Bytes 32..48: weights 160 + n·16 + p for p in 0..16.
+        // SAFETY: 32 + 16 ≤ 52 ≤ bytes.len().
+        let b = unsafe { _mm_loadu_si128(bytes.as_ptr().add(32).cast()) };
+        let b = _mm256_castsi128_si256(b);
+        for (n, &p) in POW3.iter().enumerate() {
+            let t = _mm256_castsi256_si128(trits(b, p));
+            // SAFETY: 160 + 16·n + 16 ≤ 240 ≤ out.len().
+            unsafe { _mm_storeu_si128(out.as_mut_ptr().add(160 + 16 * n).cast(), t) };
+        }
     }
 
     pub fn dot_u8_multi(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
@@ -749,6 +804,28 @@ mod tests {
             let mut got = vec![0; 3];
             (k.dot_codes_multi)(&packed, &q, 64 * 128, Packing::I2S, &mut got);
             assert_eq!(got, vec![3 * -128 * 64 * 128; 3], "{}", k.level);
+        }
+    }
+
+    /// The TQ1_0 unpacking equals the table's, for random blocks and for
+    /// every byte value at every position.
+    #[test]
+    fn unpack_tq1_equals_table() {
+        let mut rng = Rng(77);
+        let mut blocks: Vec<Vec<u8>> = (0..300)
+            .map(|_| (0..54).map(|_| rng.next() as u8).collect())
+            .collect();
+        for b in 0..=255u8 {
+            blocks.push(vec![b; 54]);
+        }
+        for bytes in &blocks {
+            let mut want = [0u8; 256];
+            tq1_unpack_codes(bytes, &mut want);
+            for k in levels() {
+                let mut got = [0u8; 256];
+                (k.unpack_tq1)(bytes, &mut got);
+                assert_eq!(got, want, "{}", k.level);
+            }
         }
     }
 

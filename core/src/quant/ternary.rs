@@ -219,6 +219,12 @@ pub fn tq1_unpack_codes(bytes: &[u8], out: &mut [u8]) {
             out[160 + n * 16 + p] = t;
         }
     }
+    tq1_unpack_tail(bytes, out);
+}
+
+/// The last 16 codes of a TQ1_0 block (qh: 4 bytes × 4 trits) into
+/// `out[240..256]`.
+pub fn tq1_unpack_tail(bytes: &[u8], out: &mut [u8]) {
     for (p, &b) in bytes[48..52].iter().enumerate() {
         for (n, &t) in TQ1_TRITS[b as usize][..4].iter().enumerate() {
             out[240 + n * 4 + p] = t;
