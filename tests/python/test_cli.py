@@ -146,3 +146,22 @@ def test_benchmark_refuses_bad_options():
     assert proc.returncode != 0 and "repetitions" in proc.stderr
     proc = run_cli("benchmark", "--simd-level", "avx512", check=False)
     assert proc.returncode != 0 and "no kernels yet" in proc.stderr
+
+
+def test_benchmark_configs_compare_and_prompts(tmp_path):
+    (tmp_path / "a.toml").write_text('name = "base"\nthreads = 1\nsimd_level = "scalar"\n')
+    (tmp_path / "b.toml").write_text('threads = 1\nsimd_level = "scalar"\noutput_table = "int8"\nbatch_size = 4\n')
+    (tmp_path / "p.txt").write_text("Hello world\n\nOnce upon a time\n")
+    out = tmp_path / "res.json"
+    proc = run_cli("benchmark", "-p", "8", "-n", "2", "-r", "1", "--warmup", "0",
+                   "--configs", f"{tmp_path / 'a.toml'},{tmp_path / 'b.toml'}", "--compare",
+                   "--prompts", tmp_path / "p.txt", "--output", out)
+    assert "| test | base | b |" in proc.stdout
+    assert "| prompts(2) |" in proc.stdout
+    rows = json.loads(out.read_text())
+    assert [(r["config"], r["test"], r["n_batch"]) for r in rows] == [
+        ("base", "pp8", 0), ("base", "tg2", 0), ("base", "prompts(2)", 0),
+        ("b", "pp8", 4), ("b", "tg2", 4), ("b", "prompts(2)", 4)]
+    (tmp_path / "bad.toml").write_text("threads = 1\nbogus = 2\n")
+    proc = run_cli("benchmark", "--configs", tmp_path / "bad.toml", check=False)
+    assert proc.returncode != 0 and "unknown field `bogus`" in proc.stderr

@@ -1,13 +1,20 @@
 //! `bitnet-cli benchmark`: llama-bench's tests and output on any GGUF.
 //!
-//! `pp N`: N prompt tokens processed as one batch in a fresh session.
-//! `tg N`: N tokens decoded one at a time after a BOS token (llama-bench's
-//! definition). Each test runs `--warmup` times unmeasured, then
-//! `-r/--repetitions` times; tokens/s is reported as mean ± sample standard
-//! deviation over the repetitions, for every combination of the comma lists
-//! `--threads` and `--simd-level`.
+//! Tests: `pp N` (N pseudo-random prompt tokens processed in a fresh
+//! session, in batches of `--batch-sizes` tokens, default all at once),
+//! `tg N` (N tokens decoded one at a time after a BOS token, llama-bench's
+//! definition) and, with `--prompts FILE`, the file's prompts (one per line,
+//! tokenized as a user's would be) processed one after another. Each test
+//! runs `--warmup` times unmeasured, then `-r/--repetitions` times;
+//! tokens/s is the mean ± sample standard deviation over repetitions.
+//!
+//! Configurations: the product of the comma lists `--threads`,
+//! `--simd-level`, `--output-table`, `--batch-sizes`, or one per TOML file
+//! given to `--configs` (keys: name, threads, simd_level, output_table,
+//! kv_cache_type, batch_size). `--compare` adds a table of every test's
+//! tokens/s per configuration with the ratio to the first.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +23,7 @@ use bitnet::backend::cpu::{CpuBackend, OutputTable};
 use bitnet::backend::kernels::SimdLevel;
 use bitnet::backend::KvType;
 use bitnet::model::BitNet;
+use bitnet::tokenizer::Tokenizer;
 
 use crate::ModelSource;
 
@@ -40,6 +48,9 @@ pub struct Args {
         default_value = "128"
     )]
     n_gen: Vec<usize>,
+    /// A file of prompts (one per line) to process as a further test.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
     /// Measured repetitions of each test.
     #[arg(
         short = 'r',
@@ -60,46 +71,123 @@ pub struct Args {
     /// LM head tables to test (comma list: file, int8).
     #[arg(long, value_delimiter = ',', default_value = "file")]
     output_table: Vec<OutputTable>,
+    /// Prompt batch sizes to test (comma list; 0 = the whole prompt at once).
+    #[arg(
+        short = 'b',
+        long = "batch-sizes",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    batch_sizes: Vec<usize>,
+    /// Configurations from TOML files instead of the lists above.
+    #[arg(long, value_delimiter = ',')]
+    configs: Vec<PathBuf>,
+    /// Also print every test's tokens/s side by side, with ratios to the
+    /// first configuration.
+    #[arg(long)]
+    compare: bool,
     /// Output format: md (llama-bench's table) or json.
-    #[arg(short = 'o', long = "output", default_value = "md")]
-    output: String,
+    #[arg(short = 'o', long = "output-format", default_value = "md")]
+    format: String,
+    /// Also write the results to this file (format from -o, or from a
+    /// `.json` / `.md` extension).
+    #[arg(long = "output", visible_alias = "output-file")]
+    output: Option<PathBuf>,
     /// Also measure memory read bandwidth (a 1 GiB buffer summed with every
     /// thread) and the decode floor it implies for this model.
     #[arg(long)]
     bandwidth: bool,
-    /// Also write the output to this file.
-    #[arg(long = "output-file")]
-    output_file: Option<PathBuf>,
+}
+
+/// One configuration under test.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    name: String,
+    #[serde(default = "all_cores")]
+    threads: usize,
+    #[serde(default = "best_level", deserialize_with = "parse")]
+    simd_level: SimdLevel,
+    #[serde(default, deserialize_with = "parse")]
+    output_table: OutputTable,
+    #[serde(default, deserialize_with = "parse")]
+    kv_cache_type: KvType,
+    /// Prompt tokens per forward pass (0 = all at once).
+    #[serde(default)]
+    batch_size: usize,
+}
+
+fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn best_level() -> SimdLevel {
+    SimdLevel::detect()
+}
+
+fn parse<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    fn label(&self) -> String {
+        if !self.name.is_empty() {
+            return self.name.clone();
+        }
+        let mut s = format!("{} t={}", self.simd_level, self.threads);
+        if self.output_table == OutputTable::Int8 {
+            s += " int8-head";
+        }
+        if self.kv_cache_type == KvType::F16 {
+            s += " kv-f16";
+        }
+        if self.batch_size > 0 {
+            s += &format!(" b={}", self.batch_size);
+        }
+        s
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Test {
+    Prompt(usize),
+    Gen(usize),
+    /// The prompts of `--prompts`, as token ids.
+    File(Vec<Vec<u32>>),
+}
+
+impl Test {
+    fn name(&self) -> String {
+        match self {
+            Test::Prompt(n) => format!("pp{n}"),
+            Test::Gen(n) => format!("tg{n}"),
+            Test::File(p) => format!("prompts({})", p.len()),
+        }
+    }
+
+    /// Tokens processed per run, and llama-bench's n_prompt / n_gen.
+    fn counts(&self) -> (usize, usize, usize) {
+        match self {
+            Test::Prompt(n) => (*n, *n, 0),
+            Test::Gen(n) => (*n, 0, *n),
+            Test::File(p) => {
+                let n = p.iter().map(Vec::len).sum();
+                (n, n, 0)
+            }
+        }
+    }
 }
 
 struct Row {
-    level: SimdLevel,
-    output: OutputTable,
-    threads: usize,
-    n_prompt: usize,
-    n_gen: usize,
+    config: usize,
+    test: usize,
     samples_ns: Vec<u128>,
-}
-
-impl Row {
-    fn tokens(&self) -> usize {
-        self.n_prompt + self.n_gen
-    }
-
-    fn samples_ts(&self) -> Vec<f64> {
-        self.samples_ns
-            .iter()
-            .map(|&ns| self.tokens() as f64 / (ns as f64 * 1e-9))
-            .collect()
-    }
-
-    fn test_name(&self) -> String {
-        if self.n_gen == 0 {
-            format!("pp{}", self.n_prompt)
-        } else {
-            format!("tg{}", self.n_gen)
-        }
-    }
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -113,114 +201,201 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+fn samples_ts(test: &Test, ns: &[u128]) -> Vec<f64> {
+    let tokens = test.counts().0 as f64;
+    ns.iter().map(|&v| tokens / (v as f64 * 1e-9)).collect()
+}
+
+/// Processes `prompt` in batches of `batch` tokens (0 = one batch).
+fn prefill(
+    model: &BitNet<CpuBackend>,
+    prompt: &[u32],
+    batch: usize,
+    kv: KvType,
+) -> anyhow::Result<()> {
+    let mut session = model.new_session(prompt.len().max(1), kv);
+    let step = if batch == 0 {
+        prompt.len().max(1)
+    } else {
+        batch
+    };
+    for part in prompt.chunks(step) {
+        model.forward(&mut session, part, false)?;
+    }
+    Ok(())
+}
+
 /// One run of a test; returns its wall time in nanoseconds.
 fn run_once(
     model: &BitNet<CpuBackend>,
     bos: u32,
-    n_prompt: usize,
-    n_gen: usize,
+    test: &Test,
+    cfg: &Config,
 ) -> anyhow::Result<u128> {
     let vocab = model.cfg.n_vocab as u32;
-    let ctx = (n_prompt + n_gen + 1).max(2);
-    let mut session = model.new_session(ctx, KvType::F32);
-    let start = Instant::now();
-    if n_gen == 0 {
-        // Deterministic pseudo-random prompt ids (llama-bench uses random ids).
-        let prompt: Vec<u32> = (0..n_prompt as u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % vocab)
-            .collect();
-        model.forward(&mut session, &prompt, false)?;
-    } else {
-        let mut logits = model.forward(&mut session, &[bos], false)?;
-        let gen_start = Instant::now();
-        for _ in 0..n_gen {
-            let next = bitnet::sampler::argmax(&logits);
-            logits = model.forward(&mut session, &[next], false)?;
+    match test {
+        Test::Prompt(n) => {
+            // Deterministic pseudo-random ids (llama-bench uses random ids).
+            let prompt: Vec<u32> = (0..*n as u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % vocab)
+                .collect();
+            let start = Instant::now();
+            prefill(model, &prompt, cfg.batch_size, cfg.kv_cache_type)?;
+            Ok(start.elapsed().as_nanos())
         }
-        return Ok(gen_start.elapsed().as_nanos());
+        Test::File(prompts) => {
+            let start = Instant::now();
+            for p in prompts {
+                prefill(model, p, cfg.batch_size, cfg.kv_cache_type)?;
+            }
+            Ok(start.elapsed().as_nanos())
+        }
+        Test::Gen(n) => {
+            let mut session = model.new_session(n + 1, cfg.kv_cache_type);
+            let mut logits = model.forward(&mut session, &[bos], false)?;
+            let start = Instant::now();
+            for _ in 0..*n {
+                let next = bitnet::sampler::argmax(&logits);
+                logits = model.forward(&mut session, &[next], false)?;
+            }
+            Ok(start.elapsed().as_nanos())
+        }
     }
-    Ok(start.elapsed().as_nanos())
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
-    if a.repetitions == 0 {
-        anyhow::bail!("--repetitions must be at least 1");
+fn configs(a: &Args) -> anyhow::Result<Vec<Config>> {
+    if !a.configs.is_empty() {
+        return a
+            .configs
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                let mut c: Config =
+                    toml::from_str(&text).with_context(|| format!("{}", p.display()))?;
+                if c.name.is_empty() {
+                    c.name = p
+                        .file_stem()
+                        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+                }
+                Ok(c)
+            })
+            .collect();
     }
-    if !matches!(a.output.as_str(), "md" | "json") {
-        anyhow::bail!("--output {} is not supported (md, json)", a.output);
-    }
-    let source = ModelSource::from_option(a.model.clone());
-    let file = Arc::new(source.open()?);
-    let file_size = file.file_len();
     let levels = if a.simd_level.is_empty() {
         vec![SimdLevel::detect()]
     } else {
         a.simd_level.clone()
     };
     let threads = if a.threads.is_empty() {
-        vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
+        vec![all_cores()]
     } else {
         a.threads.clone()
     };
-    let mut tests: Vec<(usize, usize)> = Vec::new();
-    tests.extend(a.n_prompt.iter().filter(|&&n| n > 0).map(|&n| (n, 0)));
-    tests.extend(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| (0, n)));
+    let mut out = Vec::new();
+    for &simd_level in &levels {
+        for &output_table in &a.output_table {
+            for &threads in &threads {
+                for &batch_size in &a.batch_sizes {
+                    out.push(Config {
+                        name: String::new(),
+                        threads,
+                        simd_level,
+                        output_table,
+                        kv_cache_type: KvType::F32,
+                        batch_size,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_prompts(path: &Path, tok: &Tokenizer) -> anyhow::Result<Vec<Vec<u32>>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let prompts: Vec<Vec<u32>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| tok.encode(l, true))
+        .collect();
+    if prompts.is_empty() {
+        anyhow::bail!("{} holds no prompts", path.display());
+    }
+    Ok(prompts)
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.repetitions == 0 {
+        anyhow::bail!("--repetitions must be at least 1");
+    }
+    let format = match (a.format.as_str(), &a.output) {
+        ("md", Some(p)) if p.extension().is_some_and(|e| e == "json") => "json",
+        ("md" | "json", _) => a.format.as_str(),
+        (f, _) => anyhow::bail!("-o {f} is not supported (md, json)"),
+    };
+    let configs = configs(&a)?;
+    if let Some(c) = configs.iter().find(|c| c.threads == 0) {
+        anyhow::bail!("{}: threads must be at least 1", c.label());
+    }
+    let source = ModelSource::from_option(a.model.clone());
+    let file = Arc::new(source.open()?);
+    let file_size = file.file_len();
+    let n_params: u64 = file.tensor_infos().iter().map(|t| t.n_elements).sum();
+    let bos = file
+        .metadata()
+        .get_u64("tokenizer.ggml.bos_token_id")
+        .map_or(0, |b| b as u32);
+
+    let mut tests: Vec<Test> = Vec::new();
+    tests.extend(
+        a.n_prompt
+            .iter()
+            .filter(|&&n| n > 0)
+            .map(|&n| Test::Prompt(n)),
+    );
+    tests.extend(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| Test::Gen(n)));
+    if let Some(path) = &a.prompts {
+        let tok = Tokenizer::from_metadata(file.metadata())?;
+        tests.push(Test::File(read_prompts(path, &tok)?));
+    }
 
     let mut rows = Vec::new();
     let mut desc = String::new();
-    let mut n_params = 0u64;
-    for (level, output) in levels
-        .iter()
-        .flat_map(|&l| a.output_table.iter().map(move |&o| (l, o)))
-    {
-        let backend = CpuBackend::with_level(level)?.with_output_table(output);
+    for (ci, cfg) in configs.iter().enumerate() {
+        let backend = CpuBackend::with_level(cfg.simd_level)?.with_output_table(cfg.output_table);
         let model = BitNet::load(file.clone(), backend).with_context(|| source.display())?;
-        n_params = file.tensor_infos().iter().map(|t| t.n_elements).sum();
         desc = format!(
             "{} {} {}",
             model.cfg.architecture,
             human_params(n_params),
             model.cfg.weight_type
         );
-        let bos = file
-            .metadata()
-            .get_u64("tokenizer.ggml.bos_token_id")
-            .map_or(0, |b| b as u32);
-        for &t in &threads {
-            if t == 0 {
-                anyhow::bail!("--threads must be at least 1");
-            }
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-            for &(np, ng) in &tests {
-                let samples = pool.install(|| -> anyhow::Result<Vec<u128>> {
-                    for _ in 0..a.warmup {
-                        run_once(&model, bos, np, ng)?;
-                    }
-                    (0..a.repetitions)
-                        .map(|_| run_once(&model, bos, np, ng))
-                        .collect()
-                })?;
-                let row = Row {
-                    level,
-                    output,
-                    threads: t,
-                    n_prompt: np,
-                    n_gen: ng,
-                    samples_ns: samples,
-                };
-                let (m, s) = mean_std(&row.samples_ts());
-                eprintln!(
-                    "{} {} t={t}: {m:.2} ± {s:.2} tokens/s",
-                    level,
-                    row.test_name()
-                );
-                rows.push(row);
-            }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads)
+            .build()?;
+        for (ti, test) in tests.iter().enumerate() {
+            let samples = pool.install(|| -> anyhow::Result<Vec<u128>> {
+                for _ in 0..a.warmup {
+                    run_once(&model, bos, test, cfg)?;
+                }
+                (0..a.repetitions)
+                    .map(|_| run_once(&model, bos, test, cfg))
+                    .collect()
+            })?;
+            let (m, s) = mean_std(&samples_ts(test, &samples));
+            eprintln!("{} {}: {m:.2} ± {s:.2} tokens/s", cfg.label(), test.name());
+            rows.push(Row {
+                config: ci,
+                test: ti,
+                samples_ns: samples,
+            });
         }
     }
 
     if a.bandwidth {
-        let t = *threads.iter().max().unwrap_or(&1);
+        let t = configs.iter().map(|c| c.threads).max().unwrap_or(1);
         let bw = read_bandwidth(t)?;
         // Per decoded token every weight is read once: the ternary
         // projections and the LM head (the whole table); the file is that
@@ -233,13 +408,34 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             1.0 / floor
         );
     }
-    let out = if a.output == "json" {
-        json(&rows, &desc, file_size, n_params)
-    } else {
-        markdown(&rows, &desc, file_size, n_params)
+    let ctx = Report {
+        rows: &rows,
+        configs: &configs,
+        tests: &tests,
+        desc: &desc,
+        size: file_size,
+        params: n_params,
     };
+    let mut out = if format == "json" {
+        ctx.json()
+    } else {
+        ctx.markdown()
+    };
+    // The comparison table follows a markdown report; a JSON report stays
+    // valid JSON (the table then goes to stdout only).
+    let comparison = if a.compare {
+        ctx.comparison()
+    } else {
+        String::new()
+    };
+    if format == "md" {
+        out += &comparison;
+    }
     print!("{out}");
-    if let Some(path) = &a.output_file {
+    if format == "json" {
+        print!("{comparison}");
+    }
+    if let Some(path) = &a.output {
         std::fs::write(path, &out).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
@@ -269,65 +465,127 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
-/// llama-bench's markdown table (backend column says the CPU kernel level).
-fn markdown(rows: &[Row], desc: &str, size: u64, params: u64) -> String {
-    let mut s = String::from(
-        "| model | size | params | backend | threads | test | t/s |\n| --- | ---: | ---: | --- | ---: | ---: | ---: |\n",
-    );
-    for r in rows {
-        let (m, sd) = mean_std(&r.samples_ts());
-        s += &format!(
-            "| {desc} | {} | {} | CPU ({}{}) | {} | {} | {m:.2} ± {sd:.2} |\n",
-            human_size(size),
-            human_params(params),
-            r.level,
-            if r.output == OutputTable::Int8 {
-                ", int8 head"
-            } else {
-                ""
-            },
-            r.threads,
-            r.test_name()
-        );
-    }
-    s
+struct Report<'a> {
+    rows: &'a [Row],
+    configs: &'a [Config],
+    tests: &'a [Test],
+    desc: &'a str,
+    size: u64,
+    params: u64,
 }
 
-/// llama-bench's JSON fields (a subset: those that mean something here).
-fn json(rows: &[Row], desc: &str, size: u64, params: u64) -> String {
-    let list: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            let ts = r.samples_ts();
-            let (avg_ts, stddev_ts) = mean_std(&ts);
-            let ns: Vec<f64> = r.samples_ns.iter().map(|&v| v as f64).collect();
-            let (avg_ns, stddev_ns) = mean_std(&ns);
-            serde_json::json!({
-                "build_commit": env!("CARGO_PKG_VERSION"),
-                "backends": "CPU",
-                "simd_level": r.level.name(),
-                "output_table": head_name(r.output),
-                "model_type": desc,
-                "model_size": size,
-                "model_n_params": params,
-                "n_threads": r.threads,
-                "n_prompt": r.n_prompt,
-                "n_gen": r.n_gen,
-                "test_time": std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                "avg_ns": avg_ns as u64,
-                "stddev_ns": stddev_ns as u64,
-                "avg_ts": avg_ts,
-                "stddev_ts": stddev_ts,
-                "samples_ns": r.samples_ns,
-                "samples_ts": ts,
+impl Report<'_> {
+    fn ts(&self, r: &Row) -> (f64, f64) {
+        mean_std(&samples_ts(&self.tests[r.test], &r.samples_ns))
+    }
+
+    /// llama-bench's markdown table (the backend column names the CPU
+    /// kernel level and any non-default setting).
+    fn markdown(&self) -> String {
+        let mut s = String::from(
+            "| model | size | params | backend | threads | test | t/s |\n| --- | ---: | ---: | --- | ---: | ---: | ---: |\n",
+        );
+        for r in self.rows {
+            let c = &self.configs[r.config];
+            let (m, sd) = self.ts(r);
+            let mut backend = format!("CPU ({}", c.simd_level);
+            if c.output_table == OutputTable::Int8 {
+                backend += ", int8 head";
+            }
+            if c.kv_cache_type == KvType::F16 {
+                backend += ", f16 KV";
+            }
+            backend += ")";
+            let mut test = self.tests[r.test].name();
+            if c.batch_size > 0 && !matches!(self.tests[r.test], Test::Gen(_)) {
+                test += &format!(" b{}", c.batch_size);
+            }
+            s += &format!(
+                "| {} | {} | {} | {backend} | {} | {test} | {m:.2} ± {sd:.2} |\n",
+                self.desc,
+                human_size(self.size),
+                human_params(self.params),
+                c.threads,
+            );
+        }
+        s
+    }
+
+    /// llama-bench's JSON fields (those that mean something here), plus ours.
+    fn json(&self) -> String {
+        let list: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let c = &self.configs[r.config];
+                let test = &self.tests[r.test];
+                let ts = samples_ts(test, &r.samples_ns);
+                let (avg_ts, stddev_ts) = mean_std(&ts);
+                let ns: Vec<f64> = r.samples_ns.iter().map(|&v| v as f64).collect();
+                let (avg_ns, stddev_ns) = mean_std(&ns);
+                let (_, n_prompt, n_gen) = test.counts();
+                serde_json::json!({
+                    "build_commit": env!("CARGO_PKG_VERSION"),
+                    "backends": "CPU",
+                    "config": c.label(),
+                    "simd_level": c.simd_level.name(),
+                    "output_table": head_name(c.output_table),
+                    "type_k": if c.kv_cache_type == KvType::F16 { "f16" } else { "f32" },
+                    "model_type": self.desc,
+                    "model_size": self.size,
+                    "model_n_params": self.params,
+                    "n_batch": c.batch_size,
+                    "n_threads": c.threads,
+                    "test": test.name(),
+                    "n_prompt": n_prompt,
+                    "n_gen": n_gen,
+                    "test_time": std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    "avg_ns": avg_ns as u64,
+                    "stddev_ns": stddev_ns as u64,
+                    "avg_ts": avg_ts,
+                    "stddev_ts": stddev_ts,
+                    "samples_ns": r.samples_ns,
+                    "samples_ts": ts,
+                })
             })
-        })
-        .collect();
-    let mut s = serde_json::to_string_pretty(&list).unwrap_or_default();
-    s.push('\n');
-    s
+            .collect();
+        let mut s = serde_json::to_string_pretty(&list).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// Every test's tokens/s per configuration, and the ratio to the first.
+    fn comparison(&self) -> String {
+        let mut s = String::from("\n| test |");
+        for c in self.configs {
+            s += &format!(" {} |", c.label());
+        }
+        s += "\n| --- |";
+        s += &" ---: |".repeat(self.configs.len());
+        s += "\n";
+        for (ti, test) in self.tests.iter().enumerate() {
+            s += &format!("| {} |", test.name());
+            let base = self
+                .rows
+                .iter()
+                .find(|r| r.test == ti && r.config == 0)
+                .map(|r| self.ts(r).0);
+            for ci in 0..self.configs.len() {
+                match self.rows.iter().find(|r| r.test == ti && r.config == ci) {
+                    Some(r) => {
+                        let m = self.ts(r).0;
+                        let ratio = base.map_or(1.0, |b| m / b.max(1e-12));
+                        s += &format!(" {m:.2} ({ratio:.2}x) |");
+                    }
+                    None => s += " — |",
+                }
+            }
+            s += "\n";
+        }
+        s
+    }
 }
 
 /// Read bandwidth in bytes/s: a 1 GiB buffer (touched first, so it is
