@@ -145,6 +145,8 @@ enum KvStore {
 trait KvElem: Copy + Send + Sync {
     fn store(x: f32) -> Self;
     fn load(self) -> f32;
+    /// q · k (an attention score before scaling).
+    fn dot(q: &[f32], k: &[Self], dot_f32: fn(&[f32], &[f32]) -> f32) -> f32;
 }
 
 impl KvElem for f32 {
@@ -154,6 +156,9 @@ impl KvElem for f32 {
     fn load(self) -> f32 {
         self
     }
+    fn dot(q: &[f32], k: &[f32], dot_f32: fn(&[f32], &[f32]) -> f32) -> f32 {
+        dot_f32(q, k)
+    }
 }
 
 impl KvElem for u16 {
@@ -162,6 +167,18 @@ impl KvElem for u16 {
     }
     fn load(self) -> f32 {
         f16::from_bits(self).to_f32()
+    }
+    fn dot(q: &[f32], k: &[u16], dot_f32: fn(&[f32], &[f32]) -> f32) -> f32 {
+        // Widen, then the same product as f32 keys.
+        let mut buf = [0f32; 256];
+        if k.len() > buf.len() {
+            let wide: Vec<f32> = k.iter().map(|v| v.load()).collect();
+            return dot_f32(q, &wide);
+        }
+        for (b, v) in buf.iter_mut().zip(k) {
+            *b = v.load();
+        }
+        dot_f32(q, &buf[..k.len()])
     }
 }
 
@@ -275,6 +292,7 @@ fn attend<T: KvElem>(
     kv_dim: usize,
     pos0: usize,
     cfg: &BitNetConfig,
+    dot_f32: fn(&[f32], &[f32]) -> f32,
 ) -> CpuTensor {
     for r in 0..k.rows {
         let p = pos0 + r;
@@ -298,8 +316,7 @@ fn attend<T: KvElem>(
             for (h, qh) in q.row(r).chunks_exact(hd).enumerate() {
                 let at = |p: usize| p * kv_dim + (h / group) * hd;
                 for (p, s) in scores.iter_mut().enumerate() {
-                    let kp = &kc[at(p)..at(p) + hd];
-                    *s = qh.iter().zip(kp).map(|(a, b)| a * b.load()).sum::<f32>() * scale;
+                    *s = T::dot(qh, &kc[at(p)..at(p) + hd], dot_f32) * scale;
                 }
                 let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                 let mut total = 0.0;
@@ -614,12 +631,28 @@ impl Backend for CpuBackend {
         debug_assert!(pos0 + q.rows <= cache.max_seq);
         let kv_dim = cache.kv_dim;
         match &mut cache.store {
-            KvStore::F32 { k: kc, v: vc } => {
-                attend(q, k, v, &mut kc[layer], &mut vc[layer], kv_dim, pos0, cfg)
-            }
-            KvStore::F16 { k: kc, v: vc } => {
-                attend(q, k, v, &mut kc[layer], &mut vc[layer], kv_dim, pos0, cfg)
-            }
+            KvStore::F32 { k: kc, v: vc } => attend(
+                q,
+                k,
+                v,
+                &mut kc[layer],
+                &mut vc[layer],
+                kv_dim,
+                pos0,
+                cfg,
+                self.kernels.dot_f32,
+            ),
+            KvStore::F16 { k: kc, v: vc } => attend(
+                q,
+                k,
+                v,
+                &mut kc[layer],
+                &mut vc[layer],
+                kv_dim,
+                pos0,
+                cfg,
+                self.kernels.dot_f32,
+            ),
         }
     }
 

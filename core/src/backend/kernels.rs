@@ -144,6 +144,12 @@ pub struct Kernels {
     pub unpack_tq1: fn(bytes: &[u8], out: &mut [u8]),
     /// Σ f16(row[i]) · x[i], in f32.
     pub dot_f16: fn(row: &[u8], x: &[f32]) -> f32,
+    /// Σ a[i]·b[i] in f32, in one fixed order at every level (eight lanes,
+    /// no fused multiply-add, the lanes reduced as [`dot_f32_scalar`] does),
+    /// so attention scores are bit-identical whichever level runs: BitNet
+    /// quantizes what attention produces, and a last-bit difference could
+    /// round an activation the other way.
+    pub dot_f32: fn(a: &[f32], b: &[f32]) -> f32,
     /// Σ over 32-wide blocks b of w_scale[b] · x_scale[b] · Σ w[i]·x[i]
     /// (int8 weights and activations, exact integer block sums): the
     /// compact output table's product.
@@ -166,6 +172,7 @@ impl Kernels {
                 dot_u8_multi: avx2::dot_u8_multi,
                 unpack_tq1: avx2::unpack_tq1,
                 dot_f16: avx2::dot_f16,
+                dot_f32: avx2::dot_f32,
                 dot_q8: avx2::dot_q8,
             },
             #[cfg(target_arch = "x86_64")]
@@ -176,6 +183,7 @@ impl Kernels {
                 dot_u8_multi: sse::dot_u8_multi,
                 unpack_tq1: tq1_unpack_codes,
                 dot_f16: dot_f16_scalar,
+                dot_f32: sse::dot_f32,
                 dot_q8: sse::dot_q8,
             },
             #[cfg(not(target_arch = "x86_64"))]
@@ -213,8 +221,28 @@ const SCALAR: Kernels = Kernels {
     dot_u8_multi: dot_u8_multi_scalar,
     unpack_tq1: tq1_unpack_codes,
     dot_f16: dot_f16_scalar,
+    dot_f32: dot_f32_scalar,
     dot_q8: dot_q8_scalar,
 };
+
+/// The reference order of [`Kernels::dot_f32`]: lane i % 8 accumulates
+/// a[i]·b[i] over the full groups of eight; lanes are reduced as
+/// ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)); the tail is added in order.
+pub fn dot_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let full = n / 8 * 8;
+    let mut l = [0f32; 8];
+    for (ca, cb) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
+        for i in 0..8 {
+            l[i] += ca[i] * cb[i];
+        }
+    }
+    let mut s = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+    for i in full..n {
+        s += a[i] * b[i];
+    }
+    s
+}
 
 /// Scalar reference of [`Kernels::dot_q8`].
 pub fn dot_q8_scalar(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
@@ -515,6 +543,39 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let full = n / 8 * 8;
+        // SAFETY: reachable only when AVX2 was detected; loads stay below
+        // `full` ≤ len of both slices.
+        let mut s = unsafe { dot_f32_avx(a, b, full) };
+        for i in full..n {
+            s += a[i] * b[i];
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot_f32_avx(a: &[f32], b: &[f32], full: usize) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ full.
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                )
+            };
+            // Multiply then add (no FMA): the scalar reference's rounding.
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+        }
+        // [l0+l4, l1+l5, l2+l6, l3+l7]
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        // [(l0+l4)+(l2+l6), (l1+l5)+(l3+l7), ..]
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 0b01)))
+    }
+
     pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
         let n = (row.len() / 2).min(x.len());
         // SAFETY: reachable only when AVX2, FMA and F16C were detected
@@ -660,6 +721,45 @@ mod sse {
             }
         }
         hsum(_mm_add_epi32(acc32, _mm_madd_epi16(acc16, ones)))
+    }
+
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let full = n / 8 * 8;
+        // SAFETY: SSE2 is part of x86_64; loads stay below `full`.
+        let mut s = unsafe { dot_f32_sse(a, b, full) };
+        for i in full..n {
+            s += a[i] * b[i];
+        }
+        s
+    }
+
+    /// Lanes 0..4 and 4..8 in two registers: the same order as AVX2's.
+    #[target_feature(enable = "sse2")]
+    unsafe fn dot_f32_sse(a: &[f32], b: &[f32], full: usize) -> f32 {
+        let (mut lo, mut hi) = (_mm_setzero_ps(), _mm_setzero_ps());
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ full.
+            unsafe {
+                lo = _mm_add_ps(
+                    lo,
+                    _mm_mul_ps(
+                        _mm_loadu_ps(a.as_ptr().add(i)),
+                        _mm_loadu_ps(b.as_ptr().add(i)),
+                    ),
+                );
+                hi = _mm_add_ps(
+                    hi,
+                    _mm_mul_ps(
+                        _mm_loadu_ps(a.as_ptr().add(i + 4)),
+                        _mm_loadu_ps(b.as_ptr().add(i + 4)),
+                    ),
+                );
+            }
+        }
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 0b01)))
     }
 
     pub fn dot_q8(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
@@ -1008,6 +1108,30 @@ mod tests {
                     (k.dot_u8_multi)(codes, q, stride, &mut got);
                     prop_assert_eq!(&got, &want);
                 }
+            }
+        }
+    }
+
+    /// `dot_f32` is bit-identical at every level (the order is part of its
+    /// contract), for every tail length and extreme magnitudes.
+    #[test]
+    fn dot_f32_bit_identical_across_levels() {
+        let mut rng = Rng(31337);
+        for n in (0..40).chain([64, 127, 128, 129, 1000, 2560]) {
+            let val = |r: u64| {
+                f32::from_bits(((r % 200) as u32 + 60) << 23 | (r as u32 & 0x7fffff))
+                    * if r & 1 == 0 { 1.0 } else { -1.0 }
+            };
+            let a: Vec<f32> = (0..n).map(|_| val(rng.next())).collect();
+            let b: Vec<f32> = (0..n).map(|_| val(rng.next())).collect();
+            let want = dot_f32_scalar(&a, &b);
+            for k in levels() {
+                let got = (k.dot_f32)(&a, &b);
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{} n {n}: {got} vs {want}",
+                    k.level
+                );
             }
         }
     }
