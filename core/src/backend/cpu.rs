@@ -537,41 +537,24 @@ impl Backend for CpuBackend {
                             *o = (sums[r] - row_sums[r]) as f32 * s / scales[r];
                         }
                     }
-                    (GgmlType::TQ2_0, scale) => {
-                        // Block by block (66 bytes: 64 of codes, f16 d).
+                    // The block formats, block by block: TQ2_0 (66 bytes: 64
+                    // of 2-bit codes, f16 d) through the packed kernel; TQ1_0
+                    // (54 bytes: 52 of base-3 codes, f16 d) unpacked first.
+                    (ty @ (GgmlType::TQ2_0 | GgmlType::TQ1_0), scale) => {
+                        let size = if ty == GgmlType::TQ2_0 { 66 } else { 54 };
                         let per_row = k / 256;
-                        let bytes = &data[row * per_row * 66..(row + 1) * per_row * 66];
+                        let bytes = &data[row * per_row * size..(row + 1) * per_row * size];
                         acc.fill(0.0);
                         total.fill(0);
-                        for (b, blk) in bytes.chunks_exact(66).enumerate() {
-                            dot_multi(&blk[..64], &q[b * 256..], k, Packing::Tq2, sums);
-                            let dd = f16::from_le_bytes([blk[64], blk[65]]).to_f32();
-                            for r in 0..t {
-                                let s = sums[r] - block_sums[r * blocks + b];
-                                match scale {
-                                    Scale::Tensor(_) => total[r] += s,
-                                    Scale::Block => acc[r] += s as f32 * dd,
-                                }
+                        for (b, blk) in bytes.chunks_exact(size).enumerate() {
+                            let qb = &q[b * 256..];
+                            if ty == GgmlType::TQ2_0 {
+                                dot_multi(&blk[..64], qb, k, Packing::Tq2, sums);
+                            } else {
+                                unpack_tq1(blk, codes256);
+                                dot_u8(codes256, qb, k, sums);
                             }
-                        }
-                        for (r, o) in out.iter_mut().enumerate() {
-                            *o = match scale {
-                                Scale::Tensor(s) => total[r] as f32 * s,
-                                Scale::Block => acc[r],
-                            } / scales[r];
-                        }
-                    }
-                    // TQ1_0: base-3 codes unpacked through a table, block by
-                    // block (54 bytes: 52 of codes, f16 d), then u8 × i8.
-                    (GgmlType::TQ1_0, scale) => {
-                        let per_row = k / 256;
-                        let bytes = &data[row * per_row * 54..(row + 1) * per_row * 54];
-                        acc.fill(0.0);
-                        total.fill(0);
-                        for (b, blk) in bytes.chunks_exact(54).enumerate() {
-                            unpack_tq1(blk, codes256);
-                            dot_u8(codes256, &q[b * 256..], k, sums);
-                            let dd = f16::from_le_bytes([blk[52], blk[53]]).to_f32();
+                            let dd = f16::from_le_bytes([blk[size - 2], blk[size - 1]]).to_f32();
                             for r in 0..t {
                                 let s = sums[r] - block_sums[r * blocks + b];
                                 match scale {

@@ -286,6 +286,67 @@ pub fn dot_codes_multi_scalar(
     }
 }
 
+/// The SIMD `dot_u8_multi`s: `head(codes, q_j, full)` takes the first
+/// `full` bytes (a multiple of `width`), the scalar code the tail.
+#[cfg(target_arch = "x86_64")]
+fn dot_u8_multi_with(
+    codes: &[u8],
+    q: &[i8],
+    stride: usize,
+    out: &mut [i32],
+    width: usize,
+    head: impl Fn(&[u8], &[i8], usize) -> i32,
+) {
+    let n = codes.len();
+    if let Some(last) = out.len().checked_sub(1) {
+        assert!(q.len() >= last * stride + n);
+    }
+    let full = n / width * width;
+    for (j, o) in out.iter_mut().enumerate() {
+        let qj = &q[j * stride..j * stride + n];
+        *o = head(codes, qj, full)
+            + codes[full..]
+                .iter()
+                .zip(&qj[full..])
+                .map(|(&c, &v)| i32::from(c) * i32::from(v))
+                .sum::<i32>();
+    }
+}
+
+/// The SIMD `dot_q8`s: `head(.., blocks)` takes the first `blocks` full
+/// 32-wide blocks, the scalar code a short last block.
+#[cfg(target_arch = "x86_64")]
+fn dot_q8_with(
+    w: &[i8],
+    w_scale: &[f32],
+    x: &[i8],
+    x_scale: &[f32],
+    head: impl Fn(&[i8], &[f32], &[i8], &[f32], usize) -> f32,
+) -> f32 {
+    let n = w.len().min(x.len());
+    let full = (n / 32).min(w_scale.len()).min(x_scale.len());
+    head(w, w_scale, x, x_scale, full)
+        + dot_q8_scalar(
+            &w[full * 32..n],
+            &w_scale[full.min(w_scale.len())..],
+            &x[full * 32..n],
+            &x_scale[full.min(x_scale.len())..],
+        )
+}
+
+/// The SIMD `dot_f32`s: `head(a, b, full)` over the full groups of eight,
+/// then the tail in order, as [`dot_f32_scalar`].
+#[cfg(target_arch = "x86_64")]
+fn dot_f32_with(a: &[f32], b: &[f32], head: impl Fn(&[f32], &[f32], usize) -> f32) -> f32 {
+    let n = a.len().min(b.len());
+    let full = n / 8 * 8;
+    let mut s = head(a, b, full);
+    for i in full..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
 /// Scalar reference of [`Kernels::dot_u8_multi`].
 pub fn dot_u8_multi_scalar(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
     for (j, o) in out.iter_mut().enumerate() {
@@ -462,22 +523,11 @@ mod avx2 {
     }
 
     pub fn dot_u8_multi(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
-        let n = codes.len();
-        if let Some(last) = out.len().checked_sub(1) {
-            assert!(q.len() >= last * stride + n);
-        }
-        let full = n / 32 * 32;
-        for (j, o) in out.iter_mut().enumerate() {
-            let qj = &q[j * stride..j * stride + n];
-            // SAFETY: reachable only when AVX2 was detected; `dot_u8`
-            // loads only the first `full` bytes of both slices.
-            *o = unsafe { dot_u8(codes, qj, full) }
-                + codes[full..]
-                    .iter()
-                    .zip(&qj[full..])
-                    .map(|(&c, &v)| i32::from(c) * i32::from(v))
-                    .sum::<i32>();
-        }
+        super::dot_u8_multi_with(codes, q, stride, out, 32, |c, x, full| {
+            // SAFETY: reachable only when AVX2 was detected; `full` ≤ the
+            // length of both slices.
+            unsafe { dot_u8(c, x, full) }
+        });
     }
 
     /// u8 codes (≤ 3) × i8 over `full` bytes (a multiple of 32); i16 sums
@@ -504,18 +554,11 @@ mod avx2 {
     }
 
     pub fn dot_q8(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
-        let n = w.len().min(x.len());
-        let full = (n / 32).min(w_scale.len()).min(x_scale.len());
-        // SAFETY: reachable only when AVX2 was detected
-        // (`Kernels::for_level`); loads stay within the first `full` blocks.
-        let head = unsafe { dot_q8_avx2(w, w_scale, x, x_scale, full) };
-        // A short last block (width not a multiple of 32).
-        head + super::dot_q8_scalar(
-            &w[full * 32..n],
-            &w_scale[full.min(w_scale.len())..],
-            &x[full * 32..n],
-            &x_scale[full.min(x_scale.len())..],
-        )
+        super::dot_q8_with(w, w_scale, x, x_scale, |w, ws, x, xs, blocks| {
+            // SAFETY: reachable only when AVX2 and FMA were detected; only
+            // the first `blocks` full blocks are loaded.
+            unsafe { dot_q8_avx2(w, ws, x, xs, blocks) }
+        })
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -544,15 +587,11 @@ mod avx2 {
     }
 
     pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let full = n / 8 * 8;
-        // SAFETY: reachable only when AVX2 was detected; loads stay below
-        // `full` ≤ len of both slices.
-        let mut s = unsafe { dot_f32_avx(a, b, full) };
-        for i in full..n {
-            s += a[i] * b[i];
-        }
-        s
+        super::dot_f32_with(a, b, |a, b, full| {
+            // SAFETY: reachable only when AVX2 was detected; loads stay
+            // below `full` ≤ the length of both slices.
+            unsafe { dot_f32_avx(a, b, full) }
+        })
     }
 
     #[target_feature(enable = "avx2")]
@@ -684,22 +723,11 @@ mod sse {
     }
 
     pub fn dot_u8_multi(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
-        let n = codes.len();
-        if let Some(last) = out.len().checked_sub(1) {
-            assert!(q.len() >= last * stride + n);
-        }
-        let full = n / 16 * 16;
-        for (j, o) in out.iter_mut().enumerate() {
-            let qj = &q[j * stride..j * stride + n];
-            // SAFETY: reachable only when SSSE3 was detected; `dot_u8`
-            // loads only the first `full` bytes of both slices.
-            *o = unsafe { dot_u8(codes, qj, full) }
-                + codes[full..]
-                    .iter()
-                    .zip(&qj[full..])
-                    .map(|(&c, &v)| i32::from(c) * i32::from(v))
-                    .sum::<i32>();
-        }
+        super::dot_u8_multi_with(codes, q, stride, out, 16, |c, x, full| {
+            // SAFETY: reachable only when SSSE3 was detected; `full` ≤ the
+            // length of both slices.
+            unsafe { dot_u8(c, x, full) }
+        });
     }
 
     #[target_feature(enable = "ssse3")]
@@ -724,14 +752,10 @@ mod sse {
     }
 
     pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let full = n / 8 * 8;
-        // SAFETY: SSE2 is part of x86_64; loads stay below `full`.
-        let mut s = unsafe { dot_f32_sse(a, b, full) };
-        for i in full..n {
-            s += a[i] * b[i];
-        }
-        s
+        super::dot_f32_with(a, b, |a, b, full| {
+            // SAFETY: SSE2 is part of x86_64; loads stay below `full`.
+            unsafe { dot_f32_sse(a, b, full) }
+        })
     }
 
     /// Lanes 0..4 and 4..8 in two registers: the same order as AVX2's.
@@ -763,17 +787,11 @@ mod sse {
     }
 
     pub fn dot_q8(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
-        let n = w.len().min(x.len());
-        let full = (n / 32).min(w_scale.len()).min(x_scale.len());
-        // SAFETY: reachable only when SSSE3 was detected; loads stay within
-        // the first `full` blocks.
-        let head = unsafe { dot_q8_ssse3(w, w_scale, x, x_scale, full) };
-        head + super::dot_q8_scalar(
-            &w[full * 32..n],
-            &w_scale[full.min(w_scale.len())..],
-            &x[full * 32..n],
-            &x_scale[full.min(x_scale.len())..],
-        )
+        super::dot_q8_with(w, w_scale, x, x_scale, |w, ws, x, xs, blocks| {
+            // SAFETY: reachable only when SSSE3 was detected; only the first
+            // `blocks` full blocks are loaded.
+            unsafe { dot_q8_ssse3(w, ws, x, xs, blocks) }
+        })
     }
 
     #[target_feature(enable = "ssse3")]
