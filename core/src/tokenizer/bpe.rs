@@ -152,16 +152,7 @@ impl Bpe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixture::FixtureConfig;
-    use crate::gguf::GgufFile;
-    use crate::tokenizer::Tokenizer;
-    use crate::GgmlType;
-
-    fn fixture_tokenizer() -> Tokenizer {
-        let f =
-            GgufFile::from_vec(FixtureConfig::tiny(GgmlType::I2_S).to_bytes().unwrap()).unwrap();
-        Tokenizer::from_metadata(f.metadata()).unwrap()
-    }
+    use crate::tokenizer::tests::fixture_tokenizer;
 
     #[test]
     fn round_trips_any_text() {

@@ -402,13 +402,14 @@ impl StreamDecoder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fixture::FixtureConfig;
     use crate::gguf::GgufFile;
     use crate::GgmlType;
 
-    fn fixture_tokenizer() -> Tokenizer {
+    /// The tokenizer of the tiny fixture model (a synthetic byte-level BPE).
+    pub(crate) fn fixture_tokenizer() -> Tokenizer {
         let f =
             GgufFile::from_vec(FixtureConfig::tiny(GgmlType::I2_S).to_bytes().unwrap()).unwrap();
         Tokenizer::from_metadata(f.metadata()).unwrap()
