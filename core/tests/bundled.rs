@@ -1,5 +1,5 @@
-//! The bundled model (`models/tiny-bitnet-i2s.gguf`, compiled into
-//! `bitnet-cli`) is exactly what the fixture generator writes for the tiny
+//! The tiny fixture model (`models/tiny-bitnet-i2s.gguf`, random weights,
+//! used by tests) is exactly what the fixture generator writes for the tiny
 //! I2_S preset, so it can always be regenerated and never drifts.
 //! `BITNET_BLESS=1 cargo test -p bitnet-rt --test bundled` rewrites it.
 

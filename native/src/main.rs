@@ -15,11 +15,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// The small model compiled into the binary, used when no `-m` is given: a
-/// synthetic BitNet-shaped fixture (random ternary weights, I2_S) written by
-/// `bitnet-cli gen-fixture --preset tiny --type i2_s`. It has the structure
-/// of a real model and none of its knowledge.
-pub const BUNDLED_MODEL: &[u8] = include_bytes!("../../models/tiny-bitnet-i2s.gguf");
-pub const BUNDLED_MODEL_NAME: &str = "tiny-bitnet-i2s.gguf (bundled synthetic fixture)";
+/// 4.2 M-parameter BitNet b1.58 model (2B4T block structure, I2_S) trained
+/// on public-domain and freely licensed English (docs/models/tiny-bitnet-trained.md).
+/// It writes English-looking text and knows nothing.
+pub const BUNDLED_MODEL: &[u8] = include_bytes!("../../models/tiny-bitnet-trained-i2s.gguf");
+pub const BUNDLED_MODEL_NAME: &str =
+    "tiny-bitnet-trained-i2s.gguf (bundled 4.2M-parameter demo model, see docs/models/tiny-bitnet-trained.md)";
 
 #[derive(Parser)]
 #[command(name = "bitnet-cli", version, about = "BitNet b1.58 inference runtime")]

@@ -50,6 +50,28 @@ PROMPTS = [
     ("devil", "WAR, n."),
     ("said", "He said unto them,"),
     ("children", "The children played in the"),
+    ("moses", "And the LORD spake unto Moses, saying,"),
+    ("jesus", "Jesus answered and said"),
+    ("psalm", "Praise ye the LORD."),
+    ("wise", "A wise man"),
+    ("house", "house:"),
+    ("run", "run, go:"),
+    ("water", "The water"),
+    ("city", "They went into the city"),
+    ("night", "It was a dark night"),
+    ("friend", "My friend"),
+    ("love", "LOVE, n."),
+    ("bird", "a small bird"),
+    ("tree", "tree: a tall perennial woody plant"),
+    ("mother", "His mother said"),
+    ("bread", "Give us bread"),
+    ("light", "And God said, Let there be light"),
+    ("book", "The book"),
+    ("war", "war: the waging of armed conflict against an enemy."),
+    ("hand", "He put forth his hand"),
+    ("mountain", "Upon the mountain"),
+    ("sea", "The ships of the sea"),
+    ("money", "money:"),
 ]
 
 
@@ -125,12 +147,14 @@ def main():
         assert torch.equal(step_logits.argmax(-1), torch.tensor(new))
         # teacher-forced full recompute (no cache) must pick the same ids
         full = model(input_ids=torch.tensor([ids + new[:-1]]), use_cache=False).logits[0].float()
-        assert torch.equal(full[len(ids) - 1:].argmax(-1), torch.tensor(new)), label
+        same_full = torch.equal(full[len(ids) - 1:].argmax(-1), torch.tensor(new))
         sm = margins(step_logits)
         mm = float(sm.min())
         special = [i for i, t in enumerate(new) if t >= n_regular]
-        kept = mm >= MARGIN
-        why = [] if kept else [f"near-tie: min greedy-step margin {mm:.4f} < {MARGIN}"]
+        kept = mm >= MARGIN and same_full
+        why = [] if mm >= MARGIN else [f"near-tie: min greedy-step margin {mm:.4f} < {MARGIN}"]
+        if not same_full:
+            why.append("transformers' own KV-cache and full-recompute argmax disagree along the path")
         e = {
             "label": label,
             "text": text,
@@ -142,7 +166,7 @@ def main():
             "first_special_step": special[0] if special else None,
             "kept": kept,
             "dropped_because": why,
-            "last_logits": f32_list(lg[-1]),
+            "last_logits": f32_list(lg[-1]) if kept else None,  # kept prompts only (file size)
         }
         prompts.append(e)
         print(f"{label:10s} min margin {mm:7.4f} kept={kept} special@{e['first_special_step']}: "
@@ -182,7 +206,8 @@ def main():
             "input_ids: tokenizer.json encode(text, add_special_tokens=True), i.e. <|begin_of_text|> + ids.",
             "greedy_ids: the N_NEW generated ids (no EOS stop; first_special_step is the index of the first "
             "special token among them, null if none).",
-            "last_logits: float32 logits at the last prompt position (all vocab_size), shortest round-trip decimals.",
+            "last_logits: float32 logits at the last prompt position (all vocab_size), shortest round-trip decimals; "
+            "null for prompts that are not kept.",
             "greedy_step_margins[i]: top1 - top2 logit at generation step i (step 0 = last prompt position).",
         ],
         "kept_count": sum(e["kept"] for e in prompts),

@@ -138,7 +138,7 @@ pub fn load_engine(
     engine.kv_type = args.cache_type_k;
     if matches!(source, ModelSource::Bundled) {
         eprintln!(
-            "model: {} (random weights: expect noise, not English)",
+            "model: {}",
             source.display()
         );
     }
