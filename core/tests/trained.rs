@@ -38,9 +38,16 @@ fn trained_model_matches_transformers() {
     )
     .unwrap();
     let bytes = std::fs::read(root.join(golden["gguf"].as_str().unwrap())).unwrap();
-    assert_eq!(bytes.len(), 3_040_576, "the golden file was made for another GGUF");
-    let engine = Engine::load(Arc::new(GgufFile::from_vec(bytes).unwrap()), CpuBackend::new())
-        .unwrap();
+    assert_eq!(
+        bytes.len(),
+        3_040_576,
+        "the golden file was made for another GGUF"
+    );
+    let engine = Engine::load(
+        Arc::new(GgufFile::from_vec(bytes).unwrap()),
+        CpuBackend::new(),
+    )
+    .unwrap();
     let m = &engine.model;
     let vocab = m.cfg.n_vocab as usize;
     let mut checked = 0;
@@ -82,6 +89,8 @@ fn trained_model_matches_transformers() {
         assert_eq!(got, want, "{label}: greedy continuation");
         checked += 1;
     }
-    eprintln!("trained model: {checked} prompts identical to transformers, worst last-logit diff {worst}");
+    eprintln!(
+        "trained model: {checked} prompts identical to transformers, worst last-logit diff {worst}"
+    );
     assert!(checked >= 8, "only {checked} prompts checked");
 }

@@ -137,10 +137,7 @@ pub fn load_engine(
     engine.ctx_size = args.ctx_size;
     engine.kv_type = args.cache_type_k;
     if matches!(source, ModelSource::Bundled) {
-        eprintln!(
-            "model: {}",
-            source.display()
-        );
+        eprintln!("model: {}", source.display());
     }
     Ok((engine, source))
 }
