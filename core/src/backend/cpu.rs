@@ -537,6 +537,16 @@ impl Backend for CpuBackend {
                             *o = (sums[r] - row_sums[r]) as f32 * s / scales[r];
                         }
                     }
+                    // TQ2_0 whose blocks share one scale (every BitNet
+                    // conversion): the whole row in one kernel call.
+                    (GgmlType::TQ2_0, Scale::Tensor(s)) => {
+                        let per_row = k / 256;
+                        let bytes = &data[row * per_row * 66..(row + 1) * per_row * 66];
+                        dot_multi(bytes, &q, k, Packing::Tq2Row, sums);
+                        for (r, o) in out.iter_mut().enumerate() {
+                            *o = (sums[r] - row_sums[r]) as f32 * s / scales[r];
+                        }
+                    }
                     // The block formats, block by block: TQ2_0 (66 bytes: 64
                     // of 2-bit codes, f16 d) through the packed kernel; TQ1_0
                     // (54 bytes: 52 of base-3 codes, f16 d) unpacked first.

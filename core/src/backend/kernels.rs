@@ -21,20 +21,40 @@ use half::f16;
 
 use crate::quant::ternary::tq1_unpack_codes;
 
-/// How 2-bit codes sit in a byte.
+/// How 2-bit codes sit in a byte, and where the 32-byte chunks are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Packing {
-    /// bitnet.cpp's I2_S: weight 32·l + p at bits 6 − 2l.
+    /// bitnet.cpp's I2_S: weight 32·l + p at bits 6 − 2l; chunks contiguous.
     I2S,
-    /// llama.cpp's TQ2_0: weight 32·l + p at bits 2l.
+    /// llama.cpp's TQ2_0 codes: weight 32·l + p at bits 2l; chunks
+    /// contiguous (the 64 code bytes of one block, or several).
     Tq2,
+    /// A whole TQ2_0 row: 66-byte blocks of two chunks and an f16 scale
+    /// (the scales are skipped; for rows whose blocks share one scale).
+    Tq2Row,
 }
 
 impl Packing {
     pub const fn shifts(self) -> [u32; 4] {
         match self {
             Packing::I2S => [6, 4, 2, 0],
-            Packing::Tq2 => [0, 2, 4, 6],
+            Packing::Tq2 | Packing::Tq2Row => [0, 2, 4, 6],
+        }
+    }
+
+    /// How many 32-byte chunks (128 weights each) `len` bytes hold.
+    pub const fn chunks(self, len: usize) -> usize {
+        match self {
+            Packing::I2S | Packing::Tq2 => len / 32,
+            Packing::Tq2Row => len / 66 * 2,
+        }
+    }
+
+    /// Byte offset of chunk `c`.
+    pub const fn chunk_at(self, c: usize) -> usize {
+        match self {
+            Packing::I2S | Packing::Tq2 => 32 * c,
+            Packing::Tq2Row => c / 2 * 66 + c % 2 * 32,
         }
     }
 }
@@ -363,7 +383,8 @@ pub fn dot_u8_multi_scalar(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32
 pub fn dot_codes_scalar(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
     let shifts = packing.shifts();
     let mut sum = 0i32;
-    for (chunk, qg) in packed.chunks_exact(32).zip(q.chunks_exact(128)) {
+    for (c, qg) in (0..packing.chunks(packed.len())).zip(q.chunks_exact(128)) {
+        let chunk = &packed[packing.chunk_at(c)..packing.chunk_at(c) + 32];
         for (p, &b) in chunk.iter().enumerate() {
             for (l, s) in shifts.iter().enumerate() {
                 let code = i32::from((b >> s) & 3);
@@ -401,22 +422,22 @@ mod avx2 {
         packing: Packing,
         out: &mut [i32],
     ) {
-        let span = packed.len() / 32 * 128;
+        let span = packing.chunks(packed.len()) * 128;
         if let Some(last) = out.len().checked_sub(1) {
             assert!(q.len() >= last * stride + span);
         }
-        let shifts = packing.shifts();
         for (g, o) in out.chunks_mut(4).enumerate() {
             let q = &q[g * 4 * stride..];
             // SAFETY: reachable only through `Kernels::for_level(Avx2)`,
             // which checks AVX2 at run time; the assert above keeps every
-            // load of every token row in bounds.
+            // load of every token row in bounds, and `Packing` only names
+            // chunks inside `packed`.
             unsafe {
                 match o.len() {
-                    1 => o.copy_from_slice(&dot_n::<1>(packed, q, stride, shifts)),
-                    2 => o.copy_from_slice(&dot_n::<2>(packed, q, stride, shifts)),
-                    3 => o.copy_from_slice(&dot_n::<3>(packed, q, stride, shifts)),
-                    _ => o.copy_from_slice(&dot_n::<4>(packed, q, stride, shifts)),
+                    1 => o.copy_from_slice(&dot_n::<1>(packed, q, stride, packing)),
+                    2 => o.copy_from_slice(&dot_n::<2>(packed, q, stride, packing)),
+                    3 => o.copy_from_slice(&dot_n::<3>(packed, q, stride, packing)),
+                    _ => o.copy_from_slice(&dot_n::<4>(packed, q, stride, packing)),
                 }
             }
         }
@@ -431,14 +452,15 @@ mod avx2 {
         packed: &[u8],
         q: &[i8],
         stride: usize,
-        shifts: [u32; 4],
+        packing: Packing,
     ) -> [i32; N] {
         let mask = _mm256_set1_epi8(3);
         let ones = _mm256_set1_epi16(1);
-        let sh = shifts.map(|s| _mm_cvtsi32_si128(s as i32));
+        let sh = packing.shifts().map(|s| _mm_cvtsi32_si128(s as i32));
         let mut acc32 = [_mm256_setzero_si256(); N];
         let mut acc16 = [_mm256_setzero_si256(); N];
-        for (c, chunk) in packed.chunks_exact(32).enumerate() {
+        for c in 0..packing.chunks(packed.len()) {
+            let chunk = &packed[packing.chunk_at(c)..packing.chunk_at(c) + 32];
             // SAFETY: `chunk` is 32 bytes; unaligned load.
             let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
             let codes = sh.map(|s| _mm256_and_si256(_mm256_srl_epi16(v, s), mask));
@@ -669,7 +691,7 @@ mod sse {
         packing: Packing,
         out: &mut [i32],
     ) {
-        let span = packed.len() / 32 * 128;
+        let span = packing.chunks(packed.len()) * 128;
         if let Some(last) = out.len().checked_sub(1) {
             assert!(q.len() >= last * stride + span);
         }
@@ -677,7 +699,7 @@ mod sse {
             // SAFETY: reachable only through `Kernels::for_level(Sse)`,
             // which checks SSSE3 at run time; the assert above keeps every
             // token row's loads in bounds.
-            *o = unsafe { dot_one(packed, &q[j * stride..], packing.shifts()) };
+            *o = unsafe { dot_one(packed, &q[j * stride..], packing) };
         }
     }
 
@@ -685,12 +707,13 @@ mod sse {
     /// weights 32·l + 16·h + i. Eight maddubs per chunk land in the same i16
     /// lanes, so they are widened every 4 chunks (32 × 768 ≤ 24,576).
     #[target_feature(enable = "ssse3")]
-    unsafe fn dot_one(packed: &[u8], q: &[i8], shifts: [u32; 4]) -> i32 {
+    unsafe fn dot_one(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
         let mask = _mm_set1_epi8(3);
         let ones = _mm_set1_epi16(1);
-        let sh = shifts.map(|s| _mm_cvtsi32_si128(s as i32));
+        let sh = packing.shifts().map(|s| _mm_cvtsi32_si128(s as i32));
         let (mut acc32, mut acc16) = (_mm_setzero_si128(), _mm_setzero_si128());
-        for (c, chunk) in packed.chunks_exact(32).enumerate() {
+        for c in 0..packing.chunks(packed.len()) {
+            let chunk = &packed[packing.chunk_at(c)..packing.chunk_at(c) + 32];
             for h in 0..2 {
                 // SAFETY: 16 bytes at 16·h of a 32-byte chunk; q holds 128
                 // activations from c·128 (asserted by the caller).
@@ -1104,7 +1127,7 @@ mod tests {
                     .map(|_| match edge { 0 => -128, 1 => 127, 2 => 0, _ => next() as i8 })
                     .collect();
                 let (packed, q) = (&wbuf[w_off..], &qbuf[q_off..]);
-                for packing in [Packing::I2S, Packing::Tq2] {
+                for packing in [Packing::I2S, Packing::Tq2, Packing::Tq2Row] {
                     let mut want = vec![0; tokens];
                     dot_codes_multi_scalar(packed, q, stride, packing, &mut want);
                     for k in levels() {
