@@ -46,6 +46,9 @@ impl CpuTensor {
         by_col
             .par_chunks_mut(rows.max(1))
             .enumerate()
+            // At least 32 columns per task: a column can be a few hundred
+            // bytes of work, less than splitting and `init` cost.
+            .with_min_len(32)
             .for_each_init(init, |state, (c, out)| f(state, c, out));
         if rows == 1 {
             return CpuTensor {
