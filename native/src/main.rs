@@ -59,9 +59,21 @@ impl ModelSource {
     }
 
     pub fn open(&self) -> anyhow::Result<bitnet::GgufFile> {
+        self.open_with(false)
+    }
+
+    /// With `no_mmap`, the file is read into memory instead of mapped
+    /// (llama.cpp's `--no-mmap`): no page faults while generating.
+    pub fn open_with(&self, no_mmap: bool) -> anyhow::Result<bitnet::GgufFile> {
         let file = match self {
-            ModelSource::Path(p) => bitnet::GgufFile::open(p),
-            ModelSource::Bundled => bitnet::GgufFile::from_static(BUNDLED_MODEL),
+            ModelSource::Path(p) if no_mmap => match std::fs::read(p) {
+                Ok(bytes) => bitnet::GgufFile::from_vec(bytes).map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+            },
+            ModelSource::Path(p) => bitnet::GgufFile::open(p).map_err(|e| e.to_string()),
+            ModelSource::Bundled => {
+                bitnet::GgufFile::from_static(BUNDLED_MODEL).map_err(|e| e.to_string())
+            }
         };
         file.map_err(|e| anyhow::anyhow!("{}: {e}", self.display()))
     }

@@ -173,3 +173,12 @@ def test_benchmark_configs_compare_and_prompts(tmp_path):
     (tmp_path / "bad.toml").write_text("threads = 1\nbogus = 2\n")
     proc = run_cli("benchmark", "--configs", tmp_path / "bad.toml", check=False)
     assert proc.returncode != 0 and "unknown field `bogus`" in proc.stderr
+
+
+def test_no_mmap_gives_the_same_tokens():
+    model = ROOT / "models" / "tiny-bitnet-i2s.gguf"
+    a = run_cli("inference", "-m", model, "-p", "Hello", "-n", "6", "--temp", "0")
+    b = run_cli("inference", "-m", model, "-p", "Hello", "-n", "6", "--temp", "0", "--no-mmap")
+    assert a.stdout == b.stdout
+    proc = run_cli("inference", "-m", "/nonexistent.gguf", "-p", "hi", "--no-mmap", check=False)
+    assert proc.returncode == 1 and "No such file" in proc.stderr

@@ -93,6 +93,10 @@ pub struct Args {
     /// `.json` / `.md` extension).
     #[arg(long = "output", visible_alias = "output-file")]
     output: Option<PathBuf>,
+    /// Read the model into memory instead of mapping it (llama-bench's
+    /// `-mmp 0`).
+    #[arg(long)]
+    no_mmap: bool,
     /// Also measure memory read bandwidth (a 1 GiB buffer summed with every
     /// thread) and the decode floor it implies for this model.
     #[arg(long)]
@@ -340,7 +344,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("{}: threads must be at least 1", c.label());
     }
     let source = ModelSource::from_option(a.model.clone());
-    let file = Arc::new(source.open()?);
+    let file = Arc::new(source.open_with(a.no_mmap)?);
     let file_size = file.file_len();
     let n_params: u64 = file.tensor_infos().iter().map(|t| t.n_elements).sum();
     let bos = file

@@ -88,6 +88,9 @@ pub struct SamplingArgs {
     /// load: fewer bytes read per token, logits change slightly).
     #[arg(long, default_value = "file")]
     pub output_table: OutputTable,
+    /// Read the model into memory instead of mapping it.
+    #[arg(long)]
+    pub no_mmap: bool,
     /// CPU threads (default: all cores; also RAYON_NUM_THREADS).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -126,7 +129,7 @@ pub fn load_engine(
         anyhow::bail!("--cache-type-k and --cache-type-v must be the same type (one KV cache type per session)");
     }
     let source = ModelSource::from_option(model);
-    let file = Arc::new(source.open()?);
+    let file = Arc::new(source.open_with(args.no_mmap)?);
     let backend = match args.simd_level {
         Some(level) => CpuBackend::with_level(level)?,
         None => CpuBackend::new(),
