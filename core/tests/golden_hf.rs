@@ -27,6 +27,9 @@
 //! within 8e-7; tiny_c "long" at 1.0e-2, the same prompt where the generator's
 //! own independent forward pass also differs from transformers (by 3.4).
 
+mod common;
+use common::ids;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,14 +57,6 @@ fn golden_dirs() -> Vec<PathBuf> {
         root.display()
     );
     dirs
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn convert(dir: &Path, ty: GgmlType) -> Engine<CpuBackend> {

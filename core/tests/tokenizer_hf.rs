@@ -5,6 +5,9 @@
 //! `tokenizer.json`, and its decoded text. We read that tokenizer through our
 //! converter into GGUF metadata, exactly as a converted model carries it.
 
+mod common;
+use common::ids;
+
 use std::path::Path;
 
 use bitnet::chat::{ChatMessage, ChatTemplate};
@@ -30,14 +33,6 @@ fn load(tag: &str) -> (Tokenizer, GgufFile, Value) {
     )
     .unwrap();
     (tok, file, golden)
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]

@@ -6,6 +6,9 @@
 //! vocabulary as GGUF tokenizer metadata, exactly as llama.cpp's converter
 //! stores a LLaMA tokenizer, and read it back through `GgufFile`.
 
+mod common;
+use common::ids;
+
 use std::path::Path;
 
 use bitnet::gguf::{Array, GgufFile, GgufWriter, StringArray, Value};
@@ -15,14 +18,6 @@ use serde_json::Value as Json;
 fn golden() -> Json {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/spm_goldens.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// The golden vocabulary as GGUF tokenizer metadata.

@@ -11,6 +11,9 @@
 //! move them by about 0.1 (the generator measured its own export against
 //! the training model at 0.11); a wrong op moves them by whole units.
 
+mod common;
+use common::ids;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,14 +24,6 @@ use bitnet::Engine;
 use serde_json::Value;
 
 const LOGIT_TOL: f32 = 0.3;
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 #[test]
 fn trained_model_matches_transformers() {
