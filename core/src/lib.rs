@@ -30,6 +30,12 @@ pub use api::{
     BitNetModel, Device, Generation, InferenceConfig, LoadingStrategy, ModelConfig, ModelStream,
 };
 pub use backend::cpu::OutputTable;
+#[cfg(feature = "wgpu")]
+pub use backend::wgpu::{DeviceChoice, WgpuBackend};
+/// The wgpu this crate is built with, so a host application uses the same
+/// major version (two majors' types do not mix).
+#[cfg(feature = "wgpu")]
+pub use wgpu;
 pub use backend::KvType;
 pub use engine::{
     CancelToken, Chunk, Engine, EngineError, GenerationStats, StopReason, StreamingConfig,

@@ -1,5 +1,165 @@
-//! WGSL compute shaders for the wgpu backend.
+//! WGSL compute shaders of the wgpu backend, one file per operation family
+//! (`wgsl/*.wgsl`), as source strings. `core/src/backend/wgpu` builds its
+//! pipelines from them; this crate's tests parse and validate every one with
+//! naga, so a broken shader fails `cargo test` without a GPU.
 //!
-//! Empty on purpose: the wgpu backend (a later issue) adds one `.wgsl` file
-//! per operation family here, exposed as `include_str!` constants and
-//! validated by naga in this crate's tests. Nothing here runs on a GPU yet.
+//! Shaders that take int8 dot products call `dot4(a, b)`; the backend puts
+//! one of the two [`DOT4`] preludes in front of them, packed
+//! (`dot4I8Packed`) where the adapter compiles it, portable otherwise.
+
+/// One WGSL file and the preludes it needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Shader {
+    pub name: &'static str,
+    pub src: &'static str,
+    /// Calls `dot4(a, b)` (a [`Dot4`] prelude).
+    pub dot4: bool,
+    /// Calls the f16 conversions of [`F16`].
+    pub f16: bool,
+}
+
+const fn shader(name: &'static str, src: &'static str, dot4: bool, f16: bool) -> Shader {
+    Shader {
+        name,
+        src,
+        dot4,
+        f16,
+    }
+}
+
+/// f16 <-> f32 in integer operations (a prelude, not a shader).
+pub const F16: &str = include_str!("../wgsl/f16.wgsl");
+
+/// Per-token int8 activation quantization (entry `quantize`).
+pub const QUANT: Shader = shader(
+    "quant.wgsl",
+    include_str!("../wgsl/quant.wgsl"),
+    false,
+    false,
+);
+/// Ternary × int8 matrix product for I2_S and TQ2_0 (entry `matmul`).
+pub const TERNARY: Shader = shader(
+    "ternary.wgsl",
+    include_str!("../wgsl/ternary.wgsl"),
+    true,
+    true,
+);
+/// RMSNorm (entry `rms_norm`).
+pub const NORM: Shader = shader("norm.wgsl", include_str!("../wgsl/norm.wgsl"), false, false);
+/// Rotary embedding (entry `rope`).
+pub const ROPE: Shader = shader("rope.wgsl", include_str!("../wgsl/rope.wgsl"), false, false);
+/// KV-cache store and attention (entries `kv_store`, `attend`).
+pub const ATTENTION: Shader = shader(
+    "attention.wgsl",
+    include_str!("../wgsl/attention.wgsl"),
+    false,
+    true,
+);
+/// GLU and residual add (entries `glu`, `add`).
+pub const ELEMENTWISE: Shader = shader(
+    "elementwise.wgsl",
+    include_str!("../wgsl/elementwise.wgsl"),
+    false,
+    false,
+);
+/// Embedding lookup and LM head (entries `embed`, `logits`).
+pub const TABLE: Shader = shader(
+    "table.wgsl",
+    include_str!("../wgsl/table.wgsl"),
+    false,
+    true,
+);
+
+/// Every shader.
+pub const ALL: [Shader; 7] = [QUANT, TERNARY, NORM, ROPE, ATTENTION, ELEMENTWISE, TABLE];
+
+impl Shader {
+    /// The full source as the backend compiles it: preludes, then the file.
+    pub fn source(&self, dot4: Dot4) -> String {
+        let mut s = String::new();
+        if self.dot4 {
+            s.push_str(dot4.prelude());
+        }
+        if self.f16 {
+            s.push_str(F16);
+        }
+        s.push_str(self.src);
+        s
+    }
+}
+
+/// How `dot4(a, b)` (four signed bytes of `a` times those of `b`, summed)
+/// is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dot4 {
+    /// WGSL's `dot4I8Packed` (the `packed_4x8_integer_dot_product`
+    /// language feature; hardware int8 dot products where there are some).
+    Packed,
+    /// Shifts and multiplies: works everywhere.
+    Portable,
+}
+
+impl Dot4 {
+    pub const ALL: [Dot4; 2] = [Dot4::Packed, Dot4::Portable];
+
+    pub const fn prelude(self) -> &'static str {
+        match self {
+            Dot4::Packed => "fn dot4(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }\n",
+            Dot4::Portable => {
+                "fn dot4(a: u32, b: u32) -> i32 {\n\
+                 \x20   var s = 0;\n\
+                 \x20   for (var n = 0u; n < 4u; n++) {\n\
+                 \x20       let sh = 24u - 8u * n;\n\
+                 \x20       s += (bitcast<i32>(a << sh) >> 24u) * (bitcast<i32>(b << sh) >> 24u);\n\
+                 \x20   }\n\
+                 \x20   return s;\n\
+                 }\n"
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    fn validate(name: &str, src: &str) -> naga::Module {
+        let module = naga::front::wgsl::parse_str(src)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+        module
+    }
+
+    #[test]
+    fn every_shader_parses_and_validates() {
+        for sh in ALL {
+            for d in Dot4::ALL {
+                validate(sh.name, &sh.source(d));
+            }
+        }
+    }
+
+    #[test]
+    fn entry_points_are_where_the_backend_looks() {
+        let want: [(&str, &[&str]); 7] = [
+            ("quant.wgsl", &["quantize"]),
+            ("ternary.wgsl", &["matmul"]),
+            ("norm.wgsl", &["rms_norm"]),
+            ("rope.wgsl", &["rope"]),
+            ("attention.wgsl", &["kv_store", "attend"]),
+            ("elementwise.wgsl", &["glu", "add"]),
+            ("table.wgsl", &["embed", "logits"]),
+        ];
+        for (sh, (name, entries)) in ALL.iter().zip(want) {
+            assert_eq!(sh.name, name);
+            let m = validate(name, &sh.source(Dot4::Portable));
+            let got: Vec<&str> = m.entry_points.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(got, entries, "{name}");
+        }
+    }
+}

@@ -267,7 +267,17 @@ fn bad(name: &str, reason: impl Into<String>) -> BackendError {
 }
 
 /// The single scale shared by every non-zero block of a TQ tensor, if any.
-fn uniform_block_scale<B: ternary::TernaryBlock>(data: &[u8]) -> Option<f32> {
+/// (sin, cos) of the rotary angle of pair `i` at position `pos`: every
+/// backend takes its angles from here (the GPU ones as a table), so they
+/// agree to the bit.
+pub fn rope_sin_cos(cfg: &BitNetConfig, pos: usize, i: usize) -> (f32, f32) {
+    let freq = cfg
+        .rope_theta
+        .powf(-2.0 * i as f32 / cfg.rope_dim as f32);
+    (pos as f32 * freq).sin_cos()
+}
+
+pub(crate) fn uniform_block_scale<B: ternary::TernaryBlock>(data: &[u8]) -> Option<f32> {
     let mut scale = None;
     for chunk in data.chunks_exact(B::BYTES) {
         let d = B::read(chunk).scale();
@@ -600,11 +610,10 @@ impl Backend for CpuBackend {
             RopeStyle::Norm => (2 * i, 2 * i + 1),
         };
         for r in 0..x.rows {
-            let pos = (pos0 + r) as f32;
+            let pos = pos0 + r;
             for head in x.row_mut(r).chunks_exact_mut(head_dim) {
                 for i in 0..half {
-                    let freq = cfg.rope_theta.powf(-2.0 * i as f32 / rope_dim as f32);
-                    let (sin, cos) = (pos * freq).sin_cos();
+                    let (sin, cos) = rope_sin_cos(cfg, pos, i);
                     let (ia, ib) = pair(i);
                     let (a, b) = (head[ia], head[ib]);
                     head[ia] = a * cos - b * sin;
@@ -730,8 +739,8 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn read(&self, x: &CpuTensor) -> Vec<f32> {
-        x.data.clone()
+    fn read(&self, x: &CpuTensor) -> Result<Vec<f32>, BackendError> {
+        Ok(x.data.clone())
     }
 }
 

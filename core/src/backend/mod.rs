@@ -6,6 +6,8 @@
 
 pub mod cpu;
 pub mod kernels;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use std::sync::Arc;
 
@@ -20,6 +22,10 @@ pub enum BackendError {
     MissingTensor(String),
     #[error("{0}")]
     Unsupported(String),
+    /// The device failed (validation, out of memory, lost); GPU backends
+    /// report the first error of a batch of work when it is read back.
+    #[error("device error: {0}")]
+    Device(String),
 }
 
 /// Storage type of the KV cache. Attention always computes in f32; F16
@@ -98,6 +104,7 @@ pub trait Backend: Send + Sync {
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor);
     /// Logits of the last row only (`last_only`) or of every row.
     fn logits(&self, x: &Self::Tensor, table: &Self::Table, last_only: bool) -> Self::Tensor;
-    /// Copies a tensor to the host.
-    fn read(&self, x: &Self::Tensor) -> Vec<f32>;
+    /// Copies a tensor to the host. GPU backends run the queued work here
+    /// and report any device error it met.
+    fn read(&self, x: &Self::Tensor) -> Result<Vec<f32>, BackendError>;
 }

@@ -227,6 +227,6 @@ impl<B: Backend> BitNet<B> {
 
         let x = b.rms_norm(&x, &self.output_norm, c.rms_eps);
         let head = self.output.as_ref().unwrap_or(&self.embedding);
-        Ok(b.read(&b.logits(&x, head, !all_logits)))
+        Ok(b.read(&b.logits(&x, head, !all_logits))?)
     }
 }

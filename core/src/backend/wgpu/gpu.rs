@@ -1,0 +1,620 @@
+//! The device side of the wgpu backend: pipelines, buffers, and the
+//! recorder that turns a forward pass into one submission.
+//!
+//! - Pipelines and their bind-group layouts are made once.
+//! - Every dispatch's parameters go into one uniform buffer (a slot of 256
+//!   bytes each, bound with a dynamic offset), written once per submission.
+//! - Activations come from a pool of buffers, handed back when a tensor is
+//!   dropped, so after the first token the same buffers come back in the
+//!   same order, and the bind groups (cached by buffer identity) are reused.
+//! - Work is recorded, not run: `flush` encodes every dispatch into one
+//!   compute pass and submits once; only `read` waits for the device.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bitnet_shaders::{Dot4, Shader};
+
+use super::device::WgpuError;
+use crate::backend::BackendError;
+
+/// Parameter slots per submission (a forward pass of a 30-layer model
+/// records about 650 dispatches; more than this submits early).
+const PARAM_SLOTS: usize = 4096;
+/// Bytes of one parameter slot: every shader's `Params` fits, and it is the
+/// largest `min_uniform_buffer_offset_alignment` WebGPU allows.
+pub const SLOT: usize = 256;
+/// Pooled buffers beyond this many bytes are released, not kept.
+const POOL_BYTES: u64 = 1 << 30;
+
+/// A device buffer with an identity that is never reused (the key of the
+/// bind-group cache). Dropping the last handle tells the recorder to forget
+/// its bind groups.
+pub struct Buf {
+    pub id: u64,
+    pub buffer: wgpu::Buffer,
+    pub size: u64,
+    dead: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.dead.lock() {
+            d.push(self.id);
+        }
+    }
+}
+
+pub type GpuBuf = Arc<Buf>;
+
+/// One shader entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Quantize,
+    Matmul,
+    RmsNorm,
+    Rope,
+    KvStore,
+    Attend,
+    Glu,
+    Add,
+    Embed,
+    Logits,
+}
+
+/// How a storage binding is used.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    Write,
+}
+use Access::{Read, Write};
+
+impl Op {
+    const ALL: [Op; 10] = [
+        Op::Quantize,
+        Op::Matmul,
+        Op::RmsNorm,
+        Op::Rope,
+        Op::KvStore,
+        Op::Attend,
+        Op::Glu,
+        Op::Add,
+        Op::Embed,
+        Op::Logits,
+    ];
+
+    fn shader(self) -> (Shader, &'static str) {
+        use bitnet_shaders as s;
+        match self {
+            Op::Quantize => (s::QUANT, "quantize"),
+            Op::Matmul => (s::TERNARY, "matmul"),
+            Op::RmsNorm => (s::NORM, "rms_norm"),
+            Op::Rope => (s::ROPE, "rope"),
+            Op::KvStore => (s::ATTENTION, "kv_store"),
+            Op::Attend => (s::ATTENTION, "attend"),
+            Op::Glu => (s::ELEMENTWISE, "glu"),
+            Op::Add => (s::ELEMENTWISE, "add"),
+            Op::Embed => (s::TABLE, "embed"),
+            Op::Logits => (s::TABLE, "logits"),
+        }
+    }
+
+    /// The storage bindings of the entry point, in the order `dispatch`
+    /// takes its buffers (binding 0 is always the parameters).
+    fn bindings(self) -> &'static [(u32, Access)] {
+        match self {
+            Op::Quantize => &[(1, Read), (2, Write), (3, Write), (4, Write)],
+            Op::Matmul => &[(1, Read), (2, Read), (3, Read), (4, Read), (5, Write)],
+            Op::RmsNorm => &[(1, Read), (2, Read), (3, Write)],
+            Op::Rope => &[(1, Write), (2, Read)],
+            Op::KvStore => &[(1, Read), (2, Read), (3, Write), (4, Write)],
+            Op::Attend => &[(3, Write), (4, Write), (5, Read), (6, Write)],
+            Op::Glu => &[(1, Read), (2, Read), (3, Write)],
+            Op::Add => &[(1, Read), (3, Write)],
+            Op::Embed => &[(1, Read), (2, Read), (3, Write)],
+            Op::Logits => &[(1, Read), (4, Read), (3, Write)],
+        }
+    }
+}
+
+struct Pipe {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+enum Cmd {
+    Dispatch {
+        op: Op,
+        bind_group: wgpu::BindGroup,
+        offset: u32,
+        groups: [u32; 3],
+    },
+    Copy {
+        src: GpuBuf,
+        dst: GpuBuf,
+        size: u64,
+    },
+}
+
+#[derive(Default)]
+struct Recorder {
+    cmds: Vec<Cmd>,
+    params: Vec<u8>,
+    bind_groups: HashMap<Vec<u64>, wgpu::BindGroup>,
+    pool: HashMap<u64, Vec<GpuBuf>>,
+    pool_bytes: u64,
+    /// The first device error not yet reported.
+    error: Option<String>,
+}
+
+/// The device, its pipelines and the recorder. Shared by every handle the
+/// backend gives out.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub dot4: Dot4,
+    pipes: HashMap<Op, Pipe>,
+    params: GpuBuf,
+    rec: Mutex<Recorder>,
+    next_id: AtomicU64,
+    dead: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Gpu {
+    pub fn new(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+    ) -> Result<Self, WgpuError> {
+        let limits = device.limits();
+        super::device::check_limits(&limits)?;
+        let dot4 = choose_dot4(&device);
+        log::debug!(
+            "wgpu device: {} ({:?}, {:?}); int8 dot products: {dot4:?}; storage binding limit {} MiB",
+            info.name,
+            info.backend,
+            info.device_type,
+            limits.max_storage_buffer_binding_size >> 20
+        );
+        let mut modules: HashMap<&'static str, wgpu::ShaderModule> = HashMap::new();
+        let mut pipes = HashMap::new();
+        for op in Op::ALL {
+            let (shader, entry) = op.shader();
+            let module = match modules.get(shader.name) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = compile(&device, shader, dot4)?;
+                    modules.insert(shader.name, m.clone());
+                    m
+                }
+            };
+            pipes.insert(op, make_pipe(&device, op, &module, entry));
+        }
+        let dead = Arc::new(Mutex::new(Vec::new()));
+        let params = Arc::new(Buf {
+            id: 0,
+            buffer: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bitnet:params"),
+                size: (PARAM_SLOTS * SLOT) as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            size: (PARAM_SLOTS * SLOT) as u64,
+            dead: dead.clone(),
+        });
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            dot4,
+            pipes,
+            params,
+            rec: Mutex::new(Recorder::default()),
+            next_id: AtomicU64::new(1),
+            dead,
+        })
+    }
+
+    fn rec(&self) -> MutexGuard<'_, Recorder> {
+        // A panic while recording leaves nothing half-written that matters.
+        self.rec.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The largest buffer one binding can see.
+    pub fn max_binding(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// Records an error to report at the next `read` (ops cannot fail on
+    /// the spot: their results are only known when the device runs them).
+    pub fn fail(&self, msg: String) {
+        let mut r = self.rec();
+        if r.error.is_none() {
+            log::error!("wgpu backend: {msg}");
+            r.error = Some(msg);
+        }
+    }
+
+    fn wrap(&self, buffer: wgpu::Buffer, size: u64) -> GpuBuf {
+        Arc::new(Buf {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            buffer,
+            size,
+            dead: self.dead.clone(),
+        })
+    }
+
+    /// A buffer filled with `bytes` (weights straight from the memory map:
+    /// mapped at creation and copied once, no staging copy in RAM).
+    pub fn upload(&self, label: &str, bytes: &[u8]) -> Result<GpuBuf, BackendError> {
+        let size = (bytes.len() as u64 + 4).next_multiple_of(4);
+        if size > self.max_binding() {
+            return Err(BackendError::Unsupported(format!(
+                "{label}: {size} bytes is more than the device's largest storage binding ({} bytes)",
+                self.max_binding()
+            )));
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(BackendError::Device(format!("{label}: {e}")));
+        }
+        {
+            let mut view = buffer
+                .slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| BackendError::Device(format!("{label}: {e}")))?;
+            // The padding after the data is already zero (new buffers are).
+            view.slice(..bytes.len()).copy_from_slice(bytes);
+        }
+        buffer.unmap();
+        Ok(self.wrap(buffer, size))
+    }
+
+    /// A zeroed buffer of at least `size` bytes, for device-side data that
+    /// lives as long as its owner (a KV cache).
+    pub fn zeroed(&self, label: &str, size: u64) -> Result<GpuBuf, BackendError> {
+        let size = size.max(4).next_multiple_of(4);
+        if size > self.max_binding() {
+            return Err(BackendError::Unsupported(format!(
+                "{label}: {size} bytes is more than the device's largest storage binding ({} bytes); use a shorter context",
+                self.max_binding()
+            )));
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(BackendError::Device(format!("{label}: {e}")));
+        }
+        Ok(self.wrap(buffer, size))
+    }
+
+    /// A scratch buffer of at least `size` bytes from the pool; hand it
+    /// back with [`Gpu::recycle`]. Sizes are rounded up to a power of two
+    /// (at most the binding limit) so prompts of different lengths share.
+    pub fn scratch(&self, size: u64) -> GpuBuf {
+        let size = size.max(256).next_power_of_two().min(self.max_binding().max(size));
+        {
+            let mut r = self.rec();
+            if let Some(b) = r.pool.get_mut(&size).and_then(Vec::pop) {
+                r.pool_bytes -= size;
+                return b;
+            }
+        }
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bitnet:activations"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.wrap(buffer, size)
+    }
+
+    /// Called as the last handle of a scratch buffer goes away: keeps it
+    /// for reuse (work already recorded on it still runs first, in order).
+    pub fn recycle(&self, buf: &GpuBuf) {
+        if Arc::strong_count(buf) != 1 {
+            return;
+        }
+        let mut r = self.rec();
+        if r.pool_bytes + buf.size <= POOL_BYTES {
+            r.pool_bytes += buf.size;
+            r.pool.entry(buf.size).or_default().push(buf.clone());
+        }
+    }
+
+    /// Records one dispatch of `op` with `params` (at most [`SLOT`] bytes)
+    /// and the storage buffers in the order of the op's bindings.
+    pub fn dispatch(&self, op: Op, params: &[u32], bufs: &[&GpuBuf], groups: [u32; 3]) {
+        debug_assert!(params.len() * 4 <= SLOT);
+        debug_assert_eq!(bufs.len(), op.bindings().len());
+        if groups.contains(&0) {
+            return;
+        }
+        let mut r = self.rec();
+        if r.params.len() == PARAM_SLOTS * SLOT {
+            drop(r);
+            self.flush();
+            r = self.rec();
+        }
+        let offset = r.params.len() as u32;
+        for p in params {
+            r.params.extend_from_slice(&p.to_le_bytes());
+        }
+        r.params.resize(offset as usize + SLOT, 0);
+
+        let mut key = Vec::with_capacity(bufs.len() + 1);
+        key.push(op as u64);
+        key.extend(bufs.iter().map(|b| b.id));
+        let pipe = &self.pipes[&op];
+        let bind_group = r
+            .bind_groups
+            .entry(key)
+            .or_insert_with(|| {
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &self.params.buffer,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(SLOT as u64),
+                    }),
+                }];
+                for (&(binding, _), b) in op.bindings().iter().zip(bufs) {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding,
+                        resource: b.buffer.as_entire_binding(),
+                    });
+                }
+                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("bitnet:bind"),
+                    layout: &pipe.layout,
+                    entries: &entries,
+                })
+            })
+            .clone();
+        r.cmds.push(Cmd::Dispatch {
+            op,
+            bind_group,
+            offset,
+            groups,
+        });
+    }
+
+    /// Records a copy (`read` uses it to fetch a result).
+    fn copy(&self, src: &GpuBuf, dst: &GpuBuf, size: u64) {
+        self.rec().cmds.push(Cmd::Copy {
+            src: src.clone(),
+            dst: dst.clone(),
+            size,
+        });
+    }
+
+    /// Whether work is recorded but not submitted.
+    pub fn pending(&self) -> bool {
+        !self.rec().cmds.is_empty()
+    }
+
+    /// Submits everything recorded, as one command buffer.
+    pub fn flush(&self) {
+        let mut r = self.rec();
+        // Bind groups of buffers that no longer exist.
+        let dead: Vec<u64> = std::mem::take(&mut *self.dead.lock().unwrap_or_else(|e| e.into_inner()));
+        if !dead.is_empty() {
+            r.bind_groups
+                .retain(|k, _| !k[1..].iter().any(|id| dead.contains(id)));
+        }
+        if r.cmds.is_empty() {
+            return;
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.queue.write_buffer(&self.params.buffer, 0, &r.params);
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("bitnet:forward"),
+            });
+        let cmds = std::mem::take(&mut r.cmds);
+        let mut i = 0;
+        while i < cmds.len() {
+            if let Cmd::Copy { src, dst, size } = &cmds[i] {
+                enc.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, *size);
+                i += 1;
+                continue;
+            }
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("bitnet:ops"),
+                timestamp_writes: None,
+            });
+            while let Some(Cmd::Dispatch {
+                op,
+                bind_group,
+                offset,
+                groups,
+            }) = cmds.get(i)
+            {
+                pass.set_pipeline(&self.pipes[op].pipeline);
+                pass.set_bind_group(0, bind_group, &[*offset]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                i += 1;
+            }
+        }
+        self.queue.submit([enc.finish()]);
+        r.params.clear();
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            if r.error.is_none() {
+                r.error = Some(e.to_string());
+            }
+        }
+        if r.bind_groups.len() > 8192 {
+            r.bind_groups.clear();
+        }
+    }
+
+    /// Runs everything recorded and copies `size` bytes of `buf` back.
+    pub fn read(&self, buf: &GpuBuf, size: u64) -> Result<Vec<u8>, BackendError> {
+        let size = size.next_multiple_of(4);
+        let staging = self.wrap(
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bitnet:readback"),
+                size: size.max(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            size,
+        );
+        if size > 0 {
+            self.copy(buf, &staging, size);
+        }
+        self.flush();
+        if let Some(e) = self.rec().error.take() {
+            return Err(BackendError::Device(e));
+        }
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging
+            .buffer
+            .slice(..size)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| BackendError::Device(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| BackendError::Device(e.to_string()))?
+            .map_err(|e| BackendError::Device(e.to_string()))?;
+        let out = staging
+            .buffer
+            .slice(..size)
+            .get_mapped_range()
+            .map_err(|e| BackendError::Device(e.to_string()))?
+            .to_vec();
+        staging.buffer.unmap();
+        Ok(out)
+    }
+
+    /// Submits what is recorded and returns the first error met, if any.
+    pub fn flush_errors(&self) -> Result<(), BackendError> {
+        self.flush();
+        match self.rec().error.take() {
+            Some(e) => Err(BackendError::Device(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `bytes` into `buf` before any work recorded after this call
+    /// (work recorded before it is submitted first).
+    pub fn write(&self, buf: &GpuBuf, bytes: &[u8]) {
+        if self.pending() {
+            self.flush();
+        }
+        self.queue.write_buffer(&buf.buffer, 0, bytes);
+    }
+}
+
+/// `dot4I8Packed` where this device compiles it (and `BITNET_WGPU_DOT4`
+/// is not `portable`), else the shift-and-multiply version.
+fn choose_dot4(device: &wgpu::Device) -> Dot4 {
+    if std::env::var("BITNET_WGPU_DOT4").is_ok_and(|v| v.eq_ignore_ascii_case("portable")) {
+        return Dot4::Portable;
+    }
+    let src = format!(
+        "{}@compute @workgroup_size(1) fn main() {{ _ = dot4(0x01020304u, 0x05060708u); }}",
+        Dot4::Packed.prelude()
+    );
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let _ = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("bitnet:probe-dot4"),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    });
+    match pollster::block_on(scope.pop()) {
+        None => Dot4::Packed,
+        Some(e) => {
+            log::debug!("dot4I8Packed unavailable ({e}); using the portable int8 dot product");
+            Dot4::Portable
+        }
+    }
+}
+
+fn compile(device: &wgpu::Device, shader: Shader, dot4: Dot4) -> Result<wgpu::ShaderModule, WgpuError> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(shader.name),
+        source: wgpu::ShaderSource::Wgsl(shader.source(dot4).into()),
+    });
+    match pollster::block_on(scope.pop()) {
+        None => Ok(module),
+        Some(e) => Err(WgpuError::Shader {
+            shader: shader.name.into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn make_pipe(device: &wgpu::Device, op: Op, module: &wgpu::ShaderModule, entry: &str) -> Pipe {
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: None,
+        },
+        count: None,
+    }];
+    for &(binding, access) in op.bindings() {
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage {
+                    read_only: matches!(access, Read),
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+    }
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(entry),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(entry),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: Some(&pipeline_layout),
+        module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    Pipe { pipeline, layout }
+}

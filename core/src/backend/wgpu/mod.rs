@@ -1,0 +1,614 @@
+//! The wgpu backend: the whole forward pass in WGSL compute shaders
+//! (`shaders/wgsl`), on Vulkan, Metal, DX12, GL, and WebGPU in the browser.
+//!
+//! Weights are uploaded once, in their GGUF layout (I2_S and TQ2_0 ternary
+//! matrices byte for byte; F16/F32 tables split into parts that fit one
+//! storage binding). A forward pass is recorded and submitted once; only
+//! the logits are read back. See [`gpu`] for how.
+//!
+//! Two ways in: [`WgpuBackend::new`] picks an adapter and makes its own
+//! device; [`WgpuBackend::from_wgpu`] takes a host application's `Device`
+//! and `Queue`, checks them, and never asks for a device of its own.
+//!
+//! Exactness against the CPU reference: activation quantization (int8
+//! codes and scale) and the integer sums are identical; float ops (norm,
+//! attention, logits) agree to rounding, because sums run in another order.
+
+pub mod device;
+mod gpu;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use device::{DeviceChoice, WgpuError};
+use gpu::{Gpu, GpuBuf, Op};
+
+use super::cpu::{rope_sin_cos, uniform_block_scale};
+use super::{Backend, BackendError, KvType};
+use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::model::config::{Activation, BitNetConfig, RopeStyle};
+use crate::quant::{self, ternary};
+
+/// A fresh value for [`GpuTensor::gen`]: a new tensor, or one changed in
+/// place, never matches an older quantization.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+fn next_gen() -> u64 {
+    GENERATION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Row-major f32 activations on the device.
+pub struct GpuTensor {
+    buf: GpuBuf,
+    /// Results already read back (all-rows logits larger than a binding).
+    host: Option<Vec<f32>>,
+    pub rows: usize,
+    pub cols: usize,
+    gen: u64,
+    gpu: Arc<Gpu>,
+}
+
+impl GpuTensor {
+    fn buf(&self) -> &GpuBuf {
+        &self.buf
+    }
+}
+
+impl Drop for GpuTensor {
+    fn drop(&mut self) {
+        self.gpu.recycle(&self.buf);
+    }
+}
+
+/// A ternary matrix, as in the file.
+pub struct GpuLinear {
+    w: GpuBuf,
+    k: usize,
+    m: usize,
+    /// 0: I2_S, 1: TQ2_0 with one scale, 2: TQ2_0 with a scale per block
+    /// (see ternary.wgsl).
+    kind: u32,
+    scale: f32,
+}
+
+pub struct GpuVector {
+    buf: GpuBuf,
+}
+
+/// A float table in parts of whole rows, each within one binding.
+pub struct GpuTable {
+    parts: Vec<(GpuBuf, usize, usize)>,
+    rows: usize,
+    cols: usize,
+    f16: bool,
+}
+
+/// Per layer, the keys and values of `max_seq` positions.
+pub struct GpuKvCache {
+    k: Vec<GpuBuf>,
+    v: Vec<GpuBuf>,
+    kv_dim: usize,
+    f16: bool,
+    /// Why the cache could not be made (reported at the next read).
+    error: Option<String>,
+}
+
+struct Quantized {
+    gen: u64,
+    k: usize,
+    q: GpuBuf,
+    qsum: GpuBuf,
+    qscale: GpuBuf,
+}
+
+/// The wgpu backend. Cloning shares the device and its buffers.
+pub struct WgpuBackend {
+    gpu: Arc<Gpu>,
+    name: String,
+    /// cos/sin tables by (rope_theta bits, rope_dim): the buffer and how
+    /// many positions it covers.
+    rope: Mutex<HashMap<(u32, u64), (GpuBuf, usize)>>,
+    /// The last quantized activations: q, k and v (gate and up) share one.
+    quantized: Mutex<Option<Quantized>>,
+    tokens: Mutex<Option<GpuBuf>>,
+}
+
+/// Workgroups for `n` of them, spread over y past the per-dimension limit
+/// (the shaders index `x + y * num_workgroups.x`).
+fn grid(n: usize) -> [u32; 3] {
+    const MAX: usize = 65535;
+    if n <= MAX {
+        [n as u32, 1, 1]
+    } else {
+        [MAX as u32, n.div_ceil(MAX) as u32, 1]
+    }
+}
+
+fn find<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, BackendError> {
+    file.tensor(name)
+        .map(|t| t.info)
+        .ok_or_else(|| BackendError::MissingTensor(name.into()))
+}
+
+fn bad(name: &str, reason: impl Into<String>) -> BackendError {
+    BackendError::Tensor {
+        name: name.into(),
+        reason: reason.into(),
+    }
+}
+
+impl WgpuBackend {
+    /// Picks an adapter as `--device` says and creates a device on it.
+    /// `DeviceChoice::Auto` with no hardware GPU is an error here; the
+    /// caller decides to use the CPU backend instead (see [`device::pick`]).
+    pub fn new(choice: DeviceChoice) -> Result<Self, WgpuError> {
+        let choice = match choice {
+            DeviceChoice::Cpu => DeviceChoice::Wgpu(None),
+            c => c,
+        };
+        let adapter = device::pick(choice)?.ok_or(WgpuError::NoAdapter)?;
+        Self::from_adapter(&adapter)
+    }
+
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self, WgpuError> {
+        let (device, queue) = device::request_device(adapter)?;
+        Self::from_wgpu(device, queue, adapter.get_info())
+    }
+
+    /// Runs on a host application's device. Checks its limits against
+    /// [`WgpuBackend::required_limits`] and returns the shortfall as an
+    /// error; never requests a device and never waits on the host's queue
+    /// (the work it submits is its own, waited for by `read` on the thread
+    /// that generates).
+    pub fn from_wgpu(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+    ) -> Result<Self, WgpuError> {
+        let gpu = Gpu::new(device, queue, info)?;
+        let name = format!(
+            "wgpu ({}, {:?}, {:?}, int8 dot: {:?})",
+            gpu.info.name, gpu.info.backend, gpu.info.device_type, gpu.dot4
+        );
+        Ok(WgpuBackend {
+            gpu: Arc::new(gpu),
+            name,
+            rope: Mutex::new(HashMap::new()),
+            quantized: Mutex::new(None),
+            tokens: Mutex::new(None),
+        })
+    }
+
+    /// What a host's device must allow (ask for at least this).
+    pub fn required_limits() -> wgpu::Limits {
+        device::required_limits()
+    }
+
+    /// Optional features the backend needs: none.
+    pub fn required_features() -> wgpu::Features {
+        wgpu::Features::empty()
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.gpu.info
+    }
+
+    /// Which int8 dot product the shaders use.
+    pub fn dot4(&self) -> bitnet_shaders::Dot4 {
+        self.gpu.dot4
+    }
+
+    fn tensor(&self, rows: usize, cols: usize) -> GpuTensor {
+        GpuTensor {
+            buf: self.gpu.scratch((rows * cols * 4) as u64),
+            host: None,
+            rows,
+            cols,
+            gen: next_gen(),
+            gpu: self.gpu.clone(),
+        }
+    }
+
+    /// The cos/sin table for `cfg`, covering at least `positions`.
+    fn rope_table(&self, cfg: &BitNetConfig, positions: usize) -> Result<GpuBuf, BackendError> {
+        let key = (cfg.rope_theta.to_bits(), cfg.rope_dim);
+        let mut tables = self.rope.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((buf, n)) = tables.get(&key) {
+            if *n >= positions {
+                return Ok(buf.clone());
+            }
+        }
+        let positions = positions.max(cfg.n_ctx as usize);
+        let half = cfg.rope_dim as usize / 2;
+        let mut bytes = Vec::with_capacity(positions * half * 8);
+        for pos in 0..positions {
+            for i in 0..half {
+                let (sin, cos) = rope_sin_cos(cfg, pos, i);
+                bytes.extend_from_slice(&cos.to_le_bytes());
+                bytes.extend_from_slice(&sin.to_le_bytes());
+            }
+        }
+        let buf = self.gpu.upload("bitnet:rope", &bytes)?;
+        tables.insert(key, (buf.clone(), positions));
+        Ok(buf)
+    }
+
+    /// Quantizes `x` (or finds it already quantized).
+    fn quantize(&self, x: &GpuTensor) -> (GpuBuf, GpuBuf, GpuBuf) {
+        let mut cache = self.quantized.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref().filter(|c| c.gen == x.gen && c.k == x.cols) {
+            return (c.q.clone(), c.qsum.clone(), c.qscale.clone());
+        }
+        let (rows, k) = (x.rows, x.cols);
+        let q = self.gpu.scratch((rows * k) as u64);
+        let qsum = self.gpu.scratch((rows * k / 128 * 4) as u64);
+        let qscale = self.gpu.scratch((rows * 4) as u64);
+        self.gpu.dispatch(
+            Op::Quantize,
+            &[k as u32, rows as u32],
+            &[x.buf(), &q, &qsum, &qscale],
+            grid(rows),
+        );
+        let old = cache.replace(Quantized {
+            gen: x.gen,
+            k,
+            q: q.clone(),
+            qsum: qsum.clone(),
+            qscale: qscale.clone(),
+        });
+        if let Some(o) = old {
+            for b in [&o.q, &o.qsum, &o.qscale] {
+                self.gpu.recycle(b);
+            }
+        }
+        (q, qsum, qscale)
+    }
+}
+
+impl Backend for WgpuBackend {
+    type Tensor = GpuTensor;
+    type Linear = GpuLinear;
+    type Vector = GpuVector;
+    type Table = GpuTable;
+    type KvCache = GpuKvCache;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn load_linear(&self, file: &Arc<GgufFile>, name: &str) -> Result<GpuLinear, BackendError> {
+        let info = find(file, name)?;
+        if info.dims.len() != 2 {
+            return Err(bad(name, format!("expected a 2-D tensor, found {:?}", info.dims)));
+        }
+        let (k, m) = (info.dims[0] as usize, info.dims[1] as usize);
+        let data = file.tensor_data(info);
+        let (kind, scale) = match info.ty {
+            GgmlType::I2_S if k % 128 == 0 => {
+                let s = ternary::i2s_scale(data, k * m).ok_or_else(|| bad(name, "I2_S scale missing"))?;
+                (0, s)
+            }
+            GgmlType::TQ2_0 if k % 256 == 0 => {
+                match uniform_block_scale::<ternary::BlockTQ2_0>(data) {
+                    Some(s) => (1, s),
+                    None => (2, 1.0),
+                }
+            }
+            GgmlType::TQ1_0 => {
+                return Err(BackendError::Unsupported(format!(
+                    "{name}: TQ1_0 weights are not supported by the wgpu backend yet (I2_S and TQ2_0 are; convert with `bitnet-cli convert`, or use --device cpu)"
+                )))
+            }
+            ty => return Err(bad(name, format!("{ty} {:?} is not a ternary matrix the wgpu backend runs", info.dims))),
+        };
+        if !scale.is_finite() {
+            return Err(bad(name, format!("scale is {scale}")));
+        }
+        Ok(GpuLinear {
+            w: self.gpu.upload(&format!("bitnet:{name}"), data)?,
+            k,
+            m,
+            kind,
+            scale,
+        })
+    }
+
+    fn load_vector(&self, file: &Arc<GgufFile>, name: &str) -> Result<GpuVector, BackendError> {
+        let t = file
+            .tensor(name)
+            .ok_or_else(|| BackendError::MissingTensor(name.into()))?;
+        let v = quant::dequantize(t.info.ty, t.data, t.info.n_elements as usize)
+            .map_err(|e| bad(name, e.to_string()))?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        Ok(GpuVector {
+            buf: self.gpu.upload(&format!("bitnet:{name}"), &bytes)?,
+        })
+    }
+
+    fn load_table(&self, file: &Arc<GgufFile>, name: &str) -> Result<GpuTable, BackendError> {
+        let info = find(file, name)?;
+        if info.dims.len() != 2 {
+            return Err(bad(name, "expected a 2-D table"));
+        }
+        let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
+        let (f16, width) = match info.ty {
+            GgmlType::F16 if cols % 2 == 0 => (true, 2),
+            GgmlType::F32 => (false, 4),
+            ty => {
+                return Err(BackendError::Unsupported(format!(
+                    "{name}: {ty} tables with {cols} columns are not supported by the wgpu backend (F16 with an even width, F32); use --device cpu"
+                )))
+            }
+        };
+        let row_bytes = cols * width;
+        // Whole rows per binding (upload adds up to 8 bytes of padding), and
+        // at most what one dispatch dimension of `logits` covers.
+        let per_part = ((self.gpu.max_binding() as usize).saturating_sub(8) / row_bytes).min(65535 * 8);
+        if per_part == 0 {
+            return Err(bad(name, "one row is larger than a storage binding"));
+        }
+        let data = file.tensor_data(info);
+        let mut parts = Vec::new();
+        for row0 in (0..rows).step_by(per_part) {
+            let n = per_part.min(rows - row0);
+            let bytes = &data[row0 * row_bytes..(row0 + n) * row_bytes];
+            let buf = self.gpu.upload(&format!("bitnet:{name}[{row0}..]"), bytes)?;
+            parts.push((buf, row0, n));
+        }
+        log::debug!("{name}: {rows} x {cols} {}, {} part(s)", info.ty, parts.len());
+        Ok(GpuTable {
+            parts,
+            rows,
+            cols,
+            f16,
+        })
+    }
+
+    fn new_kv_cache(&self, cfg: &BitNetConfig, max_seq: usize, ty: KvType) -> GpuKvCache {
+        let kv_dim = (cfg.n_head_kv * cfg.head_dim) as usize;
+        let f16 = ty == KvType::F16;
+        let mut cache = GpuKvCache {
+            k: Vec::new(),
+            v: Vec::new(),
+            kv_dim,
+            f16,
+            error: None,
+        };
+        let bytes = (max_seq * kv_dim * if f16 { 2 } else { 4 }) as u64;
+        let made = (|| -> Result<(), BackendError> {
+            if cfg.head_dim > 256 {
+                return Err(BackendError::Unsupported(format!(
+                    "head_dim {} (the wgpu attention kernel takes at most 256)",
+                    cfg.head_dim
+                )));
+            }
+            self.rope_table(cfg, max_seq)?;
+            for l in 0..cfg.n_layers {
+                cache.k.push(self.gpu.zeroed(&format!("bitnet:k{l}"), bytes)?);
+                cache.v.push(self.gpu.zeroed(&format!("bitnet:v{l}"), bytes)?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = made {
+            cache.error = Some(format!("KV cache of {max_seq} positions: {e}"));
+        }
+        cache
+    }
+
+    fn embed(&self, table: &GpuTable, tokens: &[u32]) -> GpuTensor {
+        let out = self.tensor(tokens.len(), table.cols);
+        let bytes: Vec<u8> = tokens
+            .iter()
+            .flat_map(|&t| t.min(table.rows as u32 - 1).to_le_bytes())
+            .collect();
+        let tok = {
+            let mut slot = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.as_ref() {
+                Some(b) if b.size >= bytes.len() as u64 => b.clone(),
+                _ => match self.gpu.zeroed("bitnet:tokens", (bytes.len() as u64).next_power_of_two()) {
+                    Ok(b) => slot.insert(b).clone(),
+                    Err(e) => {
+                        self.gpu.fail(e.to_string());
+                        return out;
+                    }
+                },
+            }
+        };
+        self.gpu.write(&tok, &bytes);
+        let n = tokens.len() * table.cols;
+        for (part, row0, nrows) in &table.parts {
+            self.gpu.dispatch(
+                Op::Embed,
+                &[
+                    table.cols as u32,
+                    tokens.len() as u32,
+                    *row0 as u32,
+                    *nrows as u32,
+                    table.f16 as u32,
+                    0,
+                    0,
+                ],
+                &[part, &tok, out.buf()],
+                grid(n.div_ceil(64)),
+            );
+        }
+        out
+    }
+
+    fn rms_norm(&self, x: &GpuTensor, weight: &GpuVector, eps: f32) -> GpuTensor {
+        let out = self.tensor(x.rows, x.cols);
+        self.gpu.dispatch(
+            Op::RmsNorm,
+            &[x.cols as u32, x.rows as u32, eps.to_bits()],
+            &[x.buf(), &weight.buf, out.buf()],
+            grid(x.rows),
+        );
+        out
+    }
+
+    fn bitlinear(&self, x: &GpuTensor, w: &GpuLinear) -> GpuTensor {
+        debug_assert_eq!(x.cols, w.k);
+        let (q, qsum, qscale) = self.quantize(x);
+        let out = self.tensor(x.rows, w.m);
+        self.gpu.dispatch(
+            Op::Matmul,
+            &[w.k as u32, w.m as u32, x.rows as u32, w.kind, w.scale.to_bits()],
+            &[&w.w, &q, &qsum, &qscale, out.buf()],
+            [w.m.div_ceil(8) as u32, x.rows.div_ceil(4) as u32, 1],
+        );
+        out
+    }
+
+    fn rope(&self, x: &mut GpuTensor, pos0: usize, cfg: &BitNetConfig) {
+        let table = match self.rope_table(cfg, pos0 + x.rows) {
+            Ok(t) => t,
+            Err(e) => return self.gpu.fail(e.to_string()),
+        };
+        let (hd, half) = (cfg.head_dim as usize, cfg.rope_dim as usize / 2);
+        let n = x.rows * (x.cols / hd) * half;
+        let style = match cfg.rope_style {
+            RopeStyle::Neox => 0,
+            RopeStyle::Norm => 1,
+        };
+        self.gpu.dispatch(
+            Op::Rope,
+            &[x.rows as u32, x.cols as u32, hd as u32, half as u32, pos0 as u32, style],
+            &[x.buf(), &table],
+            grid(n.div_ceil(64)),
+        );
+        x.gen = next_gen();
+    }
+
+    fn attention(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        cache: &mut GpuKvCache,
+        layer: usize,
+        pos0: usize,
+        cfg: &BitNetConfig,
+    ) -> GpuTensor {
+        let out = self.tensor(q.rows, q.cols);
+        if let Some(e) = &cache.error {
+            self.gpu.fail(e.clone());
+            return out;
+        }
+        let hd = cfg.head_dim as usize;
+        let params = [
+            q.rows as u32,
+            cfg.n_head as u32,
+            hd as u32,
+            (cfg.n_head / cfg.n_head_kv) as u32,
+            cache.kv_dim as u32,
+            pos0 as u32,
+            cache.f16 as u32,
+            (1.0 / (hd as f32).sqrt()).to_bits(),
+        ];
+        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+        let n = k.rows * cache.kv_dim / if cache.f16 { 2 } else { 1 };
+        self.gpu.dispatch(
+            Op::KvStore,
+            &params,
+            &[k.buf(), v.buf(), kc, vc],
+            grid(n.div_ceil(64)),
+        );
+        self.gpu.dispatch(
+            Op::Attend,
+            &params,
+            &[kc, vc, q.buf(), out.buf()],
+            [cfg.n_head as u32, q.rows as u32, 1],
+        );
+        out
+    }
+
+    fn glu(&self, gate: &GpuTensor, up: &GpuTensor, act: Activation) -> GpuTensor {
+        let out = self.tensor(gate.rows, gate.cols);
+        let n = gate.rows * gate.cols;
+        let act = match act {
+            Activation::Relu2 => 0,
+            Activation::Silu => 1,
+        };
+        self.gpu.dispatch(
+            Op::Glu,
+            &[n as u32, act],
+            &[gate.buf(), up.buf(), out.buf()],
+            grid(n.div_ceil(64)),
+        );
+        out
+    }
+
+    fn add(&self, x: &mut GpuTensor, y: &GpuTensor) {
+        let n = x.rows * x.cols;
+        self.gpu
+            .dispatch(Op::Add, &[n as u32, 0], &[y.buf(), x.buf()], grid(n.div_ceil(64)));
+        x.gen = next_gen();
+    }
+
+    fn logits(&self, x: &GpuTensor, table: &GpuTable, last_only: bool) -> GpuTensor {
+        let first = if last_only { x.rows.saturating_sub(1) } else { 0 };
+        let n = x.rows - first;
+        let vocab = table.rows;
+        // Rows of logits per output buffer: all of them unless that is more
+        // than one binding holds (every-row logits of a long prompt); then
+        // group by group, each read back as it is done.
+        let per = ((self.gpu.max_binding() as usize) / (vocab * 4)).max(1);
+        let run = |row0: usize, rows: usize| -> GpuTensor {
+            let out = self.tensor(rows, vocab);
+            for (part, r0, nrows) in &table.parts {
+                self.gpu.dispatch(
+                    Op::Logits,
+                    &[
+                        table.cols as u32,
+                        rows as u32,
+                        *r0 as u32,
+                        *nrows as u32,
+                        table.f16 as u32,
+                        vocab as u32,
+                        row0 as u32,
+                    ],
+                    &[part, x.buf(), out.buf()],
+                    [nrows.div_ceil(8) as u32, rows.div_ceil(4) as u32, 1],
+                );
+            }
+            out
+        };
+        if n <= per {
+            return run(first, n);
+        }
+        let mut host = Vec::with_capacity(n * vocab);
+        for g in (first..x.rows).step_by(per) {
+            let part = run(g, per.min(x.rows - g));
+            match self.read(&part) {
+                Ok(v) => host.extend(v),
+                Err(e) => {
+                    self.gpu.fail(e.to_string());
+                    break;
+                }
+            }
+        }
+        host.resize(n * vocab, f32::NAN);
+        GpuTensor {
+            buf: self.gpu.scratch(4),
+            host: Some(host),
+            rows: n,
+            cols: vocab,
+            gen: next_gen(),
+            gpu: self.gpu.clone(),
+        }
+    }
+
+    fn read(&self, x: &GpuTensor) -> Result<Vec<f32>, BackendError> {
+        if let Some(h) = &x.host {
+            // Any error of the groups was recorded; report it.
+            self.gpu.flush_errors()?;
+            return Ok(h.clone());
+        }
+        let bytes = self.gpu.read(x.buf(), (x.rows * x.cols * 4) as u64)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+}

@@ -1,0 +1,147 @@
+// The KV cache and causal grouped-query attention over it (needs the
+// f16.wgsl prelude; f16 is rounded exactly as the CPU's cache rounds it).
+//
+// The cache of one layer is [max_seq][kv_dim] values, f32 (stored as their
+// bits) or f16 (two per u32, element 2i in the low half).
+//   kv_store: writes this batch's K and V rows at positions pos0...
+//   attend:   one workgroup per (head, query row): scores over positions
+//             0..=pos0+row, softmax, weighted sum of V. Positions go in
+//             tiles of 64 with a running max and sum (online softmax), so
+//             any context length works in fixed workgroup memory.
+
+struct Params {
+    rows: u32,
+    n_head: u32,
+    head_dim: u32,
+    group: u32,     // query heads per KV head
+    kv_dim: u32,
+    pos0: u32,
+    f16: u32,       // 1: the cache holds f16
+    scale: f32,     // 1 / sqrt(head_dim)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> k_new: array<f32>;
+@group(0) @binding(2) var<storage, read> v_new: array<f32>;
+@group(0) @binding(3) var<storage, read_write> kc: array<u32>;
+@group(0) @binding(4) var<storage, read_write> vc: array<u32>;
+@group(0) @binding(5) var<storage, read> q: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 64u;
+const NEG: f32 = -3.0e38;
+
+@compute @workgroup_size(64)
+fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let idx = (wid.x + wid.y * nwg.x) * WG + lid;
+    let base = p.pos0 * p.kv_dim;
+    if p.f16 == 1u {
+        let e = 2u * idx;
+        if e >= p.rows * p.kv_dim {
+            return;
+        }
+        kc[(base + e) / 2u] = f32_to_f16(k_new[e]) | (f32_to_f16(k_new[e + 1u]) << 16u);
+        vc[(base + e) / 2u] = f32_to_f16(v_new[e]) | (f32_to_f16(v_new[e + 1u]) << 16u);
+    } else {
+        if idx >= p.rows * p.kv_dim {
+            return;
+        }
+        kc[base + idx] = bitcast<u32>(k_new[idx]);
+        vc[base + idx] = bitcast<u32>(v_new[idx]);
+    }
+}
+
+fn k_at(i: u32) -> f32 {
+    if p.f16 == 1u {
+        return f16_pair_at(kc[i / 2u], i);
+    }
+    return bitcast<f32>(kc[i]);
+}
+
+fn v_at(i: u32) -> f32 {
+    if p.f16 == 1u {
+        return f16_pair_at(vc[i / 2u], i);
+    }
+    return bitcast<f32>(vc[i]);
+}
+
+var<workgroup> qh: array<f32, 256>;   // this head's query (head_dim <= 256)
+var<workgroup> pr: array<f32, 64>;    // this tile's exp(score - max)
+var<workgroup> red: array<f32, 64>;
+
+fn reduce(lid: u32, v: f32, is_max: bool) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            if is_max {
+                red[lid] = max(red[lid], red[lid + s]);
+            } else {
+                red[lid] += red[lid + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(64)
+fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let row = wid.y;
+    if row >= p.rows {
+        return;
+    }
+    let hd = p.head_dim;
+    let q_cols = p.n_head * hd;
+    let kv0 = (h / p.group) * hd;
+    for (var d = lid; d < hd; d += WG) {
+        qh[d] = q[row * q_cols + h * hd + d];
+    }
+    workgroupBarrier();
+    let n = p.pos0 + row + 1u;
+    var m = NEG;
+    var l = 0.0;
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    for (var t0 = 0u; t0 < n; t0 += WG) {
+        let pos = t0 + lid;
+        var s = NEG;
+        if pos < n {
+            var dot = 0.0;
+            for (var d = 0u; d < hd; d++) {
+                dot += qh[d] * k_at(pos * p.kv_dim + kv0 + d);
+            }
+            s = dot * p.scale;
+        }
+        let m_new = max(m, reduce(lid, s, true));
+        var e = 0.0;
+        if pos < n {
+            e = exp(s - m_new);
+        }
+        pr[lid] = e;
+        let factor = exp(m - m_new);
+        l = l * factor + reduce(lid, e, false);
+        let len = min(WG, n - t0);
+        for (var j = 0u; j < 4u; j++) {
+            let d = lid + j * WG;
+            if d < hd {
+                var a = acc[j] * factor;
+                for (var i = 0u; i < len; i++) {
+                    a += pr[i] * v_at((t0 + i) * p.kv_dim + kv0 + d);
+                }
+                acc[j] = a;
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let d = lid + j * WG;
+        if d < hd {
+            out[row * q_cols + h * hd + d] = acc[j] / l;
+        }
+    }
+}

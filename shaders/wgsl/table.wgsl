@@ -1,0 +1,92 @@
+// Embedding lookup and the LM head over a float table (F32, or F16 two per
+// u32, decoded by the f16.wgsl prelude). A table larger than one storage binding
+// is uploaded as several parts of whole rows; each dispatch sees one part,
+// rows row0..row0+nrows.
+//   embed:  out[t] = table[tokens[t]] for the tokens in this part.
+//   logits: out[t][row0 + r] = x[xrow0 + t] · table[r], f32 sums.
+
+struct Params {
+    cols: u32,
+    n: u32,        // tokens
+    row0: u32,
+    nrows: u32,
+    f16: u32,
+    vocab: u32,    // row stride of `out` in logits
+    xrow0: u32,    // first row of `x` in logits
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> table: array<u32>;
+@group(0) @binding(2) var<storage, read> tokens: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> x: array<f32>;
+
+fn value(i: u32) -> f32 {
+    if p.f16 == 1u {
+        return f16_pair_at(table[i / 2u], i);
+    }
+    return bitcast<f32>(table[i]);
+}
+
+@compute @workgroup_size(64)
+fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let idx = (wid.x + wid.y * nwg.x) * 64u + lid;
+    if idx >= p.n * p.cols {
+        return;
+    }
+    let t = idx / p.cols;
+    let c = idx % p.cols;
+    let tok = tokens[t];
+    if tok >= p.row0 && tok < p.row0 + p.nrows {
+        out[idx] = value((tok - p.row0) * p.cols + c);
+    }
+}
+
+const ROWS: u32 = 8u;
+const LANES: u32 = 8u;
+const TILE: u32 = 4u;
+var<workgroup> red: array<f32, 256>;
+
+@compute @workgroup_size(64)
+fn logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wid.x * ROWS + lid / LANES;
+    let lane = lid % LANES;
+    let t0 = wid.y * TILE;
+    let nt = min(TILE, p.n - t0);
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    if r < p.nrows {
+        let base = r * p.cols;
+        if p.f16 == 1u {
+            for (var i = lane; i < p.cols / 2u; i += LANES) {
+                let word = table[base / 2u + i];
+                let v0 = f16_pair_at(word, 0u);
+                let v1 = f16_pair_at(word, 1u);
+                for (var t = 0u; t < nt; t++) {
+                    let xi = (p.xrow0 + t0 + t) * p.cols + 2u * i;
+                    acc[t] += x[xi] * v0 + x[xi + 1u] * v1;
+                }
+            }
+        } else {
+            for (var i = lane; i < p.cols; i += LANES) {
+                let v = bitcast<f32>(table[base + i]);
+                for (var t = 0u; t < nt; t++) {
+                    acc[t] += x[(p.xrow0 + t0 + t) * p.cols + i] * v;
+                }
+            }
+        }
+    }
+    for (var t = 0u; t < TILE; t++) {
+        red[lid * TILE + t] = acc[t];
+    }
+    workgroupBarrier();
+    if lane == 0u && r < p.nrows {
+        for (var t = 0u; t < nt; t++) {
+            var s = 0.0;
+            for (var l = 0u; l < LANES; l++) {
+                s += red[(lid + l) * TILE + t];
+            }
+            out[(t0 + t) * p.vocab + p.row0 + r] = s;
+        }
+    }
+}
