@@ -32,10 +32,6 @@ pub use api::{
 pub use backend::cpu::OutputTable;
 #[cfg(feature = "wgpu")]
 pub use backend::wgpu::{DeviceChoice, WgpuBackend};
-/// The wgpu this crate is built with, so a host application uses the same
-/// major version (two majors' types do not mix).
-#[cfg(feature = "wgpu")]
-pub use wgpu;
 pub use backend::KvType;
 pub use engine::{
     CancelToken, Chunk, Engine, EngineError, GenerationStats, StopReason, StreamingConfig,
@@ -44,6 +40,10 @@ pub use engine::{
 pub use gguf::{GgmlType, GgufError, GgufFile};
 pub use model::{BitNet, BitNetConfig, ModelError};
 pub use sampler::{GenerationConfig, SamplingStrategy};
+/// The wgpu this crate is built with, so a host application uses the same
+/// major version (two majors' types do not mix).
+#[cfg(feature = "wgpu")]
+pub use wgpu;
 
 /// The Rust examples of docs/performance-tuning.md, compiled as doctests so
 /// that the guide stays true.

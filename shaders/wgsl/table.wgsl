@@ -1,5 +1,6 @@
-// Embedding lookup and the LM head over a float table (F32, or F16 two per
-// u32, decoded by the f16.wgsl prelude). A table larger than one storage binding
+// Embedding lookup and the LM head over a float table: F32, or F16 / BF16
+// two per u32 (F16 decoded by the f16.wgsl prelude; BF16 is the top half of
+// an f32). A table larger than one storage binding
 // is uploaded as several parts of whole rows; each dispatch sees one part,
 // rows row0..row0+nrows.
 //   embed:  out[t] = table[tokens[t]] for the tokens in this part.
@@ -10,7 +11,7 @@ struct Params {
     n: u32,        // tokens
     row0: u32,
     nrows: u32,
-    f16: u32,
+    ty: u32,       // 0: F32, 1: F16, 2: BF16
     vocab: u32,    // row stride of `out` in logits
     xrow0: u32,    // first row of `x` in logits
 }
@@ -22,8 +23,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read> x: array<f32>;
 
 fn value(i: u32) -> f32 {
-    if p.f16 == 1u {
+    if p.ty == 1u {
         return f16_pair_at(table[i / 2u], i);
+    }
+    if p.ty == 2u {
+        return bitcast<f32>(((table[i / 2u] >> (16u * (i & 1u))) & 0xffffu) << 16u);
     }
     return bitcast<f32>(table[i]);
 }
@@ -57,11 +61,15 @@ fn logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     if r < p.nrows {
         let base = r * p.cols;
-        if p.f16 == 1u {
+        if p.ty != 0u {
             for (var i = lane; i < p.cols / 2u; i += LANES) {
                 let word = table[base / 2u + i];
-                let v0 = f16_pair_at(word, 0u);
-                let v1 = f16_pair_at(word, 1u);
+                var v0 = bitcast<f32>(word << 16u);
+                var v1 = bitcast<f32>(word & 0xffff0000u);
+                if p.ty == 1u {
+                    v0 = f16_pair_at(word, 0u);
+                    v1 = f16_pair_at(word, 1u);
+                }
                 for (var t = 0u; t < nt; t++) {
                     let xi = (p.xrow0 + t0 + t) * p.cols + 2u * i;
                     acc[t] += x[xi] * v0 + x[xi + 1u] * v1;

@@ -271,9 +271,7 @@ fn bad(name: &str, reason: impl Into<String>) -> BackendError {
 /// backend takes its angles from here (the GPU ones as a table), so they
 /// agree to the bit.
 pub fn rope_sin_cos(cfg: &BitNetConfig, pos: usize, i: usize) -> (f32, f32) {
-    let freq = cfg
-        .rope_theta
-        .powf(-2.0 * i as f32 / cfg.rope_dim as f32);
+    let freq = cfg.rope_theta.powf(-2.0 * i as f32 / cfg.rope_dim as f32);
     (pos as f32 * freq).sin_cos()
 }
 

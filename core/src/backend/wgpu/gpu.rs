@@ -169,10 +169,11 @@ impl Gpu {
         device: wgpu::Device,
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
+        dot4: Option<Dot4>,
     ) -> Result<Self, WgpuError> {
         let limits = device.limits();
         super::device::check_limits(&limits)?;
-        let dot4 = choose_dot4(&device);
+        let dot4 = dot4.unwrap_or_else(|| choose_dot4(&device));
         log::debug!(
             "wgpu device: {} ({:?}, {:?}); int8 dot products: {dot4:?}; storage binding limit {} MiB",
             info.name,
@@ -312,7 +313,10 @@ impl Gpu {
     /// back with [`Gpu::recycle`]. Sizes are rounded up to a power of two
     /// (at most the binding limit) so prompts of different lengths share.
     pub fn scratch(&self, size: u64) -> GpuBuf {
-        let size = size.max(256).next_power_of_two().min(self.max_binding().max(size));
+        let size = size
+            .max(256)
+            .next_power_of_two()
+            .min(self.max_binding().max(size));
         {
             let mut r = self.rec();
             if let Some(b) = r.pool.get_mut(&size).and_then(Vec::pop) {
@@ -419,7 +423,8 @@ impl Gpu {
     pub fn flush(&self) {
         let mut r = self.rec();
         // Bind groups of buffers that no longer exist.
-        let dead: Vec<u64> = std::mem::take(&mut *self.dead.lock().unwrap_or_else(|e| e.into_inner()));
+        let dead: Vec<u64> =
+            std::mem::take(&mut *self.dead.lock().unwrap_or_else(|e| e.into_inner()));
         if !dead.is_empty() {
             r.bind_groups
                 .retain(|k, _| !k[1..].iter().any(|id| dead.contains(id)));
@@ -559,7 +564,11 @@ fn choose_dot4(device: &wgpu::Device) -> Dot4 {
     }
 }
 
-fn compile(device: &wgpu::Device, shader: Shader, dot4: Dot4) -> Result<wgpu::ShaderModule, WgpuError> {
+fn compile(
+    device: &wgpu::Device,
+    shader: Shader,
+    dot4: Dot4,
+) -> Result<wgpu::ShaderModule, WgpuError> {
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(shader.name),

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use bitnet_shaders::Dot4;
 pub use device::{DeviceChoice, WgpuError};
 use gpu::{Gpu, GpuBuf, Op};
 
@@ -81,7 +82,8 @@ pub struct GpuTable {
     parts: Vec<(GpuBuf, usize, usize)>,
     rows: usize,
     cols: usize,
-    f16: bool,
+    /// 0: F32, 1: F16, 2: BF16 (as table.wgsl reads them).
+    ty: u32,
 }
 
 /// Per layer, the keys and values of `max_seq` positions.
@@ -102,10 +104,17 @@ struct Quantized {
     qscale: GpuBuf,
 }
 
-/// The wgpu backend. Cloning shares the device and its buffers.
+/// The wgpu backend. Cloning shares the device, its pipelines and buffers
+/// (models loaded on clones share one queue).
+#[derive(Clone)]
 pub struct WgpuBackend {
     gpu: Arc<Gpu>,
-    name: String,
+    name: Arc<str>,
+    state: Arc<State>,
+}
+
+#[derive(Default)]
+struct State {
     /// cos/sin tables by (rope_theta bits, rope_dim): the buffer and how
     /// many positions it covers.
     rope: Mutex<HashMap<(u32, u64), (GpuBuf, usize)>>,
@@ -138,17 +147,31 @@ fn bad(name: &str, reason: impl Into<String>) -> BackendError {
     }
 }
 
+/// Choices a caller can make about the shaders.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WgpuOptions {
+    /// Force one int8 dot product (default: `Packed` where the device
+    /// compiles it; the `BITNET_WGPU_DOT4=portable` variable also forces
+    /// the portable one).
+    pub dot4: Option<bitnet_shaders::Dot4>,
+}
+
 impl WgpuBackend {
     /// Picks an adapter as `--device` says and creates a device on it.
     /// `DeviceChoice::Auto` with no hardware GPU is an error here; the
     /// caller decides to use the CPU backend instead (see [`device::pick`]).
     pub fn new(choice: DeviceChoice) -> Result<Self, WgpuError> {
+        Self::new_with(choice, WgpuOptions::default())
+    }
+
+    pub fn new_with(choice: DeviceChoice, opts: WgpuOptions) -> Result<Self, WgpuError> {
         let choice = match choice {
             DeviceChoice::Cpu => DeviceChoice::Wgpu(None),
             c => c,
         };
         let adapter = device::pick(choice)?.ok_or(WgpuError::NoAdapter)?;
-        Self::from_adapter(&adapter)
+        let (device, queue) = device::request_device(&adapter)?;
+        Self::make(device, queue, adapter.get_info(), opts)
     }
 
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self, WgpuError> {
@@ -166,17 +189,24 @@ impl WgpuBackend {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
     ) -> Result<Self, WgpuError> {
-        let gpu = Gpu::new(device, queue, info)?;
+        Self::make(device, queue, info, WgpuOptions::default())
+    }
+
+    fn make(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        opts: WgpuOptions,
+    ) -> Result<Self, WgpuError> {
+        let gpu = Gpu::new(device, queue, info, opts.dot4)?;
         let name = format!(
             "wgpu ({}, {:?}, {:?}, int8 dot: {:?})",
             gpu.info.name, gpu.info.backend, gpu.info.device_type, gpu.dot4
         );
         Ok(WgpuBackend {
             gpu: Arc::new(gpu),
-            name,
-            rope: Mutex::new(HashMap::new()),
-            quantized: Mutex::new(None),
-            tokens: Mutex::new(None),
+            name: name.into(),
+            state: Arc::default(),
         })
     }
 
@@ -199,6 +229,41 @@ impl WgpuBackend {
         self.gpu.dot4
     }
 
+    /// A device tensor holding `data` (`rows` × `cols`, row-major).
+    pub fn upload_tensor(&self, rows: usize, cols: usize, data: &[f32]) -> GpuTensor {
+        assert_eq!(data.len(), rows * cols, "upload_tensor: wrong length");
+        let t = self.tensor(rows, cols);
+        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.gpu.write(&t.buf, &bytes);
+        t
+    }
+
+    /// Runs the activation quantizer alone and reads back its outputs: the
+    /// int8 codes, the sum of every 128-code chunk, and each row's scale
+    /// (what the tests compare with `quant::act::quantize_row`).
+    #[allow(clippy::type_complexity)]
+    pub fn quantize_to_host(
+        &self,
+        x: &GpuTensor,
+    ) -> Result<(Vec<i8>, Vec<i32>, Vec<f32>), BackendError> {
+        let (q, qsum, qscale) = self.quantize(x);
+        let n = x.rows * x.cols;
+        let q = self.gpu.read(&q, n as u64)?;
+        let qsum = self.gpu.read(&qsum, (n / 128 * 4) as u64)?;
+        let qscale = self.gpu.read(&qscale, (x.rows * 4) as u64)?;
+        let word = |b: &[u8]| [b[0], b[1], b[2], b[3]];
+        Ok((
+            q[..n].iter().map(|&b| b as i8).collect(),
+            qsum.chunks_exact(4)
+                .map(|b| i32::from_le_bytes(word(b)))
+                .collect(),
+            qscale
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(word(b)))
+                .collect(),
+        ))
+    }
+
     fn tensor(&self, rows: usize, cols: usize) -> GpuTensor {
         GpuTensor {
             buf: self.gpu.scratch((rows * cols * 4) as u64),
@@ -213,7 +278,7 @@ impl WgpuBackend {
     /// The cos/sin table for `cfg`, covering at least `positions`.
     fn rope_table(&self, cfg: &BitNetConfig, positions: usize) -> Result<GpuBuf, BackendError> {
         let key = (cfg.rope_theta.to_bits(), cfg.rope_dim);
-        let mut tables = self.rope.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tables = self.state.rope.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((buf, n)) = tables.get(&key) {
             if *n >= positions {
                 return Ok(buf.clone());
@@ -221,6 +286,11 @@ impl WgpuBackend {
         }
         let positions = positions.max(cfg.n_ctx as usize);
         let half = cfg.rope_dim as usize / 2;
+        if (positions * half * 8) as u64 > self.gpu.max_binding() {
+            return Err(BackendError::Unsupported(format!(
+                "a RoPE table for {positions} positions is larger than a storage binding"
+            )));
+        }
         let mut bytes = Vec::with_capacity(positions * half * 8);
         for pos in 0..positions {
             for i in 0..half {
@@ -236,7 +306,11 @@ impl WgpuBackend {
 
     /// Quantizes `x` (or finds it already quantized).
     fn quantize(&self, x: &GpuTensor) -> (GpuBuf, GpuBuf, GpuBuf) {
-        let mut cache = self.quantized.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self
+            .state
+            .quantized
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.as_ref().filter(|c| c.gen == x.gen && c.k == x.cols) {
             return (c.q.clone(), c.qsum.clone(), c.qscale.clone());
         }
@@ -280,7 +354,10 @@ impl Backend for WgpuBackend {
     fn load_linear(&self, file: &Arc<GgufFile>, name: &str) -> Result<GpuLinear, BackendError> {
         let info = find(file, name)?;
         if info.dims.len() != 2 {
-            return Err(bad(name, format!("expected a 2-D tensor, found {:?}", info.dims)));
+            return Err(bad(
+                name,
+                format!("expected a 2-D tensor, found {:?}", info.dims),
+            ));
         }
         let (k, m) = (info.dims[0] as usize, info.dims[1] as usize);
         let data = file.tensor_data(info);
@@ -332,19 +409,21 @@ impl Backend for WgpuBackend {
             return Err(bad(name, "expected a 2-D table"));
         }
         let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
-        let (f16, width) = match info.ty {
-            GgmlType::F16 if cols % 2 == 0 => (true, 2),
-            GgmlType::F32 => (false, 4),
+        let (ty, width) = match info.ty {
+            GgmlType::F32 => (0, 4),
+            GgmlType::F16 if cols % 2 == 0 => (1, 2),
+            GgmlType::BF16 if cols % 2 == 0 => (2, 2),
             ty => {
                 return Err(BackendError::Unsupported(format!(
-                    "{name}: {ty} tables with {cols} columns are not supported by the wgpu backend (F16 with an even width, F32); use --device cpu"
+                    "{name}: {ty} tables with {cols} columns are not supported by the wgpu backend (F32; F16 or BF16 with an even width); use --device cpu"
                 )))
             }
         };
         let row_bytes = cols * width;
         // Whole rows per binding (upload adds up to 8 bytes of padding), and
         // at most what one dispatch dimension of `logits` covers.
-        let per_part = ((self.gpu.max_binding() as usize).saturating_sub(8) / row_bytes).min(65535 * 8);
+        let per_part =
+            ((self.gpu.max_binding() as usize).saturating_sub(8) / row_bytes).min(65535 * 8);
         if per_part == 0 {
             return Err(bad(name, "one row is larger than a storage binding"));
         }
@@ -353,15 +432,21 @@ impl Backend for WgpuBackend {
         for row0 in (0..rows).step_by(per_part) {
             let n = per_part.min(rows - row0);
             let bytes = &data[row0 * row_bytes..(row0 + n) * row_bytes];
-            let buf = self.gpu.upload(&format!("bitnet:{name}[{row0}..]"), bytes)?;
+            let buf = self
+                .gpu
+                .upload(&format!("bitnet:{name}[{row0}..]"), bytes)?;
             parts.push((buf, row0, n));
         }
-        log::debug!("{name}: {rows} x {cols} {}, {} part(s)", info.ty, parts.len());
+        log::debug!(
+            "{name}: {rows} x {cols} {}, {} part(s)",
+            info.ty,
+            parts.len()
+        );
         Ok(GpuTable {
             parts,
             rows,
             cols,
-            f16,
+            ty,
         })
     }
 
@@ -383,11 +468,15 @@ impl Backend for WgpuBackend {
                     cfg.head_dim
                 )));
             }
-            self.rope_table(cfg, max_seq)?;
             for l in 0..cfg.n_layers {
-                cache.k.push(self.gpu.zeroed(&format!("bitnet:k{l}"), bytes)?);
-                cache.v.push(self.gpu.zeroed(&format!("bitnet:v{l}"), bytes)?);
+                cache
+                    .k
+                    .push(self.gpu.zeroed(&format!("bitnet:k{l}"), bytes)?);
+                cache
+                    .v
+                    .push(self.gpu.zeroed(&format!("bitnet:v{l}"), bytes)?);
             }
+            self.rope_table(cfg, max_seq)?;
             Ok(())
         })();
         if let Err(e) = made {
@@ -403,10 +492,13 @@ impl Backend for WgpuBackend {
             .flat_map(|&t| t.min(table.rows as u32 - 1).to_le_bytes())
             .collect();
         let tok = {
-            let mut slot = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = self.state.tokens.lock().unwrap_or_else(|e| e.into_inner());
             match slot.as_ref() {
                 Some(b) if b.size >= bytes.len() as u64 => b.clone(),
-                _ => match self.gpu.zeroed("bitnet:tokens", (bytes.len() as u64).next_power_of_two()) {
+                _ => match self
+                    .gpu
+                    .zeroed("bitnet:tokens", (bytes.len() as u64).next_power_of_two())
+                {
                     Ok(b) => slot.insert(b).clone(),
                     Err(e) => {
                         self.gpu.fail(e.to_string());
@@ -425,7 +517,7 @@ impl Backend for WgpuBackend {
                     tokens.len() as u32,
                     *row0 as u32,
                     *nrows as u32,
-                    table.f16 as u32,
+                    table.ty,
                     0,
                     0,
                 ],
@@ -453,7 +545,13 @@ impl Backend for WgpuBackend {
         let out = self.tensor(x.rows, w.m);
         self.gpu.dispatch(
             Op::Matmul,
-            &[w.k as u32, w.m as u32, x.rows as u32, w.kind, w.scale.to_bits()],
+            &[
+                w.k as u32,
+                w.m as u32,
+                x.rows as u32,
+                w.kind,
+                w.scale.to_bits(),
+            ],
             &[&w.w, &q, &qsum, &qscale, out.buf()],
             [w.m.div_ceil(8) as u32, x.rows.div_ceil(4) as u32, 1],
         );
@@ -473,7 +571,14 @@ impl Backend for WgpuBackend {
         };
         self.gpu.dispatch(
             Op::Rope,
-            &[x.rows as u32, x.cols as u32, hd as u32, half as u32, pos0 as u32, style],
+            &[
+                x.rows as u32,
+                x.cols as u32,
+                hd as u32,
+                half as u32,
+                pos0 as u32,
+                style,
+            ],
             &[x.buf(), &table],
             grid(n.div_ceil(64)),
         );
@@ -541,13 +646,21 @@ impl Backend for WgpuBackend {
 
     fn add(&self, x: &mut GpuTensor, y: &GpuTensor) {
         let n = x.rows * x.cols;
-        self.gpu
-            .dispatch(Op::Add, &[n as u32, 0], &[y.buf(), x.buf()], grid(n.div_ceil(64)));
+        self.gpu.dispatch(
+            Op::Add,
+            &[n as u32, 0],
+            &[y.buf(), x.buf()],
+            grid(n.div_ceil(64)),
+        );
         x.gen = next_gen();
     }
 
     fn logits(&self, x: &GpuTensor, table: &GpuTable, last_only: bool) -> GpuTensor {
-        let first = if last_only { x.rows.saturating_sub(1) } else { 0 };
+        let first = if last_only {
+            x.rows.saturating_sub(1)
+        } else {
+            0
+        };
         let n = x.rows - first;
         let vocab = table.rows;
         // Rows of logits per output buffer: all of them unless that is more
@@ -564,7 +677,7 @@ impl Backend for WgpuBackend {
                         rows as u32,
                         *r0 as u32,
                         *nrows as u32,
-                        table.f16 as u32,
+                        table.ty,
                         vocab as u32,
                         row0 as u32,
                     ],
