@@ -31,7 +31,8 @@ pub use api::{
 };
 pub use backend::cpu::OutputTable;
 #[cfg(feature = "wgpu")]
-pub use backend::wgpu::{DeviceChoice, WgpuBackend};
+pub use backend::wgpu::WgpuBackend;
+pub use backend::DeviceChoice;
 pub use backend::KvType;
 pub use engine::{
     CancelToken, Chunk, Engine, EngineError, GenerationStats, StopReason, StreamingConfig,

@@ -172,6 +172,7 @@ fn ternary(kind: usize, k: usize, m: usize, scale: f32, rng: &mut Rng) -> (GgmlT
     (GgmlType::TQ2_0, out)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bitlinear_both(
     kind: usize,
     k: usize,
@@ -350,7 +351,7 @@ fn embedding_and_logits_match() {
                     .unwrap();
                 let e = nmse(&want.data, &got);
                 assert!(
-                    e <= 5e-4 && e <= 1e-10,
+                    e <= 1e-10, // well inside the 5e-4 the issue allows
                     "{ty} logits n={n} last={last}: {e}"
                 );
             }

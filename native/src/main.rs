@@ -1,9 +1,10 @@
 //! `bitnet-cli`: the command-line front end of BitNet Rust.
 //!
-//! Today it generates text (`inference`, `chat`; CPU reference backend), inspects
+//! Today it generates text (`inference`, `chat`; on the CPU or, with
+//! `--device`, a GPU through wgpu), lists devices (`devices`), inspects
 //! models (`info`), dumps tensors (`dump`) and writes BitNet-shaped fixture
-//! files (`gen-fixture`), and converts Hugging Face checkpoints (`convert`).
-//! Benchmark, profile and the server arrive with the
+//! files (`gen-fixture`), converts Hugging Face checkpoints (`convert`) and
+//! measures speed (`benchmark`). Profile and the server arrive with the
 //! issues that build them; until then they are not listed rather than
 //! pretending.
 
@@ -37,6 +38,9 @@ enum Command {
     Chat(cmd::chat::Args),
     /// Measure prompt processing and generation speed (llama-bench's tests).
     Benchmark(cmd::bench::Args),
+    /// List the devices a model can run on: the CPU and every wgpu adapter
+    /// (name, backend, type, memory limits, features).
+    Devices,
     /// Show a GGUF file's header: version, metadata, tensor table, sizes.
     Info(cmd::info::Args),
     /// Convert a Hugging Face BitNet checkpoint to GGUF.
@@ -87,15 +91,20 @@ impl ModelSource {
 }
 
 fn main() -> ExitCode {
-    // RUST_LOG=debug shows, among others, which kernels were chosen.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
-        .init();
+    // RUST_LOG=debug shows, among others, which device, kernels and shader
+    // variants were chosen. wgpu-hal's probe failures (an EGL display that
+    // is not there) are noise unless asked for.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,wgpu_hal=off"),
+    )
+    .format_timestamp(None)
+    .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inference(args) => cmd::run::run(args),
         Command::Chat(args) => cmd::chat::run(args),
         Command::Info(args) => cmd::info::run(args),
+        Command::Devices => cmd::device::list(),
         Command::Benchmark(args) => cmd::bench::run(args),
         Command::Convert(args) => cmd::tools::convert(args),
         Command::Dump(args) => cmd::tools::dump(args),

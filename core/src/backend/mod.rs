@@ -50,6 +50,53 @@ impl std::str::FromStr for KvType {
     }
 }
 
+/// Which device runs the model (`--device`). Only `Cpu` exists without
+/// the `wgpu` feature; `Auto` then means the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// A discrete or integrated GPU if there is one, else the CPU backend.
+    /// Never a software adapter (lavapipe, SwiftShader): the CPU kernels
+    /// are faster than a GPU emulated on the same cores.
+    #[default]
+    Auto,
+    Cpu,
+    /// The best wgpu adapter (software ones included), or adapter N of
+    /// `bitnet-cli devices`.
+    Wgpu(Option<usize>),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.to_ascii_lowercase();
+        match s.as_str() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "wgpu" | "gpu" => Ok(DeviceChoice::Wgpu(None)),
+            _ => match s.strip_prefix("wgpu:") {
+                Some(n) => n
+                    .parse()
+                    .map(|n| DeviceChoice::Wgpu(Some(n)))
+                    .map_err(|_| format!("--device {s}: expected wgpu:N with N an adapter number")),
+                None => Err(format!(
+                    "device {s:?} is not supported (auto, cpu, wgpu, wgpu:N)"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Wgpu(None) => f.write_str("wgpu"),
+            DeviceChoice::Wgpu(Some(n)) => write!(f, "wgpu:{n}"),
+        }
+    }
+}
+
 /// What a backend must provide to run the BitNet forward pass.
 pub trait Backend: Send + Sync {
     /// Activations: `rows` tokens × `cols` features, f32.

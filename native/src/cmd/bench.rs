@@ -21,11 +21,13 @@ use std::time::Instant;
 use anyhow::Context;
 use bitnet::backend::cpu::{CpuBackend, OutputTable};
 use bitnet::backend::kernels::SimdLevel;
-use bitnet::backend::KvType;
+use bitnet::backend::{Backend, KvType};
 use bitnet::model::BitNet;
 use bitnet::tokenizer::Tokenizer;
+use bitnet::DeviceChoice;
 
-use crate::ModelSource;
+use super::device::{backend, AnyBackend};
+use crate::{with_any, ModelSource};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -65,6 +67,9 @@ pub struct Args {
     /// Thread counts to test (comma list; default: all cores).
     #[arg(short = 't', long, value_delimiter = ',')]
     threads: Vec<usize>,
+    /// Devices to test (comma list: auto, cpu, wgpu, wgpu:N).
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    device: Vec<DeviceChoice>,
     /// CPU kernel levels to test (comma list: scalar, sse, avx2; default: the best).
     #[arg(long, value_delimiter = ',')]
     simd_level: Vec<SimdLevel>,
@@ -109,6 +114,8 @@ pub struct Args {
 struct Config {
     #[serde(default)]
     name: String,
+    #[serde(default, deserialize_with = "parse")]
+    device: DeviceChoice,
     #[serde(default = "all_cores")]
     threads: usize,
     #[serde(default = "best_level", deserialize_with = "parse")]
@@ -144,7 +151,12 @@ impl Config {
         if !self.name.is_empty() {
             return self.name.clone();
         }
-        let mut s = format!("{} t={}", self.simd_level, self.threads);
+        let mut s = match self.device {
+            DeviceChoice::Cpu | DeviceChoice::Auto => {
+                format!("{} t={}", self.simd_level, self.threads)
+            }
+            d => d.to_string(),
+        };
         if self.output_table == OutputTable::Int8 {
             s += " int8-head";
         }
@@ -211,8 +223,8 @@ fn samples_ts(test: &Test, ns: &[u128]) -> Vec<f64> {
 }
 
 /// Processes `prompt` in batches of `batch` tokens (0 = one batch).
-fn prefill(
-    model: &BitNet<CpuBackend>,
+fn prefill<B: Backend>(
+    model: &BitNet<B>,
     prompt: &[u32],
     batch: usize,
     kv: KvType,
@@ -230,8 +242,8 @@ fn prefill(
 }
 
 /// One run of a test; returns its wall time in nanoseconds.
-fn run_once(
-    model: &BitNet<CpuBackend>,
+fn run_once<B: Backend>(
+    model: &BitNet<B>,
     bos: u32,
     test: &Test,
     cfg: &Config,
@@ -267,6 +279,42 @@ fn run_once(
     }
 }
 
+/// Runs every test on one configuration, appending a row per test.
+#[allow(clippy::too_many_arguments)]
+fn bench_config<B: Backend>(
+    model: &BitNet<B>,
+    bos: u32,
+    tests: &[Test],
+    cfg: &Config,
+    ci: usize,
+    warmup: usize,
+    repetitions: usize,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    log::debug!("{}: {}", cfg.label(), model.backend().name());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads)
+        .build()?;
+    for (ti, test) in tests.iter().enumerate() {
+        let samples = pool.install(|| -> anyhow::Result<Vec<u128>> {
+            for _ in 0..warmup {
+                run_once(model, bos, test, cfg)?;
+            }
+            (0..repetitions)
+                .map(|_| run_once(model, bos, test, cfg))
+                .collect()
+        })?;
+        let (m, s) = mean_std(&samples_ts(test, &samples));
+        eprintln!("{} {}: {m:.2} ± {s:.2} tokens/s", cfg.label(), test.name());
+        rows.push(Row {
+            config: ci,
+            test: ti,
+            samples_ns: samples,
+        });
+    }
+    Ok(())
+}
+
 fn configs(a: &Args) -> anyhow::Result<Vec<Config>> {
     if !a.configs.is_empty() {
         return a
@@ -297,18 +345,21 @@ fn configs(a: &Args) -> anyhow::Result<Vec<Config>> {
         a.threads.clone()
     };
     let mut out = Vec::new();
-    for &simd_level in &levels {
-        for &output_table in &a.output_table {
-            for &threads in &threads {
-                for &batch_size in &a.batch_sizes {
-                    out.push(Config {
-                        name: String::new(),
-                        threads,
-                        simd_level,
-                        output_table,
-                        kv_cache_type: KvType::F32,
-                        batch_size,
-                    });
+    for &device in &a.device {
+        for &simd_level in &levels {
+            for &output_table in &a.output_table {
+                for &threads in &threads {
+                    for &batch_size in &a.batch_sizes {
+                        out.push(Config {
+                            name: String::new(),
+                            device,
+                            threads,
+                            simd_level,
+                            output_table,
+                            kv_cache_type: KvType::F32,
+                            batch_size,
+                        });
+                    }
                 }
             }
         }
@@ -367,35 +418,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     let mut desc = String::new();
+    // Per configuration, the backend that ran it (`Backend::name`).
+    let mut backends = Vec::new();
     for (ci, cfg) in configs.iter().enumerate() {
-        let backend = CpuBackend::with_level(cfg.simd_level)?.with_output_table(cfg.output_table);
-        let model = BitNet::load(file.clone(), backend).with_context(|| source.display())?;
-        desc = format!(
-            "{} {} {}",
-            model.cfg.architecture,
-            human_params(n_params),
-            model.cfg.weight_type
-        );
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(cfg.threads)
-            .build()?;
-        for (ti, test) in tests.iter().enumerate() {
-            let samples = pool.install(|| -> anyhow::Result<Vec<u128>> {
-                for _ in 0..a.warmup {
-                    run_once(&model, bos, test, cfg)?;
-                }
-                (0..a.repetitions)
-                    .map(|_| run_once(&model, bos, test, cfg))
-                    .collect()
-            })?;
-            let (m, s) = mean_std(&samples_ts(test, &samples));
-            eprintln!("{} {}: {m:.2} ± {s:.2} tokens/s", cfg.label(), test.name());
-            rows.push(Row {
-                config: ci,
-                test: ti,
-                samples_ns: samples,
-            });
-        }
+        let b = backend(cfg.device, || {
+            Ok(CpuBackend::with_level(cfg.simd_level)?.with_output_table(cfg.output_table))
+        })?;
+        with_any!(AnyBackend, b, b => {
+            let model = BitNet::load(file.clone(), b).with_context(|| source.display())?;
+            desc = format!(
+                "{} {} {}",
+                model.cfg.architecture,
+                human_params(n_params),
+                model.cfg.weight_type
+            );
+            backends.push(model.backend().name().to_owned());
+            bench_config(&model, bos, &tests, cfg, ci, a.warmup, a.repetitions, &mut rows)?;
+        });
     }
 
     if a.bandwidth {
@@ -413,6 +452,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let ctx = Report {
+        backends: &backends,
         rows: &rows,
         configs: &configs,
         tests: &tests,
@@ -470,6 +510,7 @@ fn human_size(bytes: u64) -> String {
 }
 
 struct Report<'a> {
+    backends: &'a [String],
     rows: &'a [Row],
     configs: &'a [Config],
     tests: &'a [Test],
@@ -492,14 +533,20 @@ impl Report<'_> {
         for r in self.rows {
             let c = &self.configs[r.config];
             let (m, sd) = self.ts(r);
-            let mut backend = format!("CPU ({}", c.simd_level);
+            let on_cpu = !self.backends[r.config].starts_with("wgpu");
+            let mut backend = if on_cpu {
+                format!("CPU ({}", c.simd_level)
+            } else {
+                format!("{} (", self.backends[r.config].trim_end_matches(')'))
+            };
             if c.output_table == OutputTable::Int8 {
                 backend += ", int8 head";
             }
             if c.kv_cache_type == KvType::F16 {
                 backend += ", f16 KV";
             }
-            backend += ")";
+            backend = backend.replace("(, ", "(").replace(" ()", "") + ")";
+            backend = backend.replace(" ()", "");
             let mut test = self.tests[r.test].name();
             if c.batch_size > 0 && !matches!(self.tests[r.test], Test::Gen(_)) {
                 test += &format!(" b{}", c.batch_size);
@@ -530,7 +577,8 @@ impl Report<'_> {
                 let (_, n_prompt, n_gen) = test.counts();
                 serde_json::json!({
                     "build_commit": env!("CARGO_PKG_VERSION"),
-                    "backends": "CPU",
+                    "backends": if self.backends[r.config].starts_with("wgpu") { "wgpu" } else { "CPU" },
+                    "device": self.backends[r.config],
                     "config": c.label(),
                     "simd_level": c.simd_level.name(),
                     "output_table": head_name(c.output_table),

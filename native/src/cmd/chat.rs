@@ -5,9 +5,12 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
+use bitnet::backend::Backend;
 use bitnet::chat::{ChatMessage, ChatTemplate};
+use bitnet::Engine;
 
-use super::run::{load_engine, print_stats, set_threads, SamplingArgs};
+use super::run::{load_engine, print_stats, set_threads, AnyEngine, SamplingArgs};
+use crate::with_any;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,8 +37,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .metadata()
         .get_str("tokenizer.chat_template")
         .map(str::to_owned);
+    with_any!(AnyEngine, engine, e => converse(&e, file_template, a.chat_template, a.system, &a.sampling))
+}
+
+fn converse<B: Backend>(
+    engine: &Engine<B>,
+    file_template: Option<String>,
+    chat_template: Option<String>,
+    system: Option<String>,
+    sampling: &SamplingArgs,
+) -> anyhow::Result<()> {
     let arch = engine.model.cfg.architecture.clone();
-    let template = match a.chat_template.as_deref() {
+    let template = match chat_template.as_deref() {
         Some("bitnet") => ChatTemplate::BitNet,
         Some("jinja") => ChatTemplate::Jinja(
             file_template
@@ -48,13 +61,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let tok = &engine.tokenizer;
     let bos = tok.bos.and_then(|b| tok.token(b)).unwrap_or("").to_owned();
     let eos = tok.eos.and_then(|e| tok.token(e)).unwrap_or("").to_owned();
-    let cfg = a.sampling.config();
+    let cfg = sampling.config();
 
     // One session for the whole conversation: each turn reuses the cached
     // keys and values of everything before it.
     let mut session = engine.new_session();
     let mut messages = Vec::new();
-    if let Some(s) = a.system {
+    if let Some(s) = system {
         messages.push(ChatMessage::new("system", &s));
     }
     let interactive = std::io::stdin().is_terminal();

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use bitnet::backend::cpu::{CpuBackend, OutputTable};
 use bitnet::backend::kernels::SimdLevel;
-use bitnet::backend::KvType;
-use bitnet::{Engine, GenerationConfig, GenerationStats, SamplingStrategy};
+use bitnet::backend::{Backend, KvType};
+use bitnet::{DeviceChoice, Engine, GenerationConfig, GenerationStats, SamplingStrategy};
 
-use crate::ModelSource;
+use super::device::{backend, AnyBackend};
+use crate::{with_any, ModelSource};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -80,6 +81,11 @@ pub struct SamplingArgs {
     /// KV cache storage for values: must equal --cache-type-k.
     #[arg(long = "cache-type-v", default_value = "f32")]
     pub cache_type_v: KvType,
+    /// Where the model runs: auto (a hardware GPU through wgpu if there is
+    /// one, else the CPU), cpu, wgpu (the best wgpu adapter, software ones
+    /// included) or wgpu:N (adapter N of `bitnet-cli devices`).
+    #[arg(long, default_value = "auto", env = "BITNET_DEVICE")]
+    pub device: DeviceChoice,
     /// CPU kernel level: scalar, sse or avx2 (default: the best this CPU runs;
     /// also BITNET_SIMD_LEVEL).
     #[arg(long)]
@@ -120,29 +126,54 @@ impl SamplingArgs {
     }
 }
 
-/// Loads the model the flags name (or the bundled one) on the CPU backend.
+/// A model with its tokenizer, on whichever backend `--device` chose (one
+/// value per run: the size difference does not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum AnyEngine {
+    Cpu(Engine<CpuBackend>),
+    #[cfg(feature = "wgpu")]
+    Wgpu(Engine<bitnet::WgpuBackend>),
+}
+
+/// Loads the model the flags name (or the bundled one) on the device
+/// `--device` names.
 pub fn load_engine(
     model: Option<PathBuf>,
     args: &SamplingArgs,
-) -> anyhow::Result<(Engine<CpuBackend>, ModelSource)> {
+) -> anyhow::Result<(AnyEngine, ModelSource)> {
     if args.cache_type_k != args.cache_type_v {
         anyhow::bail!("--cache-type-k and --cache-type-v must be the same type (one KV cache type per session)");
     }
     let source = ModelSource::from_option(model);
     let file = Arc::new(source.open_with(args.no_mmap)?);
-    let backend = match args.simd_level {
-        Some(level) => CpuBackend::with_level(level)?,
-        None => CpuBackend::new(),
-    }
-    .with_output_table(args.output_table);
-    log::debug!("CPU backend, {} kernels", backend.simd_level());
-    let mut engine = Engine::load(file, backend).with_context(|| source.display())?;
-    engine.ctx_size = args.ctx_size;
-    engine.kv_type = args.cache_type_k;
+    let b = backend(args.device, || {
+        Ok(match args.simd_level {
+            Some(level) => CpuBackend::with_level(level)?,
+            None => CpuBackend::new(),
+        }
+        .with_output_table(args.output_table))
+    })?;
+    let mut engine = match b {
+        AnyBackend::Cpu(b) => AnyEngine::Cpu(load(&file, b, &source)?),
+        #[cfg(feature = "wgpu")]
+        AnyBackend::Wgpu(b) => AnyEngine::Wgpu(load(&file, b, &source)?),
+    };
+    with_any!(AnyEngine, &mut engine, e => {
+        e.ctx_size = args.ctx_size;
+        e.kv_type = args.cache_type_k;
+    });
     if matches!(source, ModelSource::Bundled) {
         eprintln!("model: {}", source.display());
     }
     Ok((engine, source))
+}
+
+fn load<B: Backend>(
+    file: &Arc<bitnet::GgufFile>,
+    b: B,
+    source: &ModelSource,
+) -> anyhow::Result<Engine<B>> {
+    Engine::load(file.clone(), b).with_context(|| source.display())
 }
 
 pub fn print_stats(stats: &GenerationStats, cfg: &GenerationConfig) {
@@ -183,13 +214,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (None, None) => String::new(),
     };
     let (engine, _) = load_engine(a.model, &a.sampling)?;
-    let cfg = a.sampling.config();
+    with_any!(AnyEngine, engine, e => generate(&e, &prompt, &a.sampling, a.no_display_prompt))
+}
+
+fn generate<B: Backend>(
+    engine: &Engine<B>,
+    prompt: &str,
+    sampling: &SamplingArgs,
+    no_display_prompt: bool,
+) -> anyhow::Result<()> {
+    let cfg = sampling.config();
     let mut out = std::io::stdout().lock();
-    if !a.no_display_prompt {
+    if !no_display_prompt {
         let _ = write!(out, "{prompt}");
         let _ = out.flush();
     }
-    let stats = engine.generate(&prompt, &cfg, |text| {
+    let stats = engine.generate(prompt, &cfg, |text| {
         // A closed stdout (`| head`) cancels generation quietly.
         out.write_all(text.as_bytes())
             .and_then(|()| out.flush())

@@ -1,54 +1,7 @@
 //! Adapters: listing them, choosing one at startup, and checking a device
 //! that a host application hands us.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// What `--device` asks for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DeviceChoice {
-    /// A discrete or integrated GPU if there is one, else the CPU backend.
-    /// Never a software adapter (lavapipe, SwiftShader): the CPU kernels
-    /// are faster than a GPU emulated on the same cores.
-    #[default]
-    Auto,
-    Cpu,
-    /// The best wgpu adapter (software ones included), or adapter N of
-    /// `bitnet-cli devices`.
-    Wgpu(Option<usize>),
-}
-
-impl FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.to_ascii_lowercase();
-        match s.as_str() {
-            "auto" => Ok(DeviceChoice::Auto),
-            "cpu" => Ok(DeviceChoice::Cpu),
-            "wgpu" | "gpu" => Ok(DeviceChoice::Wgpu(None)),
-            _ => match s.strip_prefix("wgpu:") {
-                Some(n) => n
-                    .parse()
-                    .map(|n| DeviceChoice::Wgpu(Some(n)))
-                    .map_err(|_| format!("--device {s}: expected wgpu:N with N an adapter number")),
-                None => Err(format!(
-                    "device {s:?} is not supported (auto, cpu, wgpu, wgpu:N)"
-                )),
-            },
-        }
-    }
-}
-
-impl fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            DeviceChoice::Auto => f.write_str("auto"),
-            DeviceChoice::Cpu => f.write_str("cpu"),
-            DeviceChoice::Wgpu(None) => f.write_str("wgpu"),
-            DeviceChoice::Wgpu(Some(n)) => write!(f, "wgpu:{n}"),
-        }
-    }
-}
+pub use crate::backend::DeviceChoice;
 
 /// Why there is no usable wgpu device.
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -212,17 +165,26 @@ pub fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Qu
 pub fn describe(index: usize, adapter: &wgpu::Adapter) -> String {
     let info = adapter.get_info();
     let l = adapter.limits();
+    let yes = |f: wgpu::Features| {
+        if adapter.features().contains(f) {
+            "yes"
+        } else {
+            "no"
+        }
+    };
     format!(
-        "wgpu:{index}  {}  backend={:?} type={:?} driver={:?} {:?}\n        max_buffer_size={} MiB  max_storage_buffer_binding_size={} MiB  storage_buffers_per_stage={}  workgroup_invocations={}\n        features: {:?}",
+        "wgpu:{index}  {}  backend={:?} type={:?} driver={:?} {:?}\n        max_buffer_size={} MiB  max_storage_buffer_binding_size={} MiB  storage_buffers_per_stage={}  workgroup_invocations={}\n        features: shader-f16={} subgroup={} timestamp-query={} (the backend needs none of them)",
         info.name,
         info.backend,
         info.device_type,
         info.driver,
         info.driver_info,
         l.max_buffer_size >> 20,
-        u64::from(l.max_storage_buffer_binding_size) >> 20,
+        l.max_storage_buffer_binding_size >> 20,
         l.max_storage_buffers_per_shader_stage,
         l.max_compute_invocations_per_workgroup,
-        adapter.features(),
+        yes(wgpu::Features::SHADER_F16),
+        yes(wgpu::Features::SUBGROUP),
+        yes(wgpu::Features::TIMESTAMP_QUERY),
     )
 }
