@@ -31,7 +31,14 @@ use half::f16;
 
 /// The backend, or None (with a message) when there is no adapter.
 fn gpu_with(dot4: Option<Dot4>) -> Option<WgpuBackend> {
-    match WgpuBackend::new_with(DeviceChoice::Wgpu(None), WgpuOptions { dot4 }) {
+    gpu_opts(WgpuOptions {
+        dot4,
+        ..Default::default()
+    })
+}
+
+fn gpu_opts(opts: WgpuOptions) -> Option<WgpuBackend> {
+    match WgpuBackend::new_with(DeviceChoice::Wgpu(None), opts) {
         Ok(b) => Some(b),
         Err(e) if std::env::var("REQUIRE_GPU").as_deref() != Ok("1") => {
             eprintln!("skipped: no wgpu device ({e}); REQUIRE_GPU=1 makes this a failure");
@@ -355,6 +362,50 @@ fn embedding_and_logits_match() {
                     "{ty} logits n={n} last={last}: {e}"
                 );
             }
+        }
+    }
+}
+
+/// A table larger than one binding is split into parts of whole rows; the
+/// lookups and logits are the same as from one part (here the binding is
+/// made 64 KiB so a 1000 x 130 table needs 4 or 8 parts).
+#[test]
+fn tables_split_across_bindings_give_the_same_results() {
+    let Some(g) = gpu_opts(WgpuOptions {
+        max_binding: Some(64 << 10),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let mut rng = Rng(17);
+    let (rows, cols) = (1000, 130);
+    let table = rng.vec(rows * cols, 1.0);
+    let f16s: Vec<u8> = table
+        .iter()
+        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+        .collect();
+    for (ty, bytes) in [(GgmlType::F16, f16s), (GgmlType::F32, f32_bytes(&table))] {
+        let f = file(vec![("t", vec![cols as u64, rows as u64], ty, bytes)]);
+        let (ct, gt) = (
+            cpu.load_table(&f, "t").unwrap(),
+            g.load_table(&f, "t").unwrap(),
+        );
+        let tokens = [0u32, 999, 251, 252, 503, 504, 750];
+        assert_eq!(
+            cpu.embed(&ct, &tokens).data,
+            g.read(&g.embed(&gt, &tokens)).unwrap(),
+            "{ty}"
+        );
+        // Three rows of logits are 12 KB, so every-row logits of 6 rows
+        // (24 KB) fit; of 20 rows (80 KB) they go group by group.
+        for n in [1, 6, 20] {
+            let x = rng.vec(n * cols, 2.0);
+            let want = cpu.logits(&cpu_tensor(n, cols, &x), &ct, false);
+            let got = g
+                .read(&g.logits(&g.upload_tensor(n, cols, &x), &gt, false))
+                .unwrap();
+            assert!(nmse(&want.data, &got) <= 1e-10, "{ty} n={n}");
         }
     }
 }

@@ -1,6 +1,7 @@
 """`bitnet-cli info` as a user meets it: the bundled model, JSON for
 scripts, and one clear error line with a non-zero exit for every bad file."""
 import json
+import os
 
 import pytest
 
@@ -182,3 +183,41 @@ def test_no_mmap_gives_the_same_tokens():
     assert a.stdout == b.stdout
     proc = run_cli("inference", "-m", "/nonexistent.gguf", "-p", "hi", "--no-mmap", check=False)
     assert proc.returncode == 1 and "No such file" in proc.stderr
+
+
+def _has_wgpu_adapter():
+    return "wgpu:0" in run_cli("devices").stdout
+
+
+def test_devices_lists_the_cpu_and_adapters():
+    proc = run_cli("devices")
+    assert proc.stdout.startswith("cpu ")
+    if os.environ.get("REQUIRE_GPU") == "1":
+        assert "wgpu:0" in proc.stdout and "max_storage_buffer_binding_size" in proc.stdout
+
+
+def test_device_wgpu_gives_the_cpu_tokens_and_auto_skips_software_adapters():
+    if not _has_wgpu_adapter():
+        assert os.environ.get("REQUIRE_GPU") != "1", "REQUIRE_GPU=1 but no wgpu adapter"
+        pytest.skip("no wgpu adapter")
+    args = ("inference", "-p", "And it came to pass", "-n", "16", "--temp", "0")
+    cpu = run_cli(*args, "--device", "cpu")
+    gpu = run_cli(*args, "--device", "wgpu")
+    assert gpu.stdout == cpu.stdout
+    # lavapipe / SwiftShader are software: auto keeps the CPU and says nothing.
+    if "(software" in run_cli("devices").stdout and "type=DiscreteGpu" not in run_cli("devices").stdout:
+        auto = run_cli(*args)
+        assert "device: " not in auto.stderr
+    bench = run_cli("benchmark", "-p", "8", "-n", "4", "-r", "1", "--warmup", "0", "-o", "json",
+                    "--device", "cpu,wgpu")
+    rows = json.loads(bench.stdout)
+    assert [r["backends"] for r in rows] == ["CPU", "CPU", "wgpu", "wgpu"]
+    assert all(r["avg_ts"] > 0 for r in rows)
+
+
+def test_bad_device_is_one_clear_line():
+    proc = run_cli("inference", "-p", "x", "-n", "1", "--device", "tpu", check=False)
+    assert proc.returncode != 0 and "tpu" in proc.stderr
+    proc = run_cli("inference", "-p", "x", "-n", "1", "--device", "wgpu:99", check=False)
+    assert proc.returncode == 1
+    assert "wgpu adapter 99 does not exist" in proc.stderr or "no wgpu adapter" in proc.stderr

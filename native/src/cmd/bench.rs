@@ -533,20 +533,22 @@ impl Report<'_> {
         for r in self.rows {
             let c = &self.configs[r.config];
             let (m, sd) = self.ts(r);
-            let on_cpu = !self.backends[r.config].starts_with("wgpu");
-            let mut backend = if on_cpu {
-                format!("CPU ({}", c.simd_level)
-            } else {
-                format!("{} (", self.backends[r.config].trim_end_matches(')'))
-            };
+            let mut extras = Vec::new();
             if c.output_table == OutputTable::Int8 {
-                backend += ", int8 head";
+                extras.push("int8 head");
             }
             if c.kv_cache_type == KvType::F16 {
-                backend += ", f16 KV";
+                extras.push("f16 KV");
             }
-            backend = backend.replace("(, ", "(").replace(" ()", "") + ")";
-            backend = backend.replace(" ()", "");
+            let name = &self.backends[r.config];
+            let backend = if !name.starts_with("wgpu") {
+                extras.insert(0, c.simd_level.name());
+                format!("CPU ({})", extras.join(", "))
+            } else if extras.is_empty() {
+                name.clone()
+            } else {
+                format!("{name} + {}", extras.join(", "))
+            };
             let mut test = self.tests[r.test].name();
             if c.batch_size > 0 && !matches!(self.tests[r.test], Test::Gen(_)) {
                 test += &format!(" b{}", c.batch_size);

@@ -170,8 +170,13 @@ impl Gpu {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
         dot4: Option<Dot4>,
+        max_binding: Option<u64>,
     ) -> Result<Self, WgpuError> {
-        let limits = device.limits();
+        let mut limits = device.limits();
+        if let Some(b) = max_binding {
+            // Pretend the device allows less (tests of the table split).
+            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(b);
+        }
         super::device::check_limits(&limits)?;
         let dot4 = dot4.unwrap_or_else(|| choose_dot4(&device));
         log::debug!(

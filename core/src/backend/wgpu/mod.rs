@@ -154,6 +154,9 @@ pub struct WgpuOptions {
     /// compiles it; the `BITNET_WGPU_DOT4=portable` variable also forces
     /// the portable one).
     pub dot4: Option<bitnet_shaders::Dot4>,
+    /// Use at most this many bytes per storage binding even where the
+    /// device allows more (tests use it to split small tables).
+    pub max_binding: Option<u64>,
 }
 
 impl WgpuBackend {
@@ -198,7 +201,7 @@ impl WgpuBackend {
         info: wgpu::AdapterInfo,
         opts: WgpuOptions,
     ) -> Result<Self, WgpuError> {
-        let gpu = Gpu::new(device, queue, info, opts.dot4)?;
+        let gpu = Gpu::new(device, queue, info, opts.dot4, opts.max_binding)?;
         let name = format!(
             "wgpu ({}, {:?}, {:?}, int8 dot: {:?})",
             gpu.info.name, gpu.info.backend, gpu.info.device_type, gpu.dot4
