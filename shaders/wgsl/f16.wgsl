@@ -4,17 +4,16 @@
 // Prepended to the shaders that read F16 tables or keep an f16 KV cache.
 
 fn f16_to_f32(h: u32) -> f32 {
+    // Branch-free (it runs once per weight of the LM head): compute the
+    // normal, subnormal and inf/NaN results and select.
     let sign = (h & 0x8000u) << 16u;
     let e = (h >> 10u) & 0x1fu;
     let m = h & 0x3ffu;
-    if e == 0u {
-        // Zero or subnormal: m * 2^-24, exact in f32.
-        return bitcast<f32>(sign | bitcast<u32>(f32(m) * 5.9604645e-8));
-    }
-    if e == 31u {
-        return bitcast<f32>(sign | 0x7f800000u | (m << 13u));
-    }
-    return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+    let normal = ((h & 0x7fffu) << 13u) + 0x38000000u;  // exponent + (127 - 15)
+    let sub = bitcast<u32>(f32(m) * 5.9604645e-8);     // m * 2^-24, exact
+    let special = 0x7f800000u | (m << 13u);
+    let bits = select(select(normal, special, e == 31u), sub, e == 0u);
+    return bitcast<f32>(sign | bits);
 }
 
 fn f32_to_f16(f: f32) -> u32 {

@@ -70,16 +70,20 @@ fn logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                     v0 = f16_pair_at(word, 0u);
                     v1 = f16_pair_at(word, 1u);
                 }
-                for (var t = 0u; t < nt; t++) {
-                    let xi = (p.xrow0 + t0 + t) * p.cols + 2u * i;
-                    acc[t] += x[xi] * v0 + x[xi + 1u] * v1;
+                for (var t = 0u; t < TILE; t++) {
+                    if t < nt {
+                        let xi = (p.xrow0 + t0 + t) * p.cols + 2u * i;
+                        acc[t] += x[xi] * v0 + x[xi + 1u] * v1;
+                    }
                 }
             }
         } else {
             for (var i = lane; i < p.cols; i += LANES) {
                 let v = bitcast<f32>(table[base + i]);
-                for (var t = 0u; t < nt; t++) {
-                    acc[t] += x[(p.xrow0 + t0 + t) * p.cols + i] * v;
+                for (var t = 0u; t < TILE; t++) {
+                    if t < nt {
+                        acc[t] += x[(p.xrow0 + t0 + t) * p.cols + i] * v;
+                    }
                 }
             }
         }

@@ -79,9 +79,13 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 for (var i = 0u; i < 8u; i++) {
                     wv[i] = w[w0 + i];
                 }
-                for (var t = 0u; t < nt; t++) {
-                    let row = t0 + t;
-                    iacc[t] += chunk_dot(&wv, row * kw + c * 32u, true) - qsum[row * chunks + c];
+                // Constant trip counts (TILE, not nt) keep the accumulators
+                // in registers; the guard skips tokens past the end.
+                for (var t = 0u; t < TILE; t++) {
+                    if t < nt {
+                        let row = t0 + t;
+                        iacc[t] += chunk_dot(&wv, row * kw + c * 32u, true) - qsum[row * chunks + c];
+                    }
                 }
             }
         } else {
@@ -94,13 +98,15 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                     for (var i = 0u; i < 8u; i++) {
                         wv[i] = word_at(base + 32u * h + 4u * i);
                     }
-                    for (var t = 0u; t < nt; t++) {
-                        let row = t0 + t;
-                        bs[t] += chunk_dot(&wv, row * kw + c * 32u, false) - qsum[row * chunks + c];
+                    for (var t = 0u; t < TILE; t++) {
+                        if t < nt {
+                            let row = t0 + t;
+                            bs[t] += chunk_dot(&wv, row * kw + c * 32u, false) - qsum[row * chunks + c];
+                        }
                     }
                 }
                 let d = f16_to_f32(word_at(base + 64u) & 0xffffu);
-                for (var t = 0u; t < nt; t++) {
+                for (var t = 0u; t < TILE; t++) {
                     iacc[t] += bs[t];
                     facc[t] += f32(bs[t]) * d;
                 }
