@@ -10,7 +10,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::kernels::{self, Kernels, Packing, SimdLevel};
-use super::{Backend, BackendError, KvType};
+use super::{bad, find, Backend, BackendError, KvType};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::model::config::{Activation, BitNetConfig, RopeStyle};
 use crate::quant::{self, act, ternary};
@@ -250,19 +250,6 @@ impl CpuBackend {
 
     pub fn simd_level(&self) -> SimdLevel {
         self.kernels.level
-    }
-}
-
-fn find<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, BackendError> {
-    file.tensor(name)
-        .map(|t| t.info)
-        .ok_or_else(|| BackendError::MissingTensor(name.into()))
-}
-
-fn bad(name: &str, reason: impl Into<String>) -> BackendError {
-    BackendError::Tensor {
-        name: name.into(),
-        reason: reason.into(),
     }
 }
 

@@ -11,7 +11,7 @@ pub mod wgpu;
 
 use std::sync::Arc;
 
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, TensorInfo};
 use crate::model::config::{Activation, BitNetConfig};
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -26,6 +26,21 @@ pub enum BackendError {
     /// report the first error of a batch of work when it is read back.
     #[error("device error: {0}")]
     Device(String),
+}
+
+/// The tensor `name` of `file`, or [`BackendError::MissingTensor`].
+pub(crate) fn find<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, BackendError> {
+    file.tensor(name)
+        .map(|t| t.info)
+        .ok_or_else(|| BackendError::MissingTensor(name.into()))
+}
+
+/// A [`BackendError::Tensor`] about tensor `name`.
+pub(crate) fn bad(name: &str, reason: impl Into<String>) -> BackendError {
+    BackendError::Tensor {
+        name: name.into(),
+        reason: reason.into(),
+    }
 }
 
 /// Storage type of the KV cache. Attention always computes in f32; F16

@@ -257,10 +257,10 @@ impl Gpu {
         })
     }
 
-    /// A buffer filled with `bytes` (weights straight from the memory map:
-    /// mapped at creation and copied once, no staging copy in RAM).
-    pub fn upload(&self, label: &str, bytes: &[u8]) -> Result<GpuBuf, BackendError> {
-        let size = (bytes.len() as u64 + 4).next_multiple_of(4);
+    /// A storage buffer of `size` bytes (a multiple of 4) for data that
+    /// lives as long as its owner; too large for one binding, or out of
+    /// device memory, is an error.
+    fn create(&self, label: &str, size: u64, mapped: bool) -> Result<wgpu::Buffer, BackendError> {
         if size > self.max_binding() {
             return Err(BackendError::Unsupported(format!(
                 "{label}: {size} bytes is more than the device's largest storage binding ({} bytes)",
@@ -271,12 +271,22 @@ impl Gpu {
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: true,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: mapped,
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(BackendError::Device(format!("{label}: {e}")));
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(BackendError::Device(format!("{label}: {e}"))),
+            None => Ok(buffer),
         }
+    }
+
+    /// A buffer filled with `bytes` (weights straight from the memory map:
+    /// mapped at creation and copied once, no staging copy in RAM).
+    pub fn upload(&self, label: &str, bytes: &[u8]) -> Result<GpuBuf, BackendError> {
+        let size = (bytes.len() as u64 + 4).next_multiple_of(4);
+        let buffer = self.create(label, size, true)?;
         {
             let mut view = buffer
                 .slice(..)
@@ -289,29 +299,10 @@ impl Gpu {
         Ok(self.wrap(buffer, size))
     }
 
-    /// A zeroed buffer of at least `size` bytes, for device-side data that
-    /// lives as long as its owner (a KV cache).
+    /// A zeroed buffer of at least `size` bytes (a KV cache).
     pub fn zeroed(&self, label: &str, size: u64) -> Result<GpuBuf, BackendError> {
         let size = size.max(4).next_multiple_of(4);
-        if size > self.max_binding() {
-            return Err(BackendError::Unsupported(format!(
-                "{label}: {size} bytes is more than the device's largest storage binding ({} bytes); use a shorter context",
-                self.max_binding()
-            )));
-        }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(BackendError::Device(format!("{label}: {e}")));
-        }
-        Ok(self.wrap(buffer, size))
+        Ok(self.wrap(self.create(label, size, false)?, size))
     }
 
     /// A scratch buffer of at least `size` bytes from the pool; hand it

@@ -26,8 +26,8 @@ pub use device::{DeviceChoice, WgpuError};
 use gpu::{Gpu, GpuBuf, Op};
 
 use super::cpu::{rope_sin_cos, uniform_block_scale};
-use super::{Backend, BackendError, KvType};
-use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use super::{bad, find, Backend, BackendError, KvType};
+use crate::gguf::{GgmlType, GgufFile};
 use crate::model::config::{Activation, BitNetConfig, RopeStyle};
 use crate::quant::{self, ternary};
 
@@ -131,19 +131,6 @@ fn grid(n: usize) -> [u32; 3] {
         [n as u32, 1, 1]
     } else {
         [MAX as u32, n.div_ceil(MAX) as u32, 1]
-    }
-}
-
-fn find<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, BackendError> {
-    file.tensor(name)
-        .map(|t| t.info)
-        .ok_or_else(|| BackendError::MissingTensor(name.into()))
-}
-
-fn bad(name: &str, reason: impl Into<String>) -> BackendError {
-    BackendError::Tensor {
-        name: name.into(),
-        reason: reason.into(),
     }
 }
 
