@@ -179,30 +179,49 @@ fn ternary(kind: usize, k: usize, m: usize, scale: f32, rng: &mut Rng) -> (GgmlT
     (GgmlType::TQ2_0, out)
 }
 
+/// The three products the forward pass asks for, on the CPU and the GPU:
+/// `bitlinear`, `bitlinear_add` onto `base` and `bitlinear_glu` (second
+/// matrix of the same shape), each as (CPU, GPU).
+type Pair = (Vec<f32>, Vec<f32>);
 #[allow(clippy::too_many_arguments)]
-fn bitlinear_both(
+fn products(
     kind: usize,
-    k: usize,
-    m: usize,
-    rows: usize,
+    (k, m, rows): (usize, usize, usize),
     x: &[f32],
+    base: &[f32],
     scale: f32,
+    act: Activation,
     rng: &mut Rng,
     g: &WgpuBackend,
-) -> (Vec<f32>, Vec<f32>) {
-    let (ty, bytes) = ternary(kind, k, m, scale, rng);
-    let f = file(vec![("w", vec![k as u64, m as u64], ty, bytes)]);
+) -> [Pair; 3] {
+    let (ty, w1) = ternary(kind, k, m, scale, rng);
+    let (_, w2) = ternary(kind, k, m, scale * 0.5, rng);
+    let dims = vec![k as u64, m as u64];
+    let f = file(vec![("w", dims.clone(), ty, w1), ("w2", dims, ty, w2)]);
     let cpu = CpuBackend::new();
-    let want = cpu
-        .bitlinear(&cpu_tensor(rows, k, x), &cpu.load_linear(&f, "w").unwrap())
-        .data;
-    let got = g
-        .read(&g.bitlinear(
-            &g.upload_tensor(rows, k, x),
-            &g.load_linear(&f, "w").unwrap(),
-        ))
-        .unwrap();
-    (want, got)
+    let (cw, cw2) = (
+        cpu.load_linear(&f, "w").unwrap(),
+        cpu.load_linear(&f, "w2").unwrap(),
+    );
+    let (gw, gw2) = (
+        g.load_linear(&f, "w").unwrap(),
+        g.load_linear(&f, "w2").unwrap(),
+    );
+    let (cx, gx) = (cpu_tensor(rows, k, x), g.upload_tensor(rows, k, x));
+    let plain = (
+        cpu.bitlinear(&cx, &cw).data,
+        g.read(&g.bitlinear(&gx, &gw)).unwrap(),
+    );
+    let mut cb = cpu_tensor(rows, m, base);
+    cpu.bitlinear_add(&mut cb, &cx, &cw);
+    let mut gb = g.upload_tensor(rows, m, base);
+    g.bitlinear_add(&mut gb, &gx, &gw);
+    let added = (cb.data, g.read(&gb).unwrap());
+    let glu = (
+        cpu.bitlinear_glu(&cx, &cw, &cw2, act).data,
+        g.read(&g.bitlinear_glu(&gx, &gw, &gw2, act)).unwrap(),
+    );
+    [plain, added, glu]
 }
 
 #[test]
@@ -213,8 +232,10 @@ fn ternary_integer_sums_are_identical() {
         };
         let mut rng = Rng(11);
         // Integer activations with absmax 127: scale 1, codes = values, and
-        // with weight scale 1 each output is its exact integer sum.
-        for (k, m, rows) in [
+        // with weight scale 1 each product is its exact integer sum; the
+        // fused add and ReLU² GLU then apply the same float ops to the same
+        // values, so all three are identical.
+        for shape @ (k, m, rows) in [
             (256, 1, 1),
             (512, 7, 3),
             (768, 13, 5),
@@ -231,9 +252,17 @@ fn ternary_integer_sums_are_identical() {
                         }
                     })
                     .collect();
-                let (want, got) = bitlinear_both(kind, k, m, rows, &x, 1.0, &mut rng, &g);
-                assert_eq!(want, got, "{dot4:?} kind {kind} k={k} m={m} rows={rows}");
-                assert!(want.iter().all(|v| v.fract() == 0.0));
+                let base: Vec<f32> = (0..rows * m).map(|i| i as f32 - 7.0).collect();
+                let all = products(kind, shape, &x, &base, 1.0, Activation::Relu2, &mut rng, &g);
+                for (op, (want, got)) in ["bitlinear", "bitlinear_add", "bitlinear_glu"]
+                    .iter()
+                    .zip(all)
+                {
+                    assert_eq!(
+                        want, got,
+                        "{op} {dot4:?} kind {kind} k={k} m={m} rows={rows}"
+                    );
+                }
             }
         }
     }
@@ -243,7 +272,7 @@ fn ternary_integer_sums_are_identical() {
 fn ternary_products_match() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng(5);
-    for (k, m, rows) in [
+    for shape @ (k, m, rows) in [
         (128, 3, 2),
         (256, 9, 1),
         (640, 17, 6),
@@ -254,13 +283,24 @@ fn ternary_products_match() {
             if kind > 0 && k % 256 != 0 {
                 continue;
             }
-            let x = rng.vec(rows * k, 3.0);
-            let (want, got) = bitlinear_both(kind, k, m, rows, &x, 0.37, &mut rng, &g);
-            let e = nmse(&want, &got);
-            assert!(e <= 5e-4, "kind {kind} k={k} m={m} rows={rows}: NMSE {e}");
-            if kind < 2 {
-                // One rescale of identical integers: at most rounding apart.
-                assert!(e <= 1e-12, "kind {kind} k={k} m={m}: NMSE {e}");
+            for act in [Activation::Relu2, Activation::Silu] {
+                let x = rng.vec(rows * k, 3.0);
+                let base = rng.vec(rows * m, 3.0);
+                let all = products(kind, shape, &x, &base, 0.37, act, &mut rng, &g);
+                for (op, (want, got)) in ["bitlinear", "bitlinear_add", "bitlinear_glu"]
+                    .iter()
+                    .zip(all)
+                {
+                    let e = nmse(&want, &got);
+                    assert!(
+                        e <= 5e-4,
+                        "{op} kind {kind} k={k} m={m} rows={rows}: NMSE {e}"
+                    );
+                    if kind < 2 {
+                        // One rescale of identical integers: rounding apart.
+                        assert!(e <= 1e-12, "{op} kind {kind} k={k} m={m}: NMSE {e}");
+                    }
+                }
             }
         }
     }

@@ -13,14 +13,24 @@
 //
 // A workgroup computes ROWS output features for TILE tokens; LANES threads
 // share one weight row and split its chunks (blocks), then add up.
+//
+// `mode` fuses the op that follows the product (fewer dispatches per token;
+// the formulas are the CPU's, applied to the same values):
+//   0: out = y            1: out = out + y (the residual add)
+//   2: out = relu(y)² · y2     3: out = silu(y) · y2
+// where y2 is the product with the second matrix `w2` (FFN up; gate is `w`).
+// Modes 0 and 1 bind `w` as `w2` too.
 // Needs the preludes `dot4` (dot product of four signed bytes) and f16.wgsl.
 
 struct Params {
     k: u32,       // inputs per row
     m: u32,       // outputs (weight rows)
     rows: u32,    // tokens
-    kind: u32,
-    wscale: f32,
+    kind: u32,    // of w
+    wscale: f32,  // of w
+    mode: u32,
+    kind2: u32,   // of w2
+    wscale2: f32, // of w2
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -29,27 +39,39 @@ struct Params {
 @group(0) @binding(3) var<storage, read> qsum: array<i32>;    // [rows][k/128]
 @group(0) @binding(4) var<storage, read> qscale: array<f32>;  // [rows]
 @group(0) @binding(5) var<storage, read_write> out: array<f32>; // [rows][m]
+@group(0) @binding(6) var<storage, read> w2: array<u32>;
 
 const ROWS: u32 = 8u;
 const LANES: u32 = 8u;
 const TILE: u32 = 4u;
 const MASK: u32 = 0x03030303u;
 
-var<workgroup> red_i: array<i32, 256>;  // [ROWS * LANES][TILE]
+// Per thread and token: integer sums, and the block-scaled float sums of
+// kind 2. Index [lid * TILE + t]; the second set is for w2.
+var<workgroup> red_i: array<i32, 256>;
 var<workgroup> red_f: array<f32, 256>;
+var<workgroup> red_i2: array<i32, 256>;
+var<workgroup> red_f2: array<f32, 256>;
+
+fn wload(second: bool, i: u32) -> u32 {
+    if second {
+        return w2[i];
+    }
+    return w[i];
+}
 
 // The little-endian u32 at any even byte offset (TQ2_0 blocks are 66 bytes).
-fn word_at(byte: u32) -> u32 {
+fn word_at(second: bool, byte: u32) -> u32 {
     let i = byte >> 2u;
     if (byte & 3u) == 0u {
-        return w[i];
+        return wload(second, i);
     }
-    return (w[i] >> 16u) | (w[i + 1u] << 16u);
+    return (wload(second, i) >> 16u) | (wload(second, i + 1u) << 16u);
 }
 
 // sum(code * q) over one 128-weight chunk whose codes are `wv`, against
-// token `t`'s activations from word `qw`, codes for weight 32l+b at bit
-// shift `sh[l]`.
+// the activations from word `qw`; codes of weight 32l+b at bit 6-2l (I2_S)
+// or 2l (TQ2_0).
 fn chunk_dot(wv: ptr<function, array<u32, 8>>, qw: u32, i2s: bool) -> i32 {
     var s = 0;
     for (var l = 0u; l < 4u; l++) {
@@ -61,79 +83,123 @@ fn chunk_dot(wv: ptr<function, array<u32, 8>>, qw: u32, i2s: bool) -> i32 {
     return s;
 }
 
+struct Partial {
+    i: array<i32, 4>,
+    f: array<f32, 4>,
+}
+
+// This thread's share of weight row j (of w, or of w2 when `second`)
+// against tokens t0..t0+nt.
+fn partial(second: bool, kind: u32, j: u32, lane: u32, t0: u32, nt: u32) -> Partial {
+    let kw = p.k / 4u;
+    let chunks = p.k / 128u;
+    var r: Partial;
+    var wv: array<u32, 8>;
+    if kind == 0u {
+        for (var c = lane; c < chunks; c += LANES) {
+            let w0 = j * (p.k / 16u) + c * 8u;
+            for (var i = 0u; i < 8u; i++) {
+                wv[i] = wload(second, w0 + i);
+            }
+            // Constant trip counts (TILE, not nt) keep the accumulators in
+            // registers; the guard skips tokens past the end.
+            for (var t = 0u; t < TILE; t++) {
+                if t < nt {
+                    let row = t0 + t;
+                    r.i[t] += chunk_dot(&wv, row * kw + c * 32u, true) - qsum[row * chunks + c];
+                }
+            }
+        }
+    } else {
+        let nb = p.k / 256u;
+        for (var b = lane; b < nb; b += LANES) {
+            let base = (j * nb + b) * 66u;
+            var bs = array<i32, 4>(0, 0, 0, 0);
+            for (var h = 0u; h < 2u; h++) {
+                let c = 2u * b + h;
+                for (var i = 0u; i < 8u; i++) {
+                    wv[i] = word_at(second, base + 32u * h + 4u * i);
+                }
+                for (var t = 0u; t < TILE; t++) {
+                    if t < nt {
+                        let row = t0 + t;
+                        bs[t] += chunk_dot(&wv, row * kw + c * 32u, false) - qsum[row * chunks + c];
+                    }
+                }
+            }
+            let d = f16_to_f32(word_at(second, base + 64u) & 0xffffu);
+            for (var t = 0u; t < TILE; t++) {
+                r.i[t] += bs[t];
+                r.f[t] += f32(bs[t]) * d;
+            }
+        }
+    }
+    return r;
+}
+
+// The finished product for token `row` from the lanes' sums starting at
+// thread `lid` (lane 0 of its weight row), rescaled as the CPU does.
+fn finish(second: bool, kind: u32, wscale: f32, lid: u32, t: u32, row: u32) -> f32 {
+    var isum = 0;
+    var fsum = 0.0;
+    for (var l = 0u; l < LANES; l++) {
+        let at = (lid + l) * TILE + t;
+        if second {
+            isum += red_i2[at];
+            fsum += red_f2[at];
+        } else {
+            isum += red_i[at];
+            fsum += red_f[at];
+        }
+    }
+    if kind == 2u {
+        return fsum / qscale[row];
+    }
+    return f32(isum) * wscale / qscale[row];
+}
+
 @compute @workgroup_size(64)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let j = wid.x * ROWS + lid / LANES;
     let lane = lid % LANES;
     let t0 = wid.y * TILE;
     let nt = min(TILE, p.rows - t0);
-    let kw = p.k / 4u;
-    let chunks = p.k / 128u;
-    var iacc = array<i32, 4>(0, 0, 0, 0);
-    var facc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    var wv: array<u32, 8>;
+    let glu = p.mode >= 2u;
+    var a: Partial;
+    var b: Partial;
     if j < p.m {
-        if p.kind == 0u {
-            for (var c = lane; c < chunks; c += LANES) {
-                let w0 = j * (p.k / 16u) + c * 8u;
-                for (var i = 0u; i < 8u; i++) {
-                    wv[i] = w[w0 + i];
-                }
-                // Constant trip counts (TILE, not nt) keep the accumulators
-                // in registers; the guard skips tokens past the end.
-                for (var t = 0u; t < TILE; t++) {
-                    if t < nt {
-                        let row = t0 + t;
-                        iacc[t] += chunk_dot(&wv, row * kw + c * 32u, true) - qsum[row * chunks + c];
-                    }
-                }
-            }
-        } else {
-            let nb = p.k / 256u;
-            for (var b = lane; b < nb; b += LANES) {
-                let base = (j * nb + b) * 66u;
-                var bs = array<i32, 4>(0, 0, 0, 0);
-                for (var h = 0u; h < 2u; h++) {
-                    let c = 2u * b + h;
-                    for (var i = 0u; i < 8u; i++) {
-                        wv[i] = word_at(base + 32u * h + 4u * i);
-                    }
-                    for (var t = 0u; t < TILE; t++) {
-                        if t < nt {
-                            let row = t0 + t;
-                            bs[t] += chunk_dot(&wv, row * kw + c * 32u, false) - qsum[row * chunks + c];
-                        }
-                    }
-                }
-                let d = f16_to_f32(word_at(base + 64u) & 0xffffu);
-                for (var t = 0u; t < TILE; t++) {
-                    iacc[t] += bs[t];
-                    facc[t] += f32(bs[t]) * d;
-                }
-            }
+        a = partial(false, p.kind, j, lane, t0, nt);
+        if glu {
+            b = partial(true, p.kind2, j, lane, t0, nt);
         }
     }
     for (var t = 0u; t < TILE; t++) {
-        red_i[lid * TILE + t] = iacc[t];
-        red_f[lid * TILE + t] = facc[t];
+        red_i[lid * TILE + t] = a.i[t];
+        red_f[lid * TILE + t] = a.f[t];
+        red_i2[lid * TILE + t] = b.i[t];
+        red_f2[lid * TILE + t] = b.f[t];
     }
     workgroupBarrier();
     if lane == 0u && j < p.m {
         for (var t = 0u; t < nt; t++) {
-            var isum = 0;
-            var fsum = 0.0;
-            for (var l = 0u; l < LANES; l++) {
-                isum += red_i[(lid + l) * TILE + t];
-                fsum += red_f[(lid + l) * TILE + t];
-            }
             let row = t0 + t;
-            var v: f32;
-            if p.kind == 2u {
-                v = fsum / qscale[row];
+            let at = row * p.m + j;
+            let y = finish(false, p.kind, p.wscale, lid, t, row);
+            if p.mode == 0u {
+                out[at] = y;
+            } else if p.mode == 1u {
+                out[at] = out[at] + y;
             } else {
-                v = f32(isum) * p.wscale / qscale[row];
+                let up = finish(true, p.kind2, p.wscale2, lid, t, row);
+                var act: f32;
+                if p.mode == 2u {
+                    let r = max(y, 0.0);
+                    act = r * r;
+                } else {
+                    act = y / (1.0 + exp(-y));
+                }
+                out[at] = act * up;
             }
-            out[row * p.m + j] = v;
         }
     }
 }

@@ -164,6 +164,25 @@ pub trait Backend: Send + Sync {
     fn glu(&self, gate: &Self::Tensor, up: &Self::Tensor, act: Activation) -> Self::Tensor;
     /// x += y.
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor);
+
+    /// x += BitLinear(a, w): a projection and the residual add after it.
+    /// A backend may fuse the two (the GPU ones do: one dispatch, not two);
+    /// the result must equal the unfused ops'.
+    fn bitlinear_add(&self, x: &mut Self::Tensor, a: &Self::Tensor, w: &Self::Linear) {
+        let y = self.bitlinear(a, w);
+        self.add(x, &y);
+    }
+    /// act(BitLinear(h, gate)) · BitLinear(h, up): the feed-forward's first
+    /// half. A backend may fuse it; the result must equal the unfused ops'.
+    fn bitlinear_glu(
+        &self,
+        h: &Self::Tensor,
+        gate: &Self::Linear,
+        up: &Self::Linear,
+        act: Activation,
+    ) -> Self::Tensor {
+        self.glu(&self.bitlinear(h, gate), &self.bitlinear(h, up), act)
+    }
     /// Logits of the last row only (`last_only`) or of every row.
     fn logits(&self, x: &Self::Tensor, table: &Self::Table, last_only: bool) -> Self::Tensor;
     /// Copies a tensor to the host. GPU backends run the queued work here

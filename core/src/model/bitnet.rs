@@ -208,19 +208,15 @@ impl<B: Backend> BitNet<B> {
             if let Some(w) = &l.attn_sub_norm {
                 a = b.rms_norm(&a, w, c.rms_eps);
             }
-            b.add(&mut x, &b.bitlinear(&a, &l.wo));
+            b.bitlinear_add(&mut x, &a, &l.wo);
 
             // Feed-forward block.
             let h = b.rms_norm(&x, &l.ffn_norm, c.rms_eps);
-            let mut m = b.glu(
-                &b.bitlinear(&h, &l.gate),
-                &b.bitlinear(&h, &l.up),
-                c.activation,
-            );
+            let mut m = b.bitlinear_glu(&h, &l.gate, &l.up, c.activation);
             if let Some(w) = &l.ffn_sub_norm {
                 m = b.rms_norm(&m, w, c.rms_eps);
             }
-            b.add(&mut x, &b.bitlinear(&m, &l.down));
+            b.bitlinear_add(&mut x, &m, &l.down);
         }
         s.pos = needed;
         s.tokens.extend_from_slice(tokens);

@@ -87,10 +87,10 @@ pub fn pick(choice: DeviceChoice) -> Result<Option<wgpu::Adapter>, WgpuError> {
 /// these (or more) when it creates the device it hands over.
 pub fn required_limits() -> wgpu::Limits {
     wgpu::Limits {
-        max_storage_buffers_per_shader_stage: 5,
+        max_storage_buffers_per_shader_stage: 6,
         max_compute_invocations_per_workgroup: 256,
         max_compute_workgroup_size_x: 256,
-        max_compute_workgroup_storage_size: 2048,
+        max_compute_workgroup_storage_size: 4096,
         max_dynamic_uniform_buffers_per_pipeline_layout: 1,
         ..wgpu::Limits::downlevel_defaults()
     }

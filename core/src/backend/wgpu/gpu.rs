@@ -106,7 +106,14 @@ impl Op {
     fn bindings(self) -> &'static [(u32, Access)] {
         match self {
             Op::Quantize => &[(1, Read), (2, Write), (3, Write), (4, Write)],
-            Op::Matmul => &[(1, Read), (2, Read), (3, Read), (4, Read), (5, Write)],
+            Op::Matmul => &[
+                (1, Read),
+                (2, Read),
+                (3, Read),
+                (4, Read),
+                (5, Write),
+                (6, Read),
+            ],
             Op::RmsNorm => &[(1, Read), (2, Read), (3, Write)],
             Op::Rope => &[(1, Write), (2, Read)],
             Op::KvStore => &[(1, Read), (2, Read), (3, Write), (4, Write)],

@@ -294,6 +294,36 @@ impl WgpuBackend {
         Ok(buf)
     }
 
+    /// Records `out (mode) x × w` (ternary.wgsl's modes: 0 write, 1 add,
+    /// 2/3 GLU with `w2`).
+    fn matmul(
+        &self,
+        x: &GpuTensor,
+        w: &GpuLinear,
+        w2: Option<&GpuLinear>,
+        mode: u32,
+        out: &GpuTensor,
+    ) {
+        debug_assert_eq!(x.cols, w.k);
+        let (q, qsum, qscale) = self.quantize(x);
+        let second = w2.unwrap_or(w);
+        self.gpu.dispatch(
+            Op::Matmul,
+            &[
+                w.k as u32,
+                w.m as u32,
+                x.rows as u32,
+                w.kind,
+                w.scale.to_bits(),
+                mode,
+                second.kind,
+                second.scale.to_bits(),
+            ],
+            &[&w.w, &q, &qsum, &qscale, out.buf(), &second.w],
+            [w.m.div_ceil(8) as u32, x.rows.div_ceil(4) as u32, 1],
+        );
+    }
+
     /// Quantizes `x` (or finds it already quantized).
     fn quantize(&self, x: &GpuTensor) -> (GpuBuf, GpuBuf, GpuBuf) {
         let mut cache = self
@@ -530,21 +560,31 @@ impl Backend for WgpuBackend {
     }
 
     fn bitlinear(&self, x: &GpuTensor, w: &GpuLinear) -> GpuTensor {
-        debug_assert_eq!(x.cols, w.k);
-        let (q, qsum, qscale) = self.quantize(x);
         let out = self.tensor(x.rows, w.m);
-        self.gpu.dispatch(
-            Op::Matmul,
-            &[
-                w.k as u32,
-                w.m as u32,
-                x.rows as u32,
-                w.kind,
-                w.scale.to_bits(),
-            ],
-            &[&w.w, &q, &qsum, &qscale, out.buf()],
-            [w.m.div_ceil(8) as u32, x.rows.div_ceil(4) as u32, 1],
-        );
+        self.matmul(x, w, None, 0, &out);
+        out
+    }
+
+    fn bitlinear_add(&self, x: &mut GpuTensor, a: &GpuTensor, w: &GpuLinear) {
+        debug_assert_eq!((x.rows, x.cols), (a.rows, w.m));
+        self.matmul(a, w, None, 1, x);
+        x.gen = next_gen();
+    }
+
+    fn bitlinear_glu(
+        &self,
+        h: &GpuTensor,
+        gate: &GpuLinear,
+        up: &GpuLinear,
+        act: Activation,
+    ) -> GpuTensor {
+        debug_assert_eq!((gate.k, gate.m), (up.k, up.m));
+        let out = self.tensor(h.rows, gate.m);
+        let mode = match act {
+            Activation::Relu2 => 2,
+            Activation::Silu => 3,
+        };
+        self.matmul(h, gate, Some(up), mode, &out);
         out
     }
 
