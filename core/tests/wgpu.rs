@@ -489,7 +489,20 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn fixture_models_match_the_cpu() {
-    let Some(g) = gpu() else { return };
+    // Submitting every 7 dispatches (not once per forward pass) must not
+    // change anything.
+    for max_dispatches in [None, Some(7)] {
+        let Some(g) = gpu_opts(WgpuOptions {
+            max_dispatches,
+            ..Default::default()
+        }) else {
+            return;
+        };
+        fixtures_match(&g);
+    }
+}
+
+fn fixtures_match(g: &WgpuBackend) {
     let prompt = [496u32, 10, 200, 3, 77, 300, 5];
     for ty in [GgmlType::I2_S, GgmlType::TQ2_0] {
         let f = fixture(ty);

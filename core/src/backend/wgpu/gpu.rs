@@ -20,8 +20,8 @@ use super::device::WgpuError;
 use crate::backend::BackendError;
 
 /// Parameter slots per submission (a forward pass of a 30-layer model
-/// records about 650 dispatches; more than this submits early).
-const PARAM_SLOTS: usize = 4096;
+/// records about 530 dispatches; more than this submits early).
+pub const PARAM_SLOTS: usize = 4096;
 /// Bytes of one parameter slot: every shader's `Params` fits, and it is the
 /// largest `min_uniform_buffer_offset_alignment` WebGPU allows.
 pub const SLOT: usize = 256;
@@ -166,6 +166,9 @@ pub struct Gpu {
     pub dot4: Dot4,
     pipes: HashMap<Op, Pipe>,
     params: GpuBuf,
+    /// Dispatches per submission at most (`PARAM_SLOTS`, or fewer to test
+    /// the early submit).
+    slots: usize,
     rec: Mutex<Recorder>,
     next_id: AtomicU64,
     dead: Arc<Mutex<Vec<u64>>>,
@@ -178,6 +181,7 @@ impl Gpu {
         info: wgpu::AdapterInfo,
         dot4: Option<Dot4>,
         max_binding: Option<u64>,
+        slots: Option<usize>,
     ) -> Result<Self, WgpuError> {
         let mut limits = device.limits();
         if let Some(b) = max_binding {
@@ -227,6 +231,7 @@ impl Gpu {
             dot4,
             pipes,
             params,
+            slots: slots.unwrap_or(PARAM_SLOTS).clamp(1, PARAM_SLOTS),
             rec: Mutex::new(Recorder::default()),
             next_id: AtomicU64::new(1),
             dead,
@@ -360,7 +365,7 @@ impl Gpu {
             return;
         }
         let mut r = self.rec();
-        if r.params.len() == PARAM_SLOTS * SLOT {
+        if r.params.len() == self.slots * SLOT {
             drop(r);
             self.flush();
             r = self.rec();

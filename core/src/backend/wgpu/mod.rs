@@ -144,6 +144,9 @@ pub struct WgpuOptions {
     /// Use at most this many bytes per storage binding even where the
     /// device allows more (tests use it to split small tables).
     pub max_binding: Option<u64>,
+    /// Submit after at most this many recorded dispatches (default and
+    /// maximum 4096; tests use a small number to check early submits).
+    pub max_dispatches: Option<usize>,
 }
 
 impl WgpuBackend {
@@ -188,7 +191,14 @@ impl WgpuBackend {
         info: wgpu::AdapterInfo,
         opts: WgpuOptions,
     ) -> Result<Self, WgpuError> {
-        let gpu = Gpu::new(device, queue, info, opts.dot4, opts.max_binding)?;
+        let gpu = Gpu::new(
+            device,
+            queue,
+            info,
+            opts.dot4,
+            opts.max_binding,
+            opts.max_dispatches,
+        )?;
         let name = format!(
             "wgpu ({}, {:?}, {:?}, int8 dot: {:?})",
             gpu.info.name, gpu.info.backend, gpu.info.device_type, gpu.dot4
