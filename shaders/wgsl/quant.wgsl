@@ -28,7 +28,8 @@ var<workgroup> red: array<f32, 256>;
 fn recip127(a: f32) -> f32 {
     let bits = bitcast<u32>(a);
     if ((bits >> 23u) & 0xffu) == 0xffu {
-        return 0.0 * a; // inf -> 0 is what the CPU gets; NaN stays NaN
+        // 127 / inf = 0, as on the CPU; NaN stays NaN.
+        return select(a, 0.0, (bits & 0x7fffffu) == 0u);
     }
     let m = (bits & 0x7fffffu) | 0x800000u;  // a = m * 2^ea
     let ea = i32((bits >> 23u) & 0xffu) - 150;

@@ -8,8 +8,10 @@
 //   kind 2: TQ2_0 with a scale per block, read from the block.
 // Codes c are 0..2 for weights c-1, so per chunk sum(w*q) = sum(c*q) - sum(q);
 // the chunk sums of q come from quant.wgsl. Integer sums are exact; the
-// rescale is the CPU's: f32(sum) * wscale / qscale (kinds 0, 1), or
-// sum over blocks of f32(block sum) * d, / qscale (kind 2).
+// rescale is the CPU's formula, f32(sum) * wscale / qscale (kinds 0, 1), or
+// sum over blocks of f32(block sum) * d, / qscale (kind 2), equal to the
+// CPU's within rounding (WGSL's `/` may be 2.5 ulp off, and kind 2 adds
+// its blocks in another order).
 //
 // A workgroup computes ROWS output features for TILE tokens; LANES threads
 // share one weight row and split its chunks (blocks), then add up.

@@ -209,7 +209,15 @@ impl Gpu {
                     m
                 }
             };
-            pipes.insert(op, make_pipe(&device, op, &module, entry));
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let pipe = make_pipe(&device, op, &module, entry);
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(WgpuError::Shader {
+                    shader: format!("{} ({entry})", shader.name),
+                    reason: e.to_string(),
+                });
+            }
+            pipes.insert(op, pipe);
         }
         let dead = Arc::new(Mutex::new(Vec::new()));
         let params = Arc::new(Buf {
@@ -245,9 +253,12 @@ impl Gpu {
 
     /// The largest buffer one binding can see.
     pub fn max_binding(&self) -> u64 {
+        // A multiple of 4 (Vulkan and DX12 report 2^31 - 1; storage
+        // bindings must be whole words).
         self.limits
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size)
+            & !3
     }
 
     /// Records an error to report at the next `read` (ops cannot fail on
@@ -321,10 +332,13 @@ impl Gpu {
     /// back with [`Gpu::recycle`]. Sizes are rounded up to a power of two
     /// (at most the binding limit) so prompts of different lengths share.
     pub fn scratch(&self, size: u64) -> GpuBuf {
-        let size = size
-            .max(256)
-            .next_power_of_two()
-            .min(self.max_binding().max(size));
+        let limit = self.max_binding();
+        if size > limit {
+            self.fail(format!(
+                "an activation of {size} bytes is more than the device's largest storage binding ({limit} bytes); process the prompt in smaller batches"
+            ));
+        }
+        let size = size.max(256).next_power_of_two().min(limit);
         {
             let mut r = self.rec();
             if let Some(b) = r.pool.get_mut(&size).and_then(Vec::pop) {
@@ -332,6 +346,7 @@ impl Gpu {
                 return b;
             }
         }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("bitnet:activations"),
             size,
@@ -340,6 +355,9 @@ impl Gpu {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            self.fail(format!("activation buffer of {size} bytes: {e}"));
+        }
         self.wrap(buffer, size)
     }
 
@@ -364,8 +382,16 @@ impl Gpu {
         if groups.contains(&0) {
             return;
         }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return self.fail(format!(
+                "{op:?}: {groups:?} workgroups is more than the device allows ({max} per dimension); process the prompt in smaller batches"
+            ));
+        }
         let mut r = self.rec();
-        if r.params.len() == self.slots * SLOT {
+        // (A loop: another thread may fill the slots between the flush and
+        // taking the lock again.)
+        while r.params.len() >= self.slots * SLOT {
             drop(r);
             self.flush();
             r = self.rec();
@@ -380,6 +406,7 @@ impl Gpu {
         key.push(op as u64);
         key.extend(bufs.iter().map(|b| b.id));
         let pipe = &self.pipes[&op];
+        let mut failed = None;
         let bind_group = r
             .bind_groups
             .entry(key)
@@ -398,13 +425,26 @@ impl Gpu {
                         resource: b.buffer.as_entire_binding(),
                     });
                 }
-                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+                let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("bitnet:bind"),
                     layout: &pipe.layout,
                     entries: &entries,
-                })
+                });
+                if let Some(e) = pollster::block_on(scope.pop()) {
+                    failed = Some(format!("{op:?} bindings: {e}"));
+                }
+                group
             })
             .clone();
+        if let Some(e) = failed {
+            // Not kept: the next use tries again (and fails again).
+            r.bind_groups.retain(|_, g| *g != bind_group);
+            if r.error.is_none() {
+                r.error = Some(e);
+            }
+            return;
+        }
         r.cmds.push(Cmd::Dispatch {
             op,
             bind_group,

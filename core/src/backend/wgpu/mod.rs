@@ -284,7 +284,8 @@ impl WgpuBackend {
                 return Ok(buf.clone());
             }
         }
-        let positions = positions.max(cfg.n_ctx as usize);
+        // Grown in powers of two, so sessions of similar sizes share one.
+        let positions = positions.next_power_of_two();
         let half = cfg.rope_dim as usize / 2;
         if (positions * half * 8) as u64 > self.gpu.max_binding() {
             return Err(BackendError::Unsupported(format!(
@@ -492,6 +493,11 @@ impl Backend for WgpuBackend {
         };
         let bytes = (max_seq * kv_dim * if f16 { 2 } else { 4 }) as u64;
         let made = (|| -> Result<(), BackendError> {
+            if f16 && kv_dim % 2 == 1 {
+                return Err(BackendError::Unsupported(format!(
+                    "an f16 KV cache of odd width {kv_dim} (use f32)"
+                )));
+            }
             if cfg.head_dim > 256 {
                 return Err(BackendError::Unsupported(format!(
                     "head_dim {} (the wgpu attention kernel takes at most 256)",
@@ -521,21 +527,22 @@ impl Backend for WgpuBackend {
             .iter()
             .flat_map(|&t| t.min(table.rows as u32 - 1).to_le_bytes())
             .collect();
-        let tok = {
-            let mut slot = self.state.tokens.lock().unwrap_or_else(|e| e.into_inner());
-            match slot.as_ref() {
-                Some(b) if b.size >= bytes.len() as u64 => b.clone(),
-                _ => match self
-                    .gpu
-                    .zeroed("bitnet:tokens", (bytes.len() as u64).next_power_of_two())
-                {
-                    Ok(b) => slot.insert(b).clone(),
-                    Err(e) => {
-                        self.gpu.fail(e.to_string());
-                        return out;
-                    }
-                },
-            }
+        // Held until the lookups are recorded: another thread's tokens must
+        // not land in the buffer before they run (its `write` submits them
+        // first).
+        let mut slot = self.state.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let tok = match slot.as_ref() {
+            Some(b) if b.size >= bytes.len() as u64 => b.clone(),
+            _ => match self
+                .gpu
+                .zeroed("bitnet:tokens", (bytes.len() as u64).next_power_of_two())
+            {
+                Ok(b) => slot.insert(b).clone(),
+                Err(e) => {
+                    self.gpu.fail(e.to_string());
+                    return out;
+                }
+            },
         };
         self.gpu.write(&tok, &bytes);
         let n = tokens.len() * table.cols;
@@ -555,6 +562,7 @@ impl Backend for WgpuBackend {
                 grid(n.div_ceil(64)),
             );
         }
+        drop(slot);
         out
     }
 
@@ -736,7 +744,10 @@ impl Backend for WgpuBackend {
             match self.read(&part) {
                 Ok(v) => host.extend(v),
                 Err(e) => {
-                    self.gpu.fail(e.to_string());
+                    self.gpu.fail(match e {
+                        BackendError::Device(m) => m,
+                        other => other.to_string(),
+                    });
                     break;
                 }
             }
