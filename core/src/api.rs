@@ -30,20 +30,52 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use crate::backend::cpu::{CpuBackend, OutputTable};
-use crate::backend::KvType;
+#[cfg(feature = "wgpu")]
+use crate::backend::{wgpu::WgpuBackend, DeviceChoice};
+use crate::backend::{Backend, KvType};
 use crate::engine::{CancelToken, Chunk, Engine, EngineError, GenerationStats, TokenStream};
 use crate::gguf::GgufFile;
 use crate::model::BitNetConfig;
 use crate::sampler::GenerationConfig;
 use crate::StreamingConfig;
 
-/// Where the model runs. Only the CPU backend exists today; GPU backends
-/// add their variants when they land (no variant that would fail at run
-/// time is offered).
+/// Where the model runs. CUDA adds its variant when it lands (no variant
+/// that would fail at run time is offered).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
     #[default]
     Cpu,
+    /// A GPU through wgpu (feature `wgpu`): `Wgpu(None)` is the best
+    /// adapter, `Wgpu(Some(n))` adapter n of `bitnet-cli devices`.
+    #[cfg(feature = "wgpu")]
+    Wgpu(Option<usize>),
+}
+
+/// The engine on whichever backend the model was loaded on.
+#[derive(Clone)]
+enum Engines {
+    Cpu(Arc<Engine<CpuBackend>>),
+    #[cfg(feature = "wgpu")]
+    Wgpu(Arc<Engine<WgpuBackend>>),
+}
+
+/// A token stream on whichever backend.
+enum Streams<'a> {
+    Cpu(TokenStream<'a, CpuBackend>),
+    #[cfg(feature = "wgpu")]
+    Wgpu(TokenStream<'a, WgpuBackend>),
+}
+
+/// `$body` with `$x` bound to what the `Cpu` or `Wgpu` variant of `$value`
+/// holds; `$ty` is the enum ([`Engines`] or [`Streams`]).
+macro_rules! either {
+    ($ty:ident, $value:expr, $x:ident => $body:expr) => {
+        match $value {
+            $ty::Cpu($x) => $body,
+            #[cfg(feature = "wgpu")]
+            $ty::Wgpu($x) => $body,
+        }
+    };
 }
 
 /// How the weights reach memory.
@@ -103,7 +135,7 @@ pub struct Generation {
 /// generations on clones may run concurrently, each with its own session.
 #[derive(Clone)]
 pub struct BitNetModel {
-    engine: Arc<Engine<CpuBackend>>,
+    engine: Engines,
     pool: Option<Arc<rayon::ThreadPool>>,
     inference: InferenceConfig,
 }
@@ -143,13 +175,36 @@ impl BitNetModel {
     }
 
     fn from_file(file: GgufFile, config: &ModelConfig) -> Result<Self, EngineError> {
-        let Device::Cpu = config.device;
-        let backend = CpuBackend::new().with_output_table(config.output_table);
-        let mut engine = Engine::load(Arc::new(file), backend)?;
-        engine.ctx_size = config.max_seq_len;
-        engine.kv_type = config.kv_cache_type;
+        fn setup<B: Backend>(
+            file: GgufFile,
+            backend: B,
+            config: &ModelConfig,
+        ) -> Result<Arc<Engine<B>>, EngineError> {
+            let mut engine = Engine::load(Arc::new(file), backend)?;
+            engine.ctx_size = config.max_seq_len;
+            engine.kv_type = config.kv_cache_type;
+            Ok(Arc::new(engine))
+        }
+        let engine = match config.device {
+            Device::Cpu => Engines::Cpu(setup(
+                file,
+                CpuBackend::new().with_output_table(config.output_table),
+                config,
+            )?),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(n) => {
+                if config.output_table != OutputTable::File {
+                    return Err(EngineError::Config(
+                        "the int8 output table is a CPU option; the wgpu backend reads the file's table".into(),
+                    ));
+                }
+                let backend = WgpuBackend::new(DeviceChoice::Wgpu(n))
+                    .map_err(|e| EngineError::Config(format!("wgpu: {e}")))?;
+                Engines::Wgpu(setup(file, backend, config)?)
+            }
+        };
         Ok(BitNetModel {
-            engine: Arc::new(engine),
+            engine,
             pool: None,
             inference: InferenceConfig::default(),
         })
@@ -171,14 +226,38 @@ impl BitNetModel {
         Ok(self)
     }
 
-    /// The engine underneath (model, tokenizer, sessions).
-    pub fn engine(&self) -> &Engine<CpuBackend> {
-        &self.engine
+    /// The engine underneath (model, tokenizer, sessions) when the model
+    /// runs on the CPU.
+    pub fn cpu_engine(&self) -> Option<&Engine<CpuBackend>> {
+        match &self.engine {
+            Engines::Cpu(e) => Some(e),
+            #[cfg(feature = "wgpu")]
+            Engines::Wgpu(_) => None,
+        }
+    }
+
+    /// The engine underneath when the model runs on wgpu.
+    #[cfg(feature = "wgpu")]
+    pub fn wgpu_engine(&self) -> Option<&Engine<WgpuBackend>> {
+        match &self.engine {
+            Engines::Wgpu(e) => Some(e),
+            Engines::Cpu(_) => None,
+        }
+    }
+
+    /// The name of the backend the model runs on.
+    pub fn backend_name(&self) -> &str {
+        either!(Engines, &self.engine, e => e.model.backend().name())
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &crate::tokenizer::Tokenizer {
+        either!(Engines, &self.engine, e => &e.tokenizer)
     }
 
     /// The model's hyperparameters.
     pub fn config(&self) -> &BitNetConfig {
-        &self.engine.model.cfg
+        either!(Engines, &self.engine, e => &e.model.cfg)
     }
 
     fn install<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
@@ -196,8 +275,12 @@ impl BitNetModel {
         prompt: &str,
         cfg: &GenerationConfig,
     ) -> Result<ModelStream<'_>, EngineError> {
-        let ids = self.engine.tokenizer.encode(prompt, true);
-        let inner = self.engine.stream(self.engine.new_session(), &ids, cfg)?;
+        let ids = self.tokenizer().encode(prompt, true);
+        let inner = match &self.engine {
+            Engines::Cpu(e) => Streams::Cpu(e.stream(e.new_session(), &ids, cfg)?),
+            #[cfg(feature = "wgpu")]
+            Engines::Wgpu(e) => Streams::Wgpu(e.stream(e.new_session(), &ids, cfg)?),
+        };
         Ok(ModelStream { model: self, inner })
     }
 
@@ -218,11 +301,7 @@ impl BitNetModel {
         cfg: &GenerationConfig,
     ) -> impl Future<Output = Result<Generation, EngineError>> + Send + 'static {
         let (model, prompt, cfg) = (self.clone(), prompt.to_owned(), cfg.clone());
-        Offload::spawn(move |cancel| {
-            let mut stream = model.stream(&prompt, &cfg)?;
-            stream.inner = stream.inner.with_cancel(cancel);
-            collect(stream)
-        })
+        Offload::spawn(move |cancel| collect(model.stream(&prompt, &cfg)?.with_cancel(cancel)))
     }
 
     /// Generates a continuation of each prompt, in order, with the same
@@ -247,11 +326,7 @@ impl BitNetModel {
             }
             prompts
                 .iter()
-                .map(|p| {
-                    let mut stream = model.stream(p, &cfg)?;
-                    stream.inner = stream.inner.with_cancel(cancel.clone());
-                    collect(stream)
-                })
+                .map(|p| collect(model.stream(p, &cfg)?.with_cancel(cancel.clone())))
                 .collect()
         })
     }
@@ -265,7 +340,7 @@ fn collect(stream: ModelStream<'_>) -> Result<Generation, EngineError> {
     }
     Ok(Generation {
         text,
-        stats: stream.inner.stats(),
+        stats: stream.stats(),
     })
 }
 
@@ -304,24 +379,37 @@ fn find_gguf(dir: &Path) -> Result<PathBuf, EngineError> {
 /// A [`TokenStream`] of a [`BitNetModel`], run in the model's thread pool.
 pub struct ModelStream<'a> {
     model: &'a BitNetModel,
-    inner: TokenStream<'a, CpuBackend>,
+    inner: Streams<'a>,
 }
 
 impl ModelStream<'_> {
     /// Groups tokens into chunks and sets the per-token timeout.
     pub fn with_streaming(mut self, cfg: &StreamingConfig) -> Self {
-        self.inner = self.inner.with_streaming(cfg);
+        self.inner = match self.inner {
+            Streams::Cpu(s) => Streams::Cpu(s.with_streaming(cfg)),
+            #[cfg(feature = "wgpu")]
+            Streams::Wgpu(s) => Streams::Wgpu(s.with_streaming(cfg)),
+        };
+        self
+    }
+
+    fn with_cancel(mut self, cancel: CancelToken) -> Self {
+        self.inner = match self.inner {
+            Streams::Cpu(s) => Streams::Cpu(s.with_cancel(cancel)),
+            #[cfg(feature = "wgpu")]
+            Streams::Wgpu(s) => Streams::Wgpu(s.with_cancel(cancel)),
+        };
         self
     }
 
     /// A handle that stops this stream from elsewhere.
     pub fn cancel_token(&self) -> CancelToken {
-        self.inner.cancel_token()
+        either!(Streams, &self.inner, s => s.cancel_token())
     }
 
     /// Counts and timings so far (final once the stream has ended).
     pub fn stats(&self) -> GenerationStats {
-        self.inner.stats()
+        either!(Streams, &self.inner, s => s.stats())
     }
 }
 
@@ -330,7 +418,8 @@ impl Iterator for ModelStream<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let inner = &mut self.inner;
-        self.model.install(|| inner.next())
+        self.model
+            .install(|| either!(Streams, inner, s => s.next()))
     }
 }
 

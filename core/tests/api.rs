@@ -46,17 +46,15 @@ fn every_way_to_generate_agrees() {
     let model = BitNetModel::from_pretrained(bundled()).unwrap();
     let cfg = cfg(8);
     let engine_run = model
-        .engine()
+        .cpu_engine()
+        .unwrap()
         .generate("Once upon a time", &cfg, |_| true)
         .unwrap();
 
     let blocking = model.generate_blocking("Once upon a time", &cfg).unwrap();
     assert_eq!(blocking.stats.tokens, engine_run.tokens);
     assert_eq!(blocking.stats.stop_reason, StopReason::MaxTokens);
-    assert_eq!(
-        blocking.text,
-        model.engine().tokenizer.decode(&engine_run.tokens)
-    );
+    assert_eq!(blocking.text, model.tokenizer().decode(&engine_run.tokens));
 
     let streamed: Vec<u32> = model
         .stream("Once upon a time", &cfg)
@@ -187,4 +185,56 @@ fn dropping_the_future_cancels_its_work() {
     drop(model.generate("Hello", &GenerationConfig::greedy()));
     let out = block_on(model.generate("Hello", &cfg(3))).unwrap();
     assert_eq!(out.stats.generated_tokens, 3);
+}
+
+/// `Device::Wgpu` runs the same model on the GPU path: same tokens from the
+/// iterator, the blocking call and the async one. Skips without an adapter
+/// unless REQUIRE_GPU=1.
+#[cfg(feature = "wgpu")]
+#[test]
+fn the_wgpu_device_gives_the_cpu_tokens() {
+    let on = |device| {
+        BitNetModel::load(
+            bundled(),
+            &ModelConfig {
+                device,
+                ..ModelConfig::default()
+            },
+        )
+    };
+    let gpu = match on(bitnet::Device::Wgpu(None)) {
+        Ok(m) => m,
+        Err(e) if std::env::var("REQUIRE_GPU").as_deref() != Ok("1") => {
+            eprintln!("skipped: no wgpu device ({e})");
+            return;
+        }
+        Err(e) => panic!("REQUIRE_GPU=1 but no wgpu device: {e}"),
+    };
+    assert!(gpu.backend_name().starts_with("wgpu"));
+    assert!(gpu.cpu_engine().is_none() && gpu.wgpu_engine().is_some());
+    let cpu = on(bitnet::Device::Cpu).unwrap();
+    let cfg = cfg(12);
+    let want = cpu.generate_blocking("Once upon a time", &cfg).unwrap();
+    let got = gpu.generate_blocking("Once upon a time", &cfg).unwrap();
+    assert_eq!(got.stats.tokens, want.stats.tokens);
+    let streamed: Vec<u32> = gpu
+        .stream("Once upon a time", &cfg)
+        .unwrap()
+        .flat_map(|c| c.unwrap().tokens)
+        .collect();
+    assert_eq!(streamed, want.stats.tokens);
+    let asynced = block_on(gpu.generate("Once upon a time", &cfg)).unwrap();
+    assert_eq!(asynced.stats.tokens, want.stats.tokens);
+    // The int8 head is a CPU option: asked for on wgpu, a clear error.
+    let err = BitNetModel::load(
+        bundled(),
+        &ModelConfig {
+            device: bitnet::Device::Wgpu(None),
+            output_table: bitnet::OutputTable::Int8,
+            ..ModelConfig::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, EngineError::Config(_)), "{err}");
 }
