@@ -37,7 +37,7 @@ pub const QUANT: Shader = shader(
     false,
     false,
 );
-/// Ternary × int8 matrix product for I2_S and TQ2_0 (entry `matmul`).
+/// Ternary × int8 matrix product for I2_S, TQ2_0 and TQ1_0 (entry `matmul`).
 pub const TERNARY: Shader = shader(
     "ternary.wgsl",
     include_str!("../wgsl/ternary.wgsl"),

@@ -6,6 +6,13 @@
 //   kind 1: TQ2_0, every block sharing one scale (`wscale`): 66-byte blocks
 //           of two 32-byte chunks (weights 32l+b at bits 2l) and an f16 d.
 //   kind 2: TQ2_0 with a scale per block, read from the block.
+//   kind 3: TQ1_0 with one scale; kind 4: TQ1_0 with a scale per block.
+//           54-byte blocks: qs[48], qh[4], f16 d. Weight i < 160 is trit
+//           i/32 of byte i%32; i < 240 trit (i-160)/16 of byte
+//           32+(i-160)%16; else trit (i-240)/4 of byte 48+(i-240)%4; trit n
+//           of byte b is ((b * 3^n) mod 256) * 3 >> 8. Four consecutive
+//           weights (i a multiple of 4) are the same trit of four
+//           consecutive bytes, so they unpack into one packed code word.
 // Codes c are 0..2 for weights c-1, so per chunk sum(w*q) = sum(c*q) - sum(q);
 // the chunk sums of q come from quant.wgsl. Integer sums are exact; the
 // rescale is the CPU's formula, f32(sum) * wscale / qscale (kinds 0, 1), or
@@ -85,6 +92,21 @@ fn chunk_dot(wv: ptr<function, array<u32, 8>>, qw: u32, i2s: bool) -> i32 {
     return s;
 }
 
+// Trit n (0..4) of each of the four bytes of `w`: the TQ1_0 codes of four
+// weights, packed one per byte.
+fn trits(w: u32, n: u32) -> u32 {
+    var pow3 = 1u;
+    for (var j = 0u; j < n; j++) {
+        pow3 *= 3u;
+    }
+    var out = 0u;
+    for (var b = 0u; b < 4u; b++) {
+        let byte = (w >> (8u * b)) & 0xffu;
+        out |= ((((byte * pow3) & 0xffu) * 3u) >> 8u) << (8u * b);
+    }
+    return out;
+}
+
 struct Partial {
     i: array<i32, 4>,
     f: array<f32, 4>,
@@ -110,6 +132,41 @@ fn partial(second: bool, kind: u32, j: u32, lane: u32, t0: u32, nt: u32) -> Part
                     let row = t0 + t;
                     r.i[t] += chunk_dot(&wv, row * kw + c * 32u, true) - qsum[row * chunks + c];
                 }
+            }
+        }
+    } else if kind >= 3u {
+        let nb = p.k / 256u;
+        for (var b = lane; b < nb; b += LANES) {
+            let base = (j * nb + b) * 54u;
+            var bs = array<i32, 4>(0, 0, 0, 0);
+            for (var g = 0u; g < 64u; g++) {
+                let i = 4u * g;
+                var at = 48u;
+                var n = (i - 240u) / 4u;
+                if i < 160u {
+                    at = i % 32u;
+                    n = i / 32u;
+                } else if i < 240u {
+                    at = 32u + (i - 160u) % 16u;
+                    n = (i - 160u) / 16u;
+                }
+                let codes = trits(word_at(second, base + at), n);
+                for (var t = 0u; t < TILE; t++) {
+                    if t < nt {
+                        bs[t] += dot4(codes, q[(t0 + t) * kw + b * 64u + g]);
+                    }
+                }
+            }
+            for (var t = 0u; t < TILE; t++) {
+                if t < nt {
+                    let row = t0 + t;
+                    bs[t] -= qsum[row * chunks + 2u * b] + qsum[row * chunks + 2u * b + 1u];
+                }
+            }
+            let d = f16_to_f32(word_at(second, base + 52u) & 0xffffu);
+            for (var t = 0u; t < TILE; t++) {
+                r.i[t] += bs[t];
+                r.f[t] += f32(bs[t]) * d;
             }
         }
     } else {
@@ -154,7 +211,7 @@ fn finish(second: bool, kind: u32, wscale: f32, lid: u32, t: u32, row: u32) -> f
             fsum += red_f[at];
         }
     }
-    if kind == 2u {
+    if kind == 2u || kind == 4u {
         return fsum / qscale[row];
     }
     return f32(isum) * wscale / qscale[row];

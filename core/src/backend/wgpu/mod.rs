@@ -1,7 +1,7 @@
 //! The wgpu backend: the whole forward pass in WGSL compute shaders
 //! (`shaders/wgsl`), on Vulkan, Metal, DX12, GL, and WebGPU in the browser.
 //!
-//! Weights are uploaded once, in their GGUF layout (I2_S and TQ2_0 ternary
+//! Weights are uploaded once, in their GGUF layout (I2_S, TQ2_0 and TQ1_0 ternary
 //! matrices byte for byte; F16/F32 tables split into parts that fit one
 //! storage binding). A forward pass is recorded and submitted once; only
 //! the logits are read back. See [`gpu`] for how.
@@ -67,8 +67,8 @@ pub struct GpuLinear {
     w: GpuBuf,
     k: usize,
     m: usize,
-    /// 0: I2_S, 1: TQ2_0 with one scale, 2: TQ2_0 with a scale per block
-    /// (see ternary.wgsl).
+    /// 0: I2_S; 1, 2: TQ2_0 with one scale / a scale per block; 3, 4: the
+    /// same for TQ1_0 (see ternary.wgsl).
     kind: u32,
     scale: f32,
 }
@@ -394,7 +394,8 @@ impl Backend for WgpuBackend {
         let data = file.tensor_data(info);
         let (kind, scale) = match info.ty {
             GgmlType::I2_S if k % 128 == 0 => {
-                let s = ternary::i2s_scale(data, k * m).ok_or_else(|| bad(name, "I2_S scale missing"))?;
+                let s = ternary::i2s_scale(data, k * m)
+                    .ok_or_else(|| bad(name, "I2_S scale missing"))?;
                 (0, s)
             }
             GgmlType::TQ2_0 if k % 256 == 0 => {
@@ -403,12 +404,21 @@ impl Backend for WgpuBackend {
                     None => (2, 1.0),
                 }
             }
-            GgmlType::TQ1_0 => {
-                return Err(BackendError::Unsupported(format!(
-                    "{name}: TQ1_0 weights are not supported by the wgpu backend yet (I2_S and TQ2_0 are; convert with `bitnet-cli convert`, or use --device cpu)"
-                )))
+            GgmlType::TQ1_0 if k % 256 == 0 => {
+                match uniform_block_scale::<ternary::BlockTQ1_0>(data) {
+                    Some(s) => (3, s),
+                    None => (4, 1.0),
+                }
             }
-            ty => return Err(bad(name, format!("{ty} {:?} is not a ternary matrix the wgpu backend runs", info.dims))),
+            ty => {
+                return Err(bad(
+                    name,
+                    format!(
+                        "{ty} {:?} is not a ternary matrix the wgpu backend runs",
+                        info.dims
+                    ),
+                ))
+            }
         };
         if !scale.is_finite() {
             return Err(bad(name, format!("scale is {scale}")));
