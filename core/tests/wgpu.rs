@@ -666,3 +666,16 @@ fn unsupported_and_oversized_inputs_are_errors() {
     let mut s = m.new_session(16, KvType::F32);
     assert_eq!(m.forward(&mut s, &[1, 2, 3], false).unwrap().len(), 512);
 }
+
+/// Asking the wgpu backend for the CPU is an error naming the choice, not a
+/// silent pick of some adapter (this needs no adapter).
+#[test]
+fn cpu_choice_is_not_a_gpu() {
+    match WgpuBackend::new(DeviceChoice::Cpu) {
+        Err(e) => assert_eq!(
+            e,
+            bitnet::backend::wgpu::WgpuError::NotAGpu(DeviceChoice::Cpu)
+        ),
+        Ok(_) => panic!("DeviceChoice::Cpu gave a wgpu backend"),
+    }
+}

@@ -8,6 +8,10 @@ pub use crate::backend::DeviceChoice;
 pub enum WgpuError {
     #[error("no wgpu adapter found (on Linux without a GPU, install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)")]
     NoAdapter,
+    /// `auto` found only software adapters (or none), or `cpu` was asked
+    /// of the wgpu backend: the CPU backend is the one to use.
+    #[error("--device {0} means the CPU backend here (auto takes only a hardware GPU; ask for wgpu or wgpu:N to run on a software adapter)")]
+    NotAGpu(DeviceChoice),
     #[error("wgpu adapter {index} does not exist ({count} found; see `bitnet-cli devices`)")]
     NoSuchAdapter { index: usize, count: usize },
     #[error("requesting a device from {adapter}: {reason}")]

@@ -17,14 +17,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bitnet_shaders::{Dot4, Shader};
 
 use super::device::WgpuError;
+use super::WgpuOptions;
 use crate::backend::BackendError;
 
 /// Parameter slots per submission (a forward pass of a 30-layer model
 /// records about 530 dispatches; more than this submits early).
-pub const PARAM_SLOTS: usize = 4096;
+const PARAM_SLOTS: usize = 4096;
 /// Bytes of one parameter slot: every shader's `Params` fits, and it is the
 /// largest `min_uniform_buffer_offset_alignment` WebGPU allows.
-pub const SLOT: usize = 256;
+const SLOT: usize = 256;
 /// Pooled buffers beyond this many bytes are released, not kept.
 const POOL_BYTES: u64 = 1 << 30;
 
@@ -179,17 +180,15 @@ impl Gpu {
         device: wgpu::Device,
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
-        dot4: Option<Dot4>,
-        max_binding: Option<u64>,
-        slots: Option<usize>,
+        opts: &WgpuOptions,
     ) -> Result<Self, WgpuError> {
         let mut limits = device.limits();
-        if let Some(b) = max_binding {
+        if let Some(b) = opts.max_binding {
             // Pretend the device allows less (tests of the table split).
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(b);
         }
         super::device::check_limits(&limits)?;
-        let dot4 = dot4.unwrap_or_else(|| choose_dot4(&device));
+        let dot4 = opts.dot4.unwrap_or_else(|| choose_dot4(&device));
         log::debug!(
             "wgpu device: {} ({:?}, {:?}); int8 dot products: {dot4:?}; storage binding limit {} MiB",
             info.name,
@@ -239,7 +238,10 @@ impl Gpu {
             dot4,
             pipes,
             params,
-            slots: slots.unwrap_or(PARAM_SLOTS).clamp(1, PARAM_SLOTS),
+            slots: opts
+                .max_dispatches
+                .unwrap_or(PARAM_SLOTS)
+                .clamp(1, PARAM_SLOTS),
             rec: Mutex::new(Recorder::default()),
             next_id: AtomicU64::new(1),
             dead,

@@ -158,11 +158,7 @@ impl WgpuBackend {
     }
 
     pub fn new_with(choice: DeviceChoice, opts: WgpuOptions) -> Result<Self, WgpuError> {
-        let choice = match choice {
-            DeviceChoice::Cpu => DeviceChoice::Wgpu(None),
-            c => c,
-        };
-        let adapter = device::pick(choice)?.ok_or(WgpuError::NoAdapter)?;
+        let adapter = device::pick(choice)?.ok_or(WgpuError::NotAGpu(choice))?;
         let (device, queue) = device::request_device(&adapter)?;
         Self::make(device, queue, adapter.get_info(), opts)
     }
@@ -191,14 +187,7 @@ impl WgpuBackend {
         info: wgpu::AdapterInfo,
         opts: WgpuOptions,
     ) -> Result<Self, WgpuError> {
-        let gpu = Gpu::new(
-            device,
-            queue,
-            info,
-            opts.dot4,
-            opts.max_binding,
-            opts.max_dispatches,
-        )?;
+        let gpu = Gpu::new(device, queue, info, &opts)?;
         let name = format!(
             "wgpu ({}, {:?}, {:?}, int8 dot: {:?})",
             gpu.info.name, gpu.info.backend, gpu.info.device_type, gpu.dot4
