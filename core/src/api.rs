@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::backend::cpu::{CpuBackend, OutputTable};
 #[cfg(feature = "wgpu")]
-use crate::backend::{wgpu::WgpuBackend, DeviceChoice};
+use crate::backend::wgpu::WgpuBackend;
 use crate::backend::{Backend, KvType};
 use crate::engine::{CancelToken, Chunk, Engine, EngineError, GenerationStats, TokenStream};
 use crate::gguf::GgufFile;
@@ -124,6 +124,22 @@ impl Default for InferenceConfig {
     }
 }
 
+/// The device for `Device::Wgpu(n)`.
+#[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+fn wgpu_backend(n: Option<usize>) -> Result<WgpuBackend, EngineError> {
+    WgpuBackend::new(crate::DeviceChoice::Wgpu(n))
+        .map_err(|e| EngineError::Config(format!("wgpu: {e}")))
+}
+
+/// Nothing may block in the browser: the wasm package makes the device
+/// asynchronously and drives an [`Engine`] itself.
+#[cfg(all(feature = "wgpu", target_arch = "wasm32"))]
+fn wgpu_backend(_: Option<usize>) -> Result<WgpuBackend, EngineError> {
+    Err(EngineError::Config(
+        "BitNetModel cannot start WebGPU synchronously in the browser; use the bitnet-rt-wasm package".into(),
+    ))
+}
+
 /// The result of a generation.
 #[derive(Clone, Debug)]
 pub struct Generation {
@@ -145,7 +161,16 @@ impl BitNetModel {
     pub fn load(path: impl AsRef<Path>, config: &ModelConfig) -> Result<Self, EngineError> {
         let path = path.as_ref();
         let file = match config.loading_strategy {
+            #[cfg(not(target_arch = "wasm32"))]
             LoadingStrategy::MemoryMap => GgufFile::open(path)?,
+            // No files to map in the browser; `from_bytes` is the way there.
+            #[cfg(target_arch = "wasm32")]
+            LoadingStrategy::MemoryMap => {
+                return Err(EngineError::Config(format!(
+                    "{}: no file system in the browser; load the bytes with from_bytes",
+                    path.display()
+                )))
+            }
             LoadingStrategy::Preload => {
                 let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
                     path: path.display().to_string(),
@@ -198,8 +223,7 @@ impl BitNetModel {
                         "the int8 output table is a CPU option; the wgpu backend reads the file's table".into(),
                     ));
                 }
-                let backend = WgpuBackend::new(DeviceChoice::Wgpu(n))
-                    .map_err(|e| EngineError::Config(format!("wgpu: {e}")))?;
+                let backend = wgpu_backend(n)?;
                 Engines::Wgpu(setup(file, backend, config)?)
             }
         };

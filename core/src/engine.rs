@@ -4,7 +4,9 @@
 use std::borrow::BorrowMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use crate::backend::{Backend, KvType};
 use crate::gguf::GgufFile;
@@ -327,74 +329,108 @@ impl<B: Backend, S: BorrowMut<Session<B>>> TokenStream<'_, B, S> {
 
     /// Computes one token: `Ok(Some(id))`, or `Ok(None)` once stopped.
     fn step(&mut self) -> Result<Option<u32>, EngineError> {
-        if self.stop.is_some() {
+        let Some(run) = self.begin_step() else {
             return Ok(None);
+        };
+        let begun = Instant::now();
+        self.logits = self
+            .engine
+            .model
+            .forward(self.session.borrow_mut(), run.tokens(), false)?;
+        Ok(self.end_step(run, begun))
+    }
+
+    /// [`TokenStream::step`], awaiting the logits.
+    async fn step_async(&mut self) -> Result<Option<u32>, EngineError> {
+        let Some(run) = self.begin_step() else {
+            return Ok(None);
+        };
+        let begun = Instant::now();
+        self.logits = self
+            .engine
+            .model
+            .forward_async(self.session.borrow_mut(), run.tokens(), false)
+            .await?;
+        Ok(self.end_step(run, begun))
+    }
+
+    /// What the next token needs computed, or `None` (and why, in
+    /// `self.stop`) when the stream is over.
+    fn begin_step(&mut self) -> Option<Run> {
+        if self.stop.is_some() {
+            return None;
         }
         if self.cancel.is_cancelled() {
             self.stop = Some(StopReason::Cancelled);
-            return Ok(None);
+            return None;
         }
         if self.max_tokens.is_some_and(|n| self.tokens.len() >= n) {
             self.stop = Some(StopReason::MaxTokens);
-            return Ok(None);
+            return None;
         }
-        let model = &self.engine.model;
         if !self.prefill.is_empty() {
-            let prompt = std::mem::take(&mut self.prefill);
             self.start = Instant::now();
-            self.logits = model.forward(self.session.borrow_mut(), &prompt, false)?;
-            self.prompt_time = self.start.elapsed();
-            self.gen_start = Some(Instant::now());
-        } else if let Some(&last) = self.tokens.last() {
-            if self.session.borrow().len() >= self.session.borrow().capacity() {
-                self.stop = Some(StopReason::ContextFull);
-                return Ok(None);
+            return Some(Run::Prompt(std::mem::take(&mut self.prefill)));
+        }
+        let Some(&last) = self.tokens.last() else {
+            // Not reached: the prompt runs first, and a stream that sampled
+            // nothing has stopped.
+            self.stop = Some(StopReason::Cancelled);
+            return None;
+        };
+        if self.session.borrow().len() >= self.session.borrow().capacity() {
+            self.stop = Some(StopReason::ContextFull);
+            return None;
+        }
+        Some(Run::Token([last]))
+    }
+
+    /// Samples from the logits `run` produced (the run began at `begun`).
+    fn end_step(&mut self, run: Run, begun: Instant) -> Option<u32> {
+        match run {
+            Run::Prompt(_) => {
+                self.prompt_time = self.start.elapsed();
+                self.gen_start = Some(Instant::now());
             }
-            let step = Instant::now();
-            self.logits = model.forward(self.session.borrow_mut(), &[last], false)?;
-            if self.token_timeout.is_some_and(|t| step.elapsed() > t) {
-                self.stop = Some(StopReason::Timeout);
-                return Ok(None);
+            Run::Token(_) => {
+                if self.token_timeout.is_some_and(|t| begun.elapsed() > t) {
+                    self.stop = Some(StopReason::Timeout);
+                    return None;
+                }
             }
         }
         let next = self.sampler.sample(&mut self.logits);
         self.ttft.get_or_insert_with(|| self.start.elapsed());
         if self.engine.tokenizer.is_stop(next) {
             self.stop = Some(StopReason::EndOfText);
-            return Ok(None);
+            return None;
         }
         self.sampler.accept(next);
         self.tokens.push(next);
-        Ok(Some(next))
+        Some(next)
     }
-}
 
-impl<B: Backend, S: BorrowMut<Session<B>>> Iterator for TokenStream<'_, B, S> {
-    type Item = Result<Chunk, EngineError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let mut chunk = Chunk::default();
-        let begun = Instant::now();
-        while self.stop.is_none()
+    /// Whether `chunk` (begun at `begun`) takes another token.
+    fn wants_more(&self, chunk: &Chunk, begun: Instant) -> bool {
+        self.stop.is_none()
             && chunk.tokens.len() < self.buffer_size
             && (chunk.tokens.is_empty() || begun.elapsed() < self.flush_interval)
-        {
-            let id = match self.step() {
-                Ok(Some(id)) => id,
-                Ok(None) => break,
-                Err(e) => {
-                    self.stop = Some(StopReason::Cancelled);
-                    return Some(Err(e));
-                }
-            };
-            chunk.tokens.push(id);
-            let piece = self.decoder.push(&self.engine.tokenizer, id);
-            let (text, hit) = self.stops.push(&piece);
-            chunk.text.push_str(&text);
-            if hit {
-                self.stop = Some(StopReason::StopString);
-            }
+    }
+
+    /// Adds token `id` and the text it makes visible to `chunk`.
+    fn emit(&mut self, chunk: &mut Chunk, id: u32) {
+        chunk.tokens.push(id);
+        let piece = self.decoder.push(&self.engine.tokenizer, id);
+        let (text, hit) = self.stops.push(&piece);
+        chunk.text.push_str(&text);
+        if hit {
+            self.stop = Some(StopReason::StopString);
         }
+    }
+
+    /// The chunk to hand out, with the held-back text once the stream is
+    /// over (`None`: nothing is left).
+    fn close(&mut self, mut chunk: Chunk) -> Option<Chunk> {
         if let Some(reason) = self.stop {
             // Held-back text belongs to the output unless a stop string or
             // the caller ended it.
@@ -410,7 +446,61 @@ impl<B: Backend, S: BorrowMut<Session<B>>> Iterator for TokenStream<'_, B, S> {
                 return None;
             }
         }
-        Some(Ok(chunk))
+        Some(chunk)
+    }
+
+    /// The next chunk, as [`Iterator::next`] gives it, without blocking on
+    /// the device: the way to generate in the browser.
+    pub async fn next_async(&mut self) -> Option<Result<Chunk, EngineError>> {
+        let mut chunk = Chunk::default();
+        let begun = Instant::now();
+        while self.wants_more(&chunk, begun) {
+            match self.step_async().await {
+                Ok(Some(id)) => self.emit(&mut chunk, id),
+                Ok(None) => break,
+                Err(e) => {
+                    self.stop = Some(StopReason::Cancelled);
+                    return Some(Err(e));
+                }
+            }
+        }
+        self.close(chunk).map(Ok)
+    }
+}
+
+/// The tokens one step runs: the prompt (the part not cached), or the
+/// last generated token.
+enum Run {
+    Prompt(Vec<u32>),
+    Token([u32; 1]),
+}
+
+impl Run {
+    fn tokens(&self) -> &[u32] {
+        match self {
+            Run::Prompt(t) => t,
+            Run::Token(t) => t,
+        }
+    }
+}
+
+impl<B: Backend, S: BorrowMut<Session<B>>> Iterator for TokenStream<'_, B, S> {
+    type Item = Result<Chunk, EngineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut chunk = Chunk::default();
+        let begun = Instant::now();
+        while self.wants_more(&chunk, begun) {
+            match self.step() {
+                Ok(Some(id)) => self.emit(&mut chunk, id),
+                Ok(None) => break,
+                Err(e) => {
+                    self.stop = Some(StopReason::Cancelled);
+                    return Some(Err(e));
+                }
+            }
+        }
+        self.close(chunk).map(Ok)
     }
 }
 

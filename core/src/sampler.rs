@@ -125,8 +125,8 @@ impl Sampler {
     /// A sampler; with no seed configured, one is drawn from the clock.
     pub fn new(cfg: GenerationConfig) -> Sampler {
         let seed = cfg.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
+            web_time::SystemTime::now()
+                .duration_since(web_time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0x5eed)
         });

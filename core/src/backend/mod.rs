@@ -188,4 +188,13 @@ pub trait Backend: Send + Sync {
     /// Copies a tensor to the host. GPU backends run the queued work here
     /// and report any device error it met.
     fn read(&self, x: &Self::Tensor) -> Result<Vec<f32>, BackendError>;
+    /// [`Backend::read`] without blocking the caller's thread: the way in
+    /// the browser, where nothing may wait for the GPU. The default reads
+    /// at once.
+    fn read_async<'a>(
+        &'a self,
+        x: &'a Self::Tensor,
+    ) -> impl std::future::Future<Output = Result<Vec<f32>, BackendError>> + 'a {
+        std::future::ready(self.read(x))
+    }
 }

@@ -176,6 +176,33 @@ impl<B: Backend> BitNet<B> {
         tokens: &[u32],
         all_logits: bool,
     ) -> Result<Vec<f32>, ModelError> {
+        match self.record(s, tokens, all_logits)? {
+            Some(logits) => Ok(self.backend.read(&logits)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// [`BitNet::forward`] without blocking: the logits are awaited (the
+    /// browser's way; natively the same as `forward`).
+    pub async fn forward_async(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        all_logits: bool,
+    ) -> Result<Vec<f32>, ModelError> {
+        match self.record(s, tokens, all_logits)? {
+            Some(logits) => Ok(self.backend.read_async(&logits).await?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The forward pass up to its logits, not read yet (`None`: no tokens).
+    fn record(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        all_logits: bool,
+    ) -> Result<Option<B::Tensor>, ModelError> {
         let needed = s.pos + tokens.len();
         if needed > s.max_seq {
             return Err(ModelError::ContextOverflow {
@@ -190,7 +217,7 @@ impl<B: Backend> BitNet<B> {
             });
         }
         if tokens.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let (b, c) = (&self.backend, &self.cfg);
         let pos0 = s.pos;
@@ -223,6 +250,6 @@ impl<B: Backend> BitNet<B> {
 
         let x = b.rms_norm(&x, &self.output_norm, c.rms_eps);
         let head = self.output.as_ref().unwrap_or(&self.embedding);
-        Ok(b.read(&b.logits(&x, head, !all_logits))?)
+        Ok(Some(b.logits(&x, head, !all_logits)))
     }
 }

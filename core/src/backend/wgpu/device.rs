@@ -33,10 +33,17 @@ pub fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
 
-/// Every adapter, in the order `wgpu:N` counts them.
-pub fn adapters() -> Vec<wgpu::Adapter> {
+/// Every adapter, in the order `wgpu:N` counts them (in the browser: the
+/// one WebGPU adapter, or none).
+pub async fn adapters_async() -> Vec<wgpu::Adapter> {
     let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-    pollster::block_on(instance().enumerate_adapters(backends))
+    instance().enumerate_adapters(backends).await
+}
+
+/// [`adapters_async`], waited for.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn adapters() -> Vec<wgpu::Adapter> {
+    pollster::block_on(adapters_async())
 }
 
 /// Whether an adapter is a real GPU (what `--device auto` takes).
@@ -48,11 +55,17 @@ pub fn is_hardware(info: &wgpu::AdapterInfo) -> bool {
 }
 
 /// The adapter for `choice` (`None` means: use the CPU backend).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn pick(choice: DeviceChoice) -> Result<Option<wgpu::Adapter>, WgpuError> {
+    pollster::block_on(pick_async(choice))
+}
+
+/// The adapter for `choice` (`None` means: use the CPU backend).
+pub async fn pick_async(choice: DeviceChoice) -> Result<Option<wgpu::Adapter>, WgpuError> {
     if choice == DeviceChoice::Cpu {
         return Ok(None);
     }
-    let mut all = adapters();
+    let mut all = adapters_async().await;
     let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
         wgpu::DeviceType::IntegratedGpu => 1,
@@ -150,7 +163,15 @@ pub fn check_limits(have: &wgpu::Limits) -> Result<(), WgpuError> {
 
 /// Creates a device on `adapter` with the adapter's real limits (so large
 /// buffers and bindings are allowed) and no optional feature.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue), WgpuError> {
+    pollster::block_on(request_device_async(adapter))
+}
+
+/// [`request_device`], as a future (the only way in the browser).
+pub async fn request_device_async(
+    adapter: &wgpu::Adapter,
+) -> Result<(wgpu::Device, wgpu::Queue), WgpuError> {
     let info = adapter.get_info();
     check_limits(&adapter.limits())?;
     let desc = wgpu::DeviceDescriptor {
@@ -159,10 +180,13 @@ pub fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Qu
         required_limits: adapter.limits(),
         ..Default::default()
     };
-    pollster::block_on(adapter.request_device(&desc)).map_err(|e| WgpuError::RequestDevice {
-        adapter: info.name.clone(),
-        reason: e.to_string(),
-    })
+    adapter
+        .request_device(&desc)
+        .await
+        .map_err(|e| WgpuError::RequestDevice {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })
 }
 
 /// One line per adapter for `bitnet-cli devices`.

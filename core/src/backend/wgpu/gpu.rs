@@ -173,6 +173,9 @@ pub struct Gpu {
     rec: Mutex<Recorder>,
     next_id: AtomicU64,
     dead: Arc<Mutex<Vec<u64>>>,
+    /// Errors the device reported on its own (in the browser, where error
+    /// scopes cannot be waited for, every error comes this way).
+    reported: Arc<Mutex<Option<String>>>,
 }
 
 impl Gpu {
@@ -208,9 +211,10 @@ impl Gpu {
                     m
                 }
             };
-            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let pipe = make_pipe(&device, op, &module, entry);
-            if let Some(e) = pollster::block_on(scope.pop()) {
+            let (pipe, err) = scoped(&device, wgpu::ErrorFilter::Validation, || {
+                make_pipe(&device, op, &module, entry)
+            });
+            if let Some(e) = err {
                 return Err(WgpuError::Shader {
                     shader: format!("{} ({entry})", shader.name),
                     reason: e.to_string(),
@@ -219,6 +223,18 @@ impl Gpu {
             pipes.insert(op, pipe);
         }
         let dead = Arc::new(Mutex::new(Vec::new()));
+        let reported = Arc::new(Mutex::new(None));
+        #[cfg(target_arch = "wasm32")]
+        {
+            // Our own device in the browser: its uncaptured errors are ours.
+            let slot = reported.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                if slot.is_none() {
+                    *slot = Some(e.to_string());
+                }
+            }));
+        }
         let params = Arc::new(Buf {
             id: 0,
             buffer: device.create_buffer(&wgpu::BufferDescriptor {
@@ -245,6 +261,7 @@ impl Gpu {
             rec: Mutex::new(Recorder::default()),
             next_id: AtomicU64::new(1),
             dead,
+            reported,
         })
     }
 
@@ -292,16 +309,17 @@ impl Gpu {
                 self.max_binding()
             )));
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: mapped,
+        let (buffer, err) = scoped(&self.device, wgpu::ErrorFilter::OutOfMemory, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: mapped,
+            })
         });
-        match pollster::block_on(scope.pop()) {
+        match err {
             Some(e) => Err(BackendError::Device(format!("{label}: {e}"))),
             None => Ok(buffer),
         }
@@ -348,16 +366,17 @@ impl Gpu {
                 return b;
             }
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("bitnet:activations"),
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let (buffer, err) = scoped(&self.device, wgpu::ErrorFilter::OutOfMemory, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bitnet:activations"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = err {
             self.fail(format!("activation buffer of {size} bytes: {e}"));
         }
         self.wrap(buffer, size)
@@ -427,13 +446,14 @@ impl Gpu {
                         resource: b.buffer.as_entire_binding(),
                     });
                 }
-                let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-                let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("bitnet:bind"),
-                    layout: &pipe.layout,
-                    entries: &entries,
+                let (group, err) = scoped(&self.device, wgpu::ErrorFilter::Validation, || {
+                    self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("bitnet:bind"),
+                        layout: &pipe.layout,
+                        entries: &entries,
+                    })
                 });
-                if let Some(e) = pollster::block_on(scope.pop()) {
+                if let Some(e) = err {
                     failed = Some(format!("{op:?} bindings: {e}"));
                 }
                 group
@@ -482,41 +502,42 @@ impl Gpu {
         if r.cmds.is_empty() {
             return;
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        self.queue.write_buffer(&self.params.buffer, 0, &r.params);
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("bitnet:forward"),
-            });
         let cmds = std::mem::take(&mut r.cmds);
-        let mut i = 0;
-        while i < cmds.len() {
-            if let Cmd::Copy { src, dst, size } = &cmds[i] {
-                enc.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, *size);
-                i += 1;
-                continue;
+        let ((), err) = scoped(&self.device, wgpu::ErrorFilter::Validation, || {
+            self.queue.write_buffer(&self.params.buffer, 0, &r.params);
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("bitnet:forward"),
+                });
+            let mut i = 0;
+            while i < cmds.len() {
+                if let Cmd::Copy { src, dst, size } = &cmds[i] {
+                    enc.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, *size);
+                    i += 1;
+                    continue;
+                }
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("bitnet:ops"),
+                    timestamp_writes: None,
+                });
+                while let Some(Cmd::Dispatch {
+                    op,
+                    bind_group,
+                    offset,
+                    groups,
+                }) = cmds.get(i)
+                {
+                    pass.set_pipeline(&self.pipes[op].pipeline);
+                    pass.set_bind_group(0, bind_group, &[*offset]);
+                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    i += 1;
+                }
             }
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("bitnet:ops"),
-                timestamp_writes: None,
-            });
-            while let Some(Cmd::Dispatch {
-                op,
-                bind_group,
-                offset,
-                groups,
-            }) = cmds.get(i)
-            {
-                pass.set_pipeline(&self.pipes[op].pipeline);
-                pass.set_bind_group(0, bind_group, &[*offset]);
-                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-                i += 1;
-            }
-        }
-        self.queue.submit([enc.finish()]);
+            self.queue.submit([enc.finish()]);
+        });
         r.params.clear();
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = err {
             if r.error.is_none() {
                 r.error = Some(e.to_string());
             }
@@ -526,9 +547,9 @@ impl Gpu {
         }
     }
 
-    /// Runs everything recorded and copies `size` bytes of `buf` back.
-    pub fn read(&self, buf: &GpuBuf, size: u64) -> Result<Vec<u8>, BackendError> {
-        let size = size.next_multiple_of(4);
+    /// Records a copy of `size` bytes of `buf` into a new mappable buffer,
+    /// submits everything recorded, and reports the first error met.
+    fn stage(&self, buf: &GpuBuf, size: u64) -> Result<GpuBuf, BackendError> {
         let staging = self.wrap(
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bitnet:readback"),
@@ -541,26 +562,12 @@ impl Gpu {
         if size > 0 {
             self.copy(buf, &staging, size);
         }
-        self.flush();
-        if let Some(e) = self.rec().error.take() {
-            return Err(BackendError::Device(e));
-        }
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging
-            .buffer
-            .slice(..size)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| BackendError::Device(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| BackendError::Device(e.to_string()))?
-            .map_err(|e| BackendError::Device(e.to_string()))?;
+        self.flush_errors()?;
+        Ok(staging)
+    }
+
+    /// The bytes of a staging buffer once its mapping is done.
+    fn unstage(staging: &GpuBuf, size: u64) -> Result<Vec<u8>, BackendError> {
         let out = staging
             .buffer
             .slice(..size)
@@ -571,10 +578,75 @@ impl Gpu {
         Ok(out)
     }
 
+    /// Runs everything recorded and copies `size` bytes of `buf` back,
+    /// waiting for the device. In the browser nothing may wait: this is an
+    /// error there, and [`Gpu::read_async`] is the way.
+    pub fn read(&self, buf: &GpuBuf, size: u64) -> Result<Vec<u8>, BackendError> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = (buf, size);
+            Err(BackendError::Unsupported(
+                "the browser cannot wait for the GPU: use the async calls (read_async, forward_async, next_async)".into(),
+            ))
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let size = size.next_multiple_of(4);
+            let staging = self.stage(buf, size)?;
+            if size == 0 {
+                return Ok(Vec::new());
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            staging
+                .buffer
+                .slice(..size)
+                .map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx.send(r);
+                });
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| BackendError::Device(e.to_string()))?;
+            rx.recv()
+                .map_err(|e| BackendError::Device(e.to_string()))?
+                .map_err(|e| BackendError::Device(e.to_string()))?;
+            Self::unstage(&staging, size)
+        }
+    }
+
+    /// [`Gpu::read`] without blocking: the mapping is awaited (the browser
+    /// runs its event loop meanwhile). Natively the device is polled first,
+    /// so the future is ready at once.
+    pub async fn read_async(&self, buf: &GpuBuf, size: u64) -> Result<Vec<u8>, BackendError> {
+        let size = size.next_multiple_of(4);
+        let staging = self.stage(buf, size)?;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = oneshot();
+        staging
+            .buffer
+            .slice(..size)
+            .map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| BackendError::Device(e.to_string()))?;
+        rx.await.map_err(|e| BackendError::Device(e.to_string()))?;
+        // Errors the browser reported while this work ran.
+        self.flush_errors()?;
+        Self::unstage(&staging, size)
+    }
+
     /// Submits what is recorded and returns the first error met, if any.
     pub fn flush_errors(&self) -> Result<(), BackendError> {
         self.flush();
-        match self.rec().error.take() {
+        let reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut r = self.rec();
+        match r.error.take().or(reported) {
             Some(e) => Err(BackendError::Device(e)),
             None => Ok(()),
         }
@@ -600,12 +672,23 @@ fn choose_dot4(device: &wgpu::Device) -> Dot4 {
         "{}@compute @workgroup_size(1) fn main() {{ _ = dot4(0x01020304u, 0x05060708u); }}",
         Dot4::Packed.prelude()
     );
-    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let _ = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("bitnet:probe-dot4"),
-        source: wgpu::ShaderSource::Wgsl(src.into()),
+    if cfg!(target_arch = "wasm32") {
+        // The browser's compiler cannot be probed without waiting; it says
+        // which WGSL extensions it has.
+        let features = super::device::instance().wgsl_language_features();
+        return if features.contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct) {
+            Dot4::Packed
+        } else {
+            Dot4::Portable
+        };
+    }
+    let ((), err) = scoped(device, wgpu::ErrorFilter::Validation, || {
+        let _ = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("bitnet:probe-dot4"),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
     });
-    match pollster::block_on(scope.pop()) {
+    match err {
         None => Dot4::Packed,
         Some(e) => {
             log::debug!("dot4I8Packed unavailable ({e}); using the portable int8 dot product");
@@ -619,12 +702,13 @@ fn compile(
     shader: Shader,
     dot4: Dot4,
 ) -> Result<wgpu::ShaderModule, WgpuError> {
-    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(shader.name),
-        source: wgpu::ShaderSource::Wgsl(shader.source(dot4).into()),
+    let (module, err) = scoped(device, wgpu::ErrorFilter::Validation, || {
+        device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader.name),
+            source: wgpu::ShaderSource::Wgsl(shader.source(dot4).into()),
+        })
     });
-    match pollster::block_on(scope.pop()) {
+    match err {
         None => Ok(module),
         Some(e) => Err(WgpuError::Shader {
             shader: shader.name.into(),
@@ -676,4 +760,65 @@ fn make_pipe(device: &wgpu::Device, op: Op, module: &wgpu::ShaderModule, entry: 
         cache: None,
     });
     Pipe { pipeline, layout }
+}
+
+/// Runs `f` inside an error scope of `filter`; returns what it made and the
+/// error the scope caught. In the browser a scope's answer comes only after
+/// the event loop runs, and nothing may wait for it: there errors reach the
+/// device's error handler instead (set in `Gpu::new`) and the next read
+/// reports them.
+fn scoped<T>(
+    device: &wgpu::Device,
+    filter: wgpu::ErrorFilter,
+    f: impl FnOnce() -> T,
+) -> (T, Option<wgpu::Error>) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let scope = device.push_error_scope(filter);
+        let out = f();
+        (out, pollster::block_on(scope.pop()))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = (device, filter);
+        (f(), None)
+    }
+}
+
+/// A one-value channel whose receiver is a future (a buffer mapping's
+/// callback is the sender).
+fn oneshot<T>() -> (OneshotSender<T>, Oneshot<T>) {
+    let slot = Arc::new(Mutex::new((None, None)));
+    (OneshotSender(slot.clone()), Oneshot(slot))
+}
+
+type OneshotSlot<T> = Arc<Mutex<(Option<T>, Option<std::task::Waker>)>>;
+
+struct OneshotSender<T>(OneshotSlot<T>);
+
+impl<T> OneshotSender<T> {
+    fn send(self, value: T) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slot.0 = Some(value);
+        if let Some(w) = slot.1.take() {
+            w.wake();
+        }
+    }
+}
+
+struct Oneshot<T>(OneshotSlot<T>);
+
+impl<T> std::future::Future for Oneshot<T> {
+    type Output = T;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.0.take() {
+            Some(v) => std::task::Poll::Ready(v),
+            None => {
+                slot.1 = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    }
 }

@@ -153,16 +153,27 @@ impl WgpuBackend {
     /// Picks an adapter as `--device` says and creates a device on it.
     /// `DeviceChoice::Auto` with no hardware GPU is an error here; the
     /// caller decides to use the CPU backend instead (see [`device::pick`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(choice: DeviceChoice) -> Result<Self, WgpuError> {
         Self::new_with(choice, WgpuOptions::default())
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new_with(choice: DeviceChoice, opts: WgpuOptions) -> Result<Self, WgpuError> {
-        let adapter = device::pick(choice)?.ok_or(WgpuError::NotAGpu(choice))?;
-        let (device, queue) = device::request_device(&adapter)?;
+        pollster::block_on(Self::new_async(choice, opts))
+    }
+
+    /// [`WgpuBackend::new_with`] as a future: the way to start in the
+    /// browser, where nothing may block.
+    pub async fn new_async(choice: DeviceChoice, opts: WgpuOptions) -> Result<Self, WgpuError> {
+        let adapter = device::pick_async(choice)
+            .await?
+            .ok_or(WgpuError::NotAGpu(choice))?;
+        let (device, queue) = device::request_device_async(&adapter).await?;
         Self::make(device, queue, adapter.get_info(), opts)
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self, WgpuError> {
         let (device, queue) = device::request_device(adapter)?;
         Self::from_wgpu(device, queue, adapter.get_info())
@@ -769,9 +780,26 @@ impl Backend for WgpuBackend {
             return Ok(h.clone());
         }
         let bytes = self.gpu.read(x.buf(), (x.rows * x.cols * 4) as u64)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        Ok(floats(&bytes))
     }
+
+    async fn read_async(&self, x: &GpuTensor) -> Result<Vec<f32>, BackendError> {
+        if let Some(h) = &x.host {
+            self.gpu.flush_errors()?;
+            return Ok(h.clone());
+        }
+        let bytes = self
+            .gpu
+            .read_async(x.buf(), (x.rows * x.cols * 4) as u64)
+            .await?;
+        Ok(floats(&bytes))
+    }
+}
+
+/// Little-endian f32s.
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
