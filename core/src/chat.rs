@@ -49,6 +49,28 @@ pub enum ChatTemplate {
 }
 
 impl ChatTemplate {
+    /// The format a model chats in unless told otherwise: the built-in one
+    /// for BitNet architectures (2B4T's file template is not the format it
+    /// was trained on), else the file's `tokenizer.chat_template`.
+    pub fn for_model(architecture: &str, file_template: Option<&str>) -> ChatTemplate {
+        match file_template {
+            Some(t) if !architecture.starts_with("bitnet") => ChatTemplate::Jinja(t.into()),
+            _ => ChatTemplate::BitNet,
+        }
+    }
+
+    /// The conversation as prompt token ids, ready for the assistant's
+    /// reply (BOS where the format writes it, as the tokenizer's text).
+    pub fn encode(
+        &self,
+        tok: &crate::tokenizer::Tokenizer,
+        messages: &[ChatMessage],
+    ) -> Result<Vec<u32>, ChatError> {
+        let text = |id: Option<u32>| id.and_then(|i| tok.token(i)).unwrap_or("").to_owned();
+        let prompt = self.render(messages, &text(tok.bos), &text(tok.eos))?;
+        Ok(tok.encode(&prompt, false))
+    }
+
     /// Renders the conversation and the start of the assistant's reply.
     /// `bos` is the BOS token text, included where the format wants it (the
     /// tokenizer then maps it to the BOS id).

@@ -147,8 +147,17 @@ pub struct Engine<B: Backend> {
 
 impl<B: Backend> Engine<B> {
     pub fn load(file: Arc<GgufFile>, backend: B) -> Result<Self, EngineError> {
+        Self::load_with_progress(file, backend, &mut |_, _| {})
+    }
+
+    /// [`Engine::load`] with [`BitNet::load_with_progress`]'s reports.
+    pub fn load_with_progress(
+        file: Arc<GgufFile>,
+        backend: B,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self, EngineError> {
         let tokenizer = Tokenizer::from_metadata(file.metadata())?;
-        let model = BitNet::load(file, backend)?;
+        let model = BitNet::load_with_progress(file, backend, progress)?;
         Ok(Engine {
             model,
             tokenizer,

@@ -102,7 +102,19 @@ impl<B: Backend> Session<B> {
 impl<B: Backend> BitNet<B> {
     /// Checks the file's configuration and hands every weight to `backend`.
     pub fn load(file: Arc<GgufFile>, backend: B) -> Result<Self, ModelError> {
+        Self::load_with_progress(file, backend, &mut |_, _| {})
+    }
+
+    /// [`BitNet::load`], calling `progress(done, total)` (in layers, the
+    /// tables last) as the weights reach the backend: a GPU upload of a
+    /// large model takes a while.
+    pub fn load_with_progress(
+        file: Arc<GgufFile>,
+        backend: B,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self, ModelError> {
         let cfg = BitNetConfig::from_gguf(&file)?;
+        let total = cfg.n_layers + 1;
         let b = &backend;
         let mut layers = Vec::with_capacity(cfg.n_layers as usize);
         for i in 0..cfg.n_layers {
@@ -127,6 +139,7 @@ impl<B: Backend> BitNet<B> {
                 up: b.load_linear(&file, &n("ffn_up"))?,
                 down: b.load_linear(&file, &n("ffn_down"))?,
             });
+            progress(i + 1, total);
         }
         let mut embedding = b.load_table(&file, "token_embd.weight")?;
         let output = if cfg.tied_embeddings {
@@ -137,6 +150,7 @@ impl<B: Backend> BitNet<B> {
             b.prepare_output(&mut t)?;
             Some(t)
         };
+        progress(total, total);
         Ok(BitNet {
             embedding,
             output_norm: b.load_vector(&file, "output_norm.weight")?,

@@ -55,12 +55,9 @@ fn converse<B: Backend>(
                 .ok_or_else(|| anyhow::anyhow!("the model has no tokenizer.chat_template"))?,
         ),
         Some(text) => ChatTemplate::Jinja(text.to_owned()),
-        None if arch.starts_with("bitnet") => ChatTemplate::BitNet,
-        None => file_template.map_or(ChatTemplate::BitNet, ChatTemplate::Jinja),
+        None => ChatTemplate::for_model(&arch, file_template.as_deref()),
     };
     let tok = &engine.tokenizer;
-    let bos = tok.bos.and_then(|b| tok.token(b)).unwrap_or("").to_owned();
-    let eos = tok.eos.and_then(|e| tok.token(e)).unwrap_or("").to_owned();
     let cfg = sampling.config();
 
     // One session for the whole conversation: each turn reuses the cached
@@ -86,9 +83,7 @@ fn converse<B: Backend>(
             continue;
         }
         messages.push(ChatMessage::new("user", &line));
-        let prompt = template.render(&messages, &bos, &eos)?;
-        // The template wrote BOS as text where it wants it.
-        let ids = tok.encode(&prompt, false);
+        let ids = template.encode(tok, &messages)?;
         let mut reply = String::new();
         let mut out = std::io::stdout().lock();
         let stats = engine.generate_ids(&mut session, &ids, &cfg, |text| {
