@@ -12,20 +12,22 @@
 
 mod common;
 use common::ids;
+#[path = "common/parity.rs"]
+mod parity;
+use parity::{cpu_tensor, f32_bytes, file, nmse, rel_diff, ternary, Rng};
 
 use std::path::Path;
 use std::sync::Arc;
 
-use bitnet::backend::cpu::{CpuBackend, CpuTensor};
+use bitnet::backend::cpu::CpuBackend;
 use bitnet::backend::wgpu::{Dot4, WgpuOptions};
 use bitnet::backend::{Backend, BackendError, KvType};
 use bitnet::convert::{convert_hf, ConvertOptions};
 use bitnet::fixture::FixtureConfig;
-use bitnet::gguf::{GgufFile, GgufWriter, Value};
+use bitnet::gguf::GgufFile;
 use bitnet::model::config::{Activation, BitNetConfig, RopeStyle};
 use bitnet::model::BitNet;
 use bitnet::quant::act::quantize_row;
-use bitnet::quant::ternary::{i2s_encode, BlockTQ1_0, BlockTQ2_0};
 use bitnet::{DeviceChoice, Engine, GenerationConfig, GgmlType, ModelError, WgpuBackend};
 use half::f16;
 
@@ -50,63 +52,6 @@ fn gpu_opts(opts: WgpuOptions) -> Option<WgpuBackend> {
 
 fn gpu() -> Option<WgpuBackend> {
     gpu_with(None)
-}
-
-/// A small deterministic generator (xorshift), so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in [-1, 1).
-    fn f(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f() * scale).collect()
-    }
-}
-
-fn nmse(want: &[f32], got: &[f32]) -> f64 {
-    assert_eq!(want.len(), got.len());
-    assert!(got.iter().all(|v| v.is_finite()), "NaN or inf from the GPU");
-    let err: f64 = want
-        .iter()
-        .zip(got)
-        .map(|(a, b)| f64::from(a - b).powi(2))
-        .sum();
-    let norm: f64 = want.iter().map(|a| f64::from(*a).powi(2)).sum();
-    err / norm.max(1e-30)
-}
-
-fn cpu_tensor(rows: usize, cols: usize, data: &[f32]) -> CpuTensor {
-    CpuTensor {
-        data: data.to_vec(),
-        rows,
-        cols,
-    }
-}
-
-/// A GGUF holding the given tensors (and nothing else).
-fn file(tensors: Vec<(&str, Vec<u64>, GgmlType, Vec<u8>)>) -> Arc<GgufFile> {
-    let mut w = GgufWriter::new();
-    // The architecture tells which producer's type ids 36-39 are (I2_S).
-    w.add_metadata("general.architecture", Value::String("bitnet-b1.58".into()))
-        .unwrap();
-    for (name, dims, ty, data) in tensors {
-        w.add_tensor(name, &dims, ty, data).unwrap();
-    }
-    Arc::new(GgufFile::from_vec(w.to_bytes().unwrap()).unwrap())
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 fn tiny_cfg() -> BitNetConfig {
@@ -157,37 +102,6 @@ fn activation_quantization_is_identical() {
             assert_eq!(qsum[r * k / 128 + c], sum, "row {r} chunk {c}: sum");
         }
     }
-}
-
-/// Ternary weights `m` × `k` in the backend's kinds: 0 I2_S; 1, 2 TQ2_0
-/// with one scale / a scale per block; 3, 4 the same in TQ1_0.
-fn ternary(kind: usize, k: usize, m: usize, scale: f32, rng: &mut Rng) -> (GgmlType, Vec<u8>) {
-    let w: Vec<i8> = (0..k * m).map(|_| rng.below(3) as i8 - 1).collect();
-    if kind == 0 {
-        return (GgmlType::I2_S, i2s_encode(&w, scale));
-    }
-    let mut out = Vec::new();
-    for (b, block) in w.chunks_exact(256).enumerate() {
-        let d = if kind % 2 == 1 {
-            scale
-        } else {
-            scale * (1.0 + (b % 5) as f32 / 8.0)
-        };
-        let (block, d) = (block.try_into().unwrap(), f16::from_f32(d));
-        if kind <= 2 {
-            out.extend_from_slice(&BlockTQ2_0::pack(block, d).to_bytes());
-        } else {
-            out.extend_from_slice(&BlockTQ1_0::pack(block, d).to_bytes());
-        }
-    }
-    (
-        if kind <= 2 {
-            GgmlType::TQ2_0
-        } else {
-            GgmlType::TQ1_0
-        },
-        out,
-    )
 }
 
 /// The three products the forward pass asks for, on the CPU and the GPU:
@@ -490,15 +404,6 @@ fn attention_matches_prefill_and_decode() {
 
 fn fixture(ty: GgmlType) -> Arc<GgufFile> {
     Arc::new(GgufFile::from_vec(FixtureConfig::tiny(ty).to_bytes().unwrap()).unwrap())
-}
-
-fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    let range = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
-        / range
 }
 
 #[test]

@@ -125,7 +125,10 @@ pub fn generation_config(opts: &JsValue) -> Result<GenerationConfig, JsValue> {
     } else if js_sys::Array::is_array(&stop) {
         c.stop = js_sys::Array::from(&stop)
             .iter()
-            .map(|v| v.as_string().ok_or_else(|| err("option stop holds strings")))
+            .map(|v| {
+                v.as_string()
+                    .ok_or_else(|| err("option stop holds strings"))
+            })
             .collect::<Result<_, _>>()?;
     } else if !stop.is_undefined() && !stop.is_null() {
         return Err(err("option stop is a string or an array of strings"));

@@ -153,7 +153,8 @@ impl Engine {
         };
         let model = match gpu {
             Some(b) => {
-                let mut report = |d: u64, t: u64| progress.report("upload", d as f64, Some(t as f64));
+                let mut report =
+                    |d: u64, t: u64| progress.report("upload", d as f64, Some(t as f64));
                 let mut engine = Core::load_with_progress(file, b, &mut report).map_err(to_js)?;
                 engine.ctx_size = ctx;
                 engine.kv_type = kv;

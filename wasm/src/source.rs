@@ -45,8 +45,7 @@ pub async fn read(
             at = end;
             progress.report("load", at, Some(total));
         }
-    } else if source.is_instance_of::<js_sys::ArrayBuffer>()
-        || js_sys::ArrayBuffer::is_view(source)
+    } else if source.is_instance_of::<js_sys::ArrayBuffer>() || js_sys::ArrayBuffer::is_view(source)
     {
         let view = if source.is_instance_of::<js_sys::ArrayBuffer>() {
             Uint8Array::new(source)

@@ -30,6 +30,10 @@ pub struct Args {
     /// Do not print the prompt before the output.
     #[arg(long)]
     no_display_prompt: bool,
+    /// Print one JSON object at the end (text, generated token ids, counts,
+    /// timings) instead of streaming the text: for scripts and tests.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Sampling and run flags shared by `inference` and `chat` (llama.cpp's names
@@ -214,7 +218,37 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (None, None) => String::new(),
     };
     let (engine, _) = load_engine(a.model, &a.sampling)?;
+    if a.json {
+        return with_any!(AnyEngine, engine, e => generate_json(&e, &prompt, &a.sampling));
+    }
     with_any!(AnyEngine, engine, e => generate(&e, &prompt, &a.sampling, a.no_display_prompt))
+}
+
+fn generate_json<B: Backend>(
+    engine: &Engine<B>,
+    prompt: &str,
+    sampling: &SamplingArgs,
+) -> anyhow::Result<()> {
+    let cfg = sampling.config();
+    let mut text = String::new();
+    let s = engine.generate(prompt, &cfg, |t| {
+        text.push_str(t);
+        true
+    })?;
+    let out = serde_json::json!({
+        "prompt": prompt,
+        "text": text,
+        "tokens": s.tokens,
+        "prompt_tokens": s.prompt_tokens,
+        "generated_tokens": s.generated_tokens,
+        "stop_reason": format!("{:?}", s.stop_reason),
+        "seed": s.seed,
+        "prompt_ms": s.prompt_time.as_secs_f64() * 1e3,
+        "generation_ms": s.generation_time.as_secs_f64() * 1e3,
+        "backend": engine.model.backend().name(),
+    });
+    println!("{out}");
+    Ok(())
 }
 
 fn generate<B: Backend>(
