@@ -56,6 +56,58 @@ WGPU_BACKEND=gl cargo test -q -p bitnet-rt --features wgpu --test wgpu
 step "Python tests against the gguf package"
 target/pyenv/bin/python -m pytest tests/python -q
 
+# The browser: the wasm package, its WebGPU parity tests in headless
+# Chromium (SwiftShader), and the web demo driven end to end. Needs the
+# wasm32 target, wasm-bindgen-cli (Cargo.lock's version), wasm-pack,
+# Debian's chromium + chromedriver and Node; installed here when missing
+# (root on apt for the browser). Without a browser these tests skip with a
+# message, unless REQUIRE_BROWSER=1 (set when root on apt).
+step "browser toolchain: wasm32 target, wasm-bindgen-cli, wasm-pack, Chromium, Node"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  export REQUIRE_BROWSER="${REQUIRE_BROWSER:-1}"
+  missing=""
+  command -v chromium >/dev/null || missing="$missing chromium"
+  command -v chromedriver >/dev/null || missing="$missing chromium-driver"
+  command -v npm >/dev/null || missing="$missing nodejs npm"
+  if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq $missing >/dev/null
+  fi
+fi
+browser=1
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v npm >/dev/null; then
+  if [ "${REQUIRE_BROWSER:-}" = 1 ]; then
+    echo "REQUIRE_BROWSER=1 but chromium, chromedriver or npm is missing" >&2; exit 1
+  fi
+  echo "skipped: the browser tests need chromium, chromedriver and npm (apt-get install chromium chromium-driver npm)"
+  browser=0
+fi
+if [ "$browser" = 1 ]; then
+  rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+  wbg=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/[^0-9.]/,""); print}' Cargo.lock)
+  wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $wbg" \
+    || cargo install -q --locked wasm-bindgen-cli --version "$wbg"
+  command -v wasm-pack >/dev/null || cargo install -q --locked wasm-pack --version 0.15.1
+
+  step "cargo clippy for wasm32 (the core with wgpu, the wasm package and its tests)"
+  cargo clippy -q --target wasm32-unknown-unknown -p bitnet-rt --features wgpu --lib -- -D warnings
+  cargo clippy -q --target wasm32-unknown-unknown -p bitnet-rt-wasm --all-targets -- -D warnings
+
+  step "wasm-pack build --target web (no network needed)"
+  wasm-pack --quiet build wasm --target web
+
+  step "browser tests: kernel parity and the bundled model on WebGPU in headless Chromium"
+  # REQUIRE_GPU is read when the test is compiled: no adapter is a failure.
+  ( cd wasm && REQUIRE_GPU=1 WASM_BINDGEN_TEST_TIMEOUT=1200 \
+      CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+      cargo test --target wasm32-unknown-unknown --test web )
+
+  step "web demo: build, then a user's visit in headless Chromium (Playwright)"
+  scripts/web-demo.sh
+  ( cd web-demo/tests && npm ci --no-audit --no-fund --silent && node --test )
+  echo "screenshots: target/web-demo-artifacts/"
+fi
+
 if [ -n "${BITNET_FUZZ_SECONDS:-}" ]; then
   step "fuzz the GGUF reader for ${BITNET_FUZZ_SECONDS}s"
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz -q

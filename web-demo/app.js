@@ -181,7 +181,9 @@ worker.postMessage({ type: "cache-list" });
       if (adapter) {
         const info = adapter.info ?? {};
         const name = [info.vendor, info.architecture, info.description].filter(Boolean).join(" ") || "an adapter";
-        text = `WebGPU: ${name}${adapter.info?.isFallbackAdapter ? " (a software fallback adapter)" : ""}.`;
+        text = adapter.info?.isFallbackAdapter
+          ? `WebGPU: ${name}, a software fallback adapter (the CPU device may be faster here).`
+          : `WebGPU: ${name}.`;
       } else {
         text = "WebGPU has no adapter here: models run on the CPU (WebAssembly), which is slower.";
       }

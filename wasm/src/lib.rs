@@ -29,7 +29,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bitnet::backend::cpu::CpuBackend;
-use bitnet::backend::wgpu::WgpuOptions;
+use bitnet::backend::wgpu::{WgpuError, WgpuOptions};
 use bitnet::backend::Backend;
 use bitnet::chat::{ChatMessage, ChatTemplate};
 use bitnet::model::Session;
@@ -142,13 +142,19 @@ impl Engine {
         } else {
             match WgpuBackend::new_async(DeviceChoice::Wgpu(None), WgpuOptions::default()).await {
                 Ok(b) => Some(b),
-                Err(e) if device == "auto" => {
+                Err(e) => {
+                    let why = match e {
+                        WgpuError::NoAdapter => "the browser offers no WebGPU adapter".into(),
+                        other => other.to_string(),
+                    };
+                    if device != "auto" {
+                        return Err(err(&format!("WebGPU: {why}")));
+                    }
                     note = Some(format!(
-                        "WebGPU is not available here ({e}); running on the CPU (WebAssembly), which is slower"
+                        "WebGPU is not available here ({why}); running on the CPU (WebAssembly), which is slower."
                     ));
                     None
                 }
-                Err(e) => return Err(err(&format!("WebGPU: {e}"))),
             }
         };
         let model = match gpu {

@@ -62,11 +62,11 @@ after(async () => {
   if (profile) await rm(profile, { recursive: true, force: true });
 });
 
-async function browser() {
+async function browser({ webgpu = true } = {}) {
   return chromium.launchPersistentContext(profile, {
     executablePath: BROWSER,
     headless: true,
-    args: ["--enable-unsafe-webgpu", "--no-sandbox", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"],
+    args: [...(webgpu ? ["--enable-unsafe-webgpu"] : []), "--no-sandbox", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"],
   });
 }
 
@@ -138,6 +138,81 @@ test("the CPU fallback (wasm) gives the native CPU's tokens", { timeout: TIMEOUT
     const r = await run(context, "cpu", { screenshot: "web-demo-cpu.png" });
     assert.match(r.status, /on cpu/, r.status);
     assert.deepEqual(r.tokens, native(PROMPT, N).tokens, r.text);
+  } finally {
+    await context.close();
+  }
+});
+
+test("the OpenAI-shaped client streams the same reply it returns whole", { timeout: TIMEOUT * 2 }, async () => {
+  const context = await browser();
+  try {
+    const page = await context.newPage();
+    await page.goto(base);
+    const r = await page.evaluate(async (model) => {
+      const { createEngine } = await import("./openai.js");
+      const engine = await createEngine(model, { device: "cpu" });
+      const request = { messages: [{ role: "user", content: "What is love?" }], max_tokens: 16, temperature: 0 };
+      const whole = await engine.chat.completions.create(request);
+      const chunks = [];
+      for await (const c of await engine.chat.completions.create({ ...request, stream: true })) chunks.push(c);
+      // An abort stops a stream early.
+      const abort = new AbortController();
+      let n = 0;
+      let last = null;
+      for await (const c of await engine.chat.completions.create({ ...request, max_tokens: 200, stream: true, signal: abort.signal })) {
+        if (++n === 3) abort.abort();
+        last = c;
+      }
+      return { whole, chunks, aborted: last, abortedCount: n };
+    }, MODEL);
+    assert.equal(r.whole.object, "chat.completion");
+    assert.equal(r.whole.choices[0].finish_reason, "length");
+    assert.equal(r.whole.usage.completion_tokens, 16);
+    assert.ok(r.whole.choices[0].message.content.length > 0);
+    assert.equal(r.chunks[0].choices[0].delta.role, "assistant");
+    const streamed = r.chunks.map((c) => c.choices[0].delta.content ?? "").join("");
+    assert.equal(streamed, r.whole.choices[0].message.content);
+    assert.equal(r.chunks.at(-1).choices[0].finish_reason, "length");
+    assert.deepEqual(r.chunks.at(-1).usage, r.whole.usage);
+    assert.equal(r.aborted.choices[0].finish_reason, "abort");
+    assert.ok(r.aborted.usage.completion_tokens < 200, JSON.stringify(r.aborted.usage));
+  } finally {
+    await context.close();
+  }
+});
+
+test("the stop button ends a long generation", { timeout: TIMEOUT * 2 }, async () => {
+  const context = await browser();
+  try {
+    const page = await context.newPage();
+    await page.goto(base);
+    await page.selectOption("#device", "cpu");
+    await page.click("#load-bundled");
+    await page.waitForFunction(() => document.body.dataset.state === "ready", null, { timeout: TIMEOUT });
+    await page.selectOption("#mode", "chat");
+    await page.fill("#max-tokens", "5000");
+    await page.fill("#prompt", "Tell me a long story.");
+    await page.click("#generate");
+    await page.waitForFunction(() => (document.querySelector("#output .assistant")?.textContent ?? "").length > 20, null, { timeout: TIMEOUT });
+    await page.click("#stop");
+    await page.waitForFunction(() => document.body.dataset.state === "ready", null, { timeout: TIMEOUT });
+    const stats = await page.textContent("#stats");
+    assert.match(stats, /aborted/, stats);
+    const ids = JSON.parse(await page.textContent("#token-ids"));
+    assert.ok(ids.length > 0 && ids.length < 5000, `${ids.length} tokens`);
+  } finally {
+    await context.close();
+  }
+});
+
+test("without WebGPU the page says so and runs on the CPU", { timeout: TIMEOUT * 2 }, async () => {
+  const context = await browser({ webgpu: false });
+  try {
+    const r = await run(context, "auto", { screenshot: "web-demo-no-webgpu.png" });
+    assert.match(await r.page.textContent("#gpu-status"), /not available|no adapter/i);
+    assert.match(await r.page.textContent("#note"), /WebGPU is not available here/);
+    assert.match(r.status, /on cpu/, r.status);
+    assert.deepEqual(r.tokens, native(PROMPT, N).tokens);
   } finally {
     await context.close();
   }

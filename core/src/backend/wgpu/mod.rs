@@ -199,9 +199,14 @@ impl WgpuBackend {
         opts: WgpuOptions,
     ) -> Result<Self, WgpuError> {
         let gpu = Gpu::new(device, queue, info, &opts)?;
+        // Browsers do not name their adapter.
+        let adapter = match gpu.info.name.as_str() {
+            "" => "unnamed adapter",
+            n => n,
+        };
         let name = format!(
-            "wgpu ({}, {:?}, {:?}, int8 dot: {:?})",
-            gpu.info.name, gpu.info.backend, gpu.info.device_type, gpu.dot4
+            "wgpu ({adapter}, {:?}, {:?}, int8 dot: {:?})",
+            gpu.info.backend, gpu.info.device_type, gpu.dot4
         );
         Ok(WgpuBackend {
             gpu: Arc::new(gpu),
