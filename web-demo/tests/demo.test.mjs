@@ -8,51 +8,23 @@
 // with the same settings, on WebGPU and on the wasm CPU fallback.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
-import { execFileSync } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { MODEL, ROOT, TIMEOUT, launch, native, serve, visit } from "./harness.mjs";
 
-const DEMO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const ROOT = path.resolve(DEMO, "..");
-const MODEL = "models/tiny-bitnet-trained-i2s.gguf";
-const CLI = process.env.BITNET_CLI ?? path.join(ROOT, "target", "debug", "bitnet-cli");
 const ARTIFACTS = process.env.BITNET_ARTIFACTS ?? path.join(ROOT, "target", "web-demo-artifacts");
-const BROWSER = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const PROMPT = "The";
 const N = 24;
-const TIMEOUT = 180_000;
 
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".wasm": "application/wasm", ".json": "application/json" };
-const requests = new Map(); // path -> count
 let server;
 let base;
+let requests;
 let profile;
 
 before(async () => {
-  server = http.createServer(async (req, res) => {
-    const url = new URL(req.url, "http://x");
-    const rel = decodeURIComponent(url.pathname === "/" ? "/index.html" : url.pathname);
-    requests.set(rel, (requests.get(rel) ?? 0) + 1);
-    const file = path.join(DEMO, path.normalize(rel));
-    if (!file.startsWith(DEMO)) return res.writeHead(403).end();
-    try {
-      const body = await readFile(file);
-      res.writeHead(200, {
-        "content-type": TYPES[path.extname(file)] ?? "application/octet-stream",
-        "content-length": body.length,
-        "cache-control": "no-store",
-      });
-      res.end(body);
-    } catch {
-      res.writeHead(404).end("not found");
-    }
-  });
-  await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
-  base = `http://127.0.0.1:${server.address().port}/`;
+  server = await serve();
+  ({ base, requests } = server);
   profile = await mkdtemp(path.join(tmpdir(), "bitnet-chromium-"));
   await mkdir(ARTIFACTS, { recursive: true });
 });
@@ -62,45 +34,9 @@ after(async () => {
   if (profile) await rm(profile, { recursive: true, force: true });
 });
 
-async function browser({ webgpu = true } = {}) {
-  return chromium.launchPersistentContext(profile, {
-    executablePath: BROWSER,
-    headless: true,
-    args: [...(webgpu ? ["--enable-unsafe-webgpu"] : []), "--no-sandbox", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"],
-  });
-}
-
-function native(prompt, n) {
-  const out = execFileSync(CLI, ["inference", "-m", path.join(ROOT, MODEL), "-p", prompt, "-n", String(n), "--temp", "0", "--device", "cpu", "--json"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
-  return JSON.parse(out);
-}
-
-/** Loads the bundled model with one click on `device`, then generates. */
-async function run(context, device, { screenshot } = {}) {
-  const page = await context.newPage();
-  const logs = [];
-  page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => logs.push(`pageerror: ${e}`));
-  const why = async () => `status: ${await page.textContent("#status")}\nnote: ${await page.textContent("#note")}\n${logs.join("\n")}`;
-  await page.goto(base);
-  await page.selectOption("#device", device);
-  await page.click("#load-bundled");
-  await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout: TIMEOUT });
-  assert.equal(await page.evaluate(() => document.body.dataset.state), "ready", await why());
-  const status = await page.textContent("#status");
-
-  await page.selectOption("#mode", "complete");
-  await page.fill("#temperature", "0");
-  await page.fill("#max-tokens", String(N));
-  await page.fill("#prompt", PROMPT);
-  await page.click("#generate");
-  await page.waitForFunction(() => document.body.dataset.state !== "generating" && document.getElementById("token-ids").textContent !== "", null, { timeout: TIMEOUT });
-  assert.equal(await page.evaluate(() => document.body.dataset.state), "ready", await why());
-  const tokens = JSON.parse(await page.textContent("#token-ids"));
-  const text = await page.textContent("#output");
-  if (screenshot) await page.screenshot({ path: path.join(ARTIFACTS, screenshot), fullPage: true });
-  return { page, status, tokens, text, logs };
-}
+const browser = (opts) => launch(profile, opts);
+const run = (context, device, { screenshot } = {}) =>
+  visit(context, base, device, { prompt: PROMPT, n: N, screenshot: screenshot && path.join(ARTIFACTS, screenshot) });
 
 test("one click loads the bundled model on WebGPU and greedy tokens equal the native CPU run", { timeout: TIMEOUT * 2 }, async () => {
   const want = native(PROMPT, N);
