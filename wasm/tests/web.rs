@@ -231,6 +231,57 @@ async fn norm_rope_glu_add_embedding_logits_match() {
     }
 }
 
+/// Tables larger than one binding are split by rows (here a binding is made
+/// 64 KiB, so the 260 KB F16 table needs 4 parts): lookups and logits the
+/// same as the CPU's.
+#[wasm_bindgen_test]
+async fn tables_split_across_bindings_give_the_same_results() {
+    let opts = WgpuOptions {
+        max_binding: Some(64 << 10),
+        ..Default::default()
+    };
+    let g = match WgpuBackend::new_async(DeviceChoice::Wgpu(None), opts).await {
+        Ok(g) => g,
+        Err(e) => {
+            assert!(
+                option_env!("REQUIRE_GPU") != Some("1"),
+                "no WebGPU adapter: {e}"
+            );
+            return;
+        }
+    };
+    let cpu = CpuBackend::new();
+    let mut rng = Rng(17);
+    let (rows, cols) = (1000, 130);
+    let table = rng.vec(rows * cols, 1.0);
+    let bytes = table
+        .iter()
+        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+        .collect();
+    let f = file(vec![(
+        "t",
+        vec![cols as u64, rows as u64],
+        GgmlType::F16,
+        bytes,
+    )]);
+    let (ct, gt) = (
+        cpu.load_table(&f, "t").unwrap(),
+        g.load_table(&f, "t").unwrap(),
+    );
+    let tokens = [0, 999, 251, 252, 503, 504, 750];
+    assert_eq!(
+        cpu.embed(&ct, &tokens).data,
+        read(&g, &g.embed(&gt, &tokens)).await
+    );
+    for n in [1, 6] {
+        let x = rng.vec(n * cols, 2.0);
+        let want = cpu.logits(&cpu_tensor(n, cols, &x), &ct, true);
+        let got = read(&g, &g.logits(&g.upload_tensor(n, cols, &x), &gt, true)).await;
+        let e = nmse(&want.data, &got);
+        assert!(e <= 1e-10, "logits n={n}: {e}");
+    }
+}
+
 #[wasm_bindgen_test]
 async fn attention_matches_prefill_and_decode() {
     let Some(g) = gpu(None).await else { return };

@@ -125,11 +125,13 @@ test("the stop button ends a long generation", { timeout: TIMEOUT * 2 }, async (
     await page.selectOption("#device", "cpu");
     await page.click("#load-bundled");
     await page.waitForFunction(() => document.body.dataset.state === "ready", null, { timeout: TIMEOUT });
-    await page.selectOption("#mode", "chat");
+    // Greedy from "The" loops without an end-of-text token: only Stop ends it.
+    await page.selectOption("#mode", "complete");
+    await page.fill("#temperature", "0");
     await page.fill("#max-tokens", "5000");
-    await page.fill("#prompt", "Tell me a long story.");
+    await page.fill("#prompt", PROMPT);
     await page.click("#generate");
-    await page.waitForFunction(() => (document.querySelector("#output .assistant")?.textContent ?? "").length > 20, null, { timeout: TIMEOUT });
+    await page.waitForFunction(() => document.getElementById("output").textContent.length > 40, null, { timeout: TIMEOUT });
     await page.click("#stop");
     await page.waitForFunction(() => document.body.dataset.state === "ready", null, { timeout: TIMEOUT });
     const stats = await page.textContent("#stats");
@@ -149,6 +151,63 @@ test("without WebGPU the page says so and runs on the CPU", { timeout: TIMEOUT *
     assert.match(await r.page.textContent("#note"), /WebGPU is not available here/);
     assert.match(r.status, /on cpu/, r.status);
     assert.deepEqual(r.tokens, native(PROMPT, N).tokens);
+  } finally {
+    await context.close();
+  }
+});
+
+test("a damaged cached copy is thrown away and downloaded again; Clear empties the cache", { timeout: TIMEOUT * 2 }, async () => {
+  const context = await browser();
+  try {
+    const page = await context.newPage();
+    await page.goto(base);
+    // Flip one byte of the cached model, as a disk error would.
+    const damaged = await page.evaluate(async () => {
+      const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle("bitnet-models");
+      for await (const [name, handle] of dir.entries()) {
+        if (!name.endsWith(".gguf")) continue;
+        const file = await handle.getFile();
+        const bytes = new Uint8Array(await file.arrayBuffer());
+        bytes[bytes.length - 100] ^= 0xff;
+        const w = await handle.createWritable();
+        await w.write(bytes);
+        await w.close();
+        return name;
+      }
+      return null;
+    });
+    assert.ok(damaged, "the earlier tests left a cached model");
+    const before = requests.get(`/${MODEL}`);
+    await page.close();
+    const r = await run(context, "cpu");
+    assert.doesNotMatch(r.status, /from the browser's cache/, r.status);
+    assert.equal(requests.get(`/${MODEL}`), before + 1, "the damaged copy was used");
+    assert.deepEqual(r.tokens, native(PROMPT, N).tokens);
+
+    await r.page.click("#cache-box summary");
+    await r.page.waitForFunction(() => document.getElementById("cache-list").textContent.includes("tiny-bitnet-trained-i2s.gguf"));
+    await r.page.click("#cache-clear");
+    await r.page.waitForFunction(() => document.getElementById("cache-list").textContent === "Nothing cached.");
+  } finally {
+    await context.close();
+  }
+});
+
+test("a GGUF picked from the computer loads and generates", { timeout: TIMEOUT * 2 }, async () => {
+  const context = await browser();
+  try {
+    const page = await context.newPage();
+    await page.goto(base);
+    await page.selectOption("#device", "cpu");
+    await page.setInputFiles("#file", path.join(ROOT, MODEL));
+    await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout: TIMEOUT });
+    assert.match(await page.textContent("#status"), /^Ready: bitnet-b1\.58/);
+    await page.fill("#temperature", "0");
+    await page.fill("#max-tokens", String(N));
+    await page.fill("#prompt", PROMPT);
+    await page.click("#generate");
+    await page.waitForFunction(() => document.body.dataset.state === "ready" && document.getElementById("token-ids").textContent !== "", null, { timeout: TIMEOUT });
+    assert.deepEqual(JSON.parse(await page.textContent("#token-ids")), native(PROMPT, N).tokens);
   } finally {
     await context.close();
   }
