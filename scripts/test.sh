@@ -56,6 +56,25 @@ WGPU_BACKEND=gl cargo test -q -p bitnet-rt --features wgpu --test wgpu
 step "Python tests against the gguf package"
 target/pyenv/bin/python -m pytest tests/python -q
 
+# NEON kernels (aarch64): built for aarch64 and run under qemu-user, the
+# kernel equivalence tests and greedy tokens at every level. Root on apt
+# installs the cross linker and qemu; elsewhere this skips with a message.
+step "aarch64 (NEON) kernels under qemu"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+   && ! { command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; }; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user >/dev/null
+fi
+if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null && command -v rustup >/dev/null; then
+  rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+    bash -c 'cargo clippy -q -p bitnet-rt --lib --target aarch64-unknown-linux-gnu -- -D warnings &&
+             cargo test -q -p bitnet-rt --target aarch64-unknown-linux-gnu --lib kernels &&
+             cargo test -q -p bitnet-rt --target aarch64-unknown-linux-gnu --test forward every_simd_level'
+else
+  echo "skipped: the NEON tests need aarch64-linux-gnu-gcc, qemu-aarch64 and rustup (apt-get install gcc-aarch64-linux-gnu qemu-user)"
+fi
+
 # The browser: the wasm package, its WebGPU parity tests in headless
 # Chromium (SwiftShader), and the web demo driven end to end. Needs the
 # wasm32 target, wasm-bindgen-cli (Cargo.lock's version), wasm-pack,

@@ -66,17 +66,27 @@ pub enum SimdLevel {
     /// SSSE3 (128-bit integer kernels; the float kernels stay scalar).
     Sse,
     Avx2,
+    /// aarch64's Advanced SIMD (128-bit integer kernels and the f32 dot
+    /// product; the F16 head stays scalar).
+    Neon,
 }
 
 impl SimdLevel {
-    /// Every level, lowest first.
-    pub const ALL: [SimdLevel; 3] = [SimdLevel::Scalar, SimdLevel::Sse, SimdLevel::Avx2];
+    /// Every level, lowest first (per architecture; the others are not
+    /// `supported()` there).
+    pub const ALL: [SimdLevel; 4] = [
+        SimdLevel::Scalar,
+        SimdLevel::Sse,
+        SimdLevel::Avx2,
+        SimdLevel::Neon,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             SimdLevel::Scalar => "scalar",
             SimdLevel::Sse => "sse",
             SimdLevel::Avx2 => "avx2",
+            SimdLevel::Neon => "neon",
         }
     }
 
@@ -86,6 +96,7 @@ impl SimdLevel {
             SimdLevel::Scalar => true,
             SimdLevel::Sse => ssse3_available(),
             SimdLevel::Avx2 => avx2_available(),
+            SimdLevel::Neon => neon_available(),
         }
     }
 
@@ -106,10 +117,13 @@ impl std::str::FromStr for SimdLevel {
             "scalar" | "none" => Ok(SimdLevel::Scalar),
             "sse" | "ssse3" | "sse4" => Ok(SimdLevel::Sse),
             "avx2" => Ok(SimdLevel::Avx2),
-            "avx" | "avx512" | "avx512vnni" | "neon" => Err(format!(
-                "SIMD level {s:?} has no kernels yet (available: scalar, sse, avx2)"
+            "neon" => Ok(SimdLevel::Neon),
+            "avx" | "avx512" | "avx512vnni" => Err(format!(
+                "SIMD level {s:?} has no kernels yet (available: scalar, sse, avx2, neon)"
             )),
-            _ => Err(format!("unknown SIMD level {s:?} (scalar, sse, avx2)")),
+            _ => Err(format!(
+                "unknown SIMD level {s:?} (scalar, sse, avx2, neon)"
+            )),
         }
     }
 }
@@ -129,6 +143,16 @@ fn avx2_available() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2_available() -> bool {
+    false
+}
+
+#[cfg(target_arch = "aarch64")]
+fn neon_available() -> bool {
+    std::arch::is_aarch64_feature_detected!("neon")
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn neon_available() -> bool {
     false
 }
 
@@ -210,6 +234,19 @@ impl Kernels {
             SimdLevel::Sse | SimdLevel::Avx2 => {
                 unreachable!("supported() is false off x86_64")
             }
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => Kernels {
+                level,
+                dot_codes: neon::dot_codes,
+                dot_codes_multi: neon::dot_codes_multi,
+                dot_u8_multi: neon::dot_u8_multi,
+                unpack_tq1: tq1_unpack_codes,
+                dot_f16: dot_f16_scalar,
+                dot_f32: neon::dot_f32,
+                dot_q8: neon::dot_q8,
+            },
+            #[cfg(not(target_arch = "aarch64"))]
+            SimdLevel::Neon => unreachable!("supported() is false off aarch64"),
         })
     }
 
@@ -308,7 +345,7 @@ pub fn dot_codes_multi_scalar(
 
 /// The SIMD `dot_u8_multi`s: `head(codes, q_j, full)` takes the first
 /// `full` bytes (a multiple of `width`), the scalar code the tail.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn dot_u8_multi_with(
     codes: &[u8],
     q: &[i8],
@@ -335,7 +372,7 @@ fn dot_u8_multi_with(
 
 /// The SIMD `dot_q8`s: `head(.., blocks)` takes the first `blocks` full
 /// 32-wide blocks, the scalar code a short last block.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn dot_q8_with(
     w: &[i8],
     w_scale: &[f32],
@@ -356,7 +393,7 @@ fn dot_q8_with(
 
 /// The SIMD `dot_f32`s: `head(a, b, full)` over the full groups of eight,
 /// then the tail in order, as [`dot_f32_scalar`].
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn dot_f32_with(a: &[f32], b: &[f32], head: impl Fn(&[f32], &[f32], usize) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let full = n / 8 * 8;
@@ -840,6 +877,172 @@ mod sse {
         let s = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0b01));
         _mm_cvtss_f32(s)
+    }
+}
+
+/// aarch64 Advanced SIMD. Integer products widen i8×i8 to i16 (`vmull`) and
+/// accumulate pairwise into i32 (`vpadal`): exact, so equal to the scalar
+/// reference bit for bit. `dot_f32` keeps the reference's eight-lane order
+/// (two 4-lane halves, no fused multiply-add).
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::Packing;
+
+    pub fn dot_codes(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
+        let mut out = [0i32];
+        dot_codes_multi(packed, q, 0, packing, &mut out);
+        out[0]
+    }
+
+    pub fn dot_codes_multi(
+        packed: &[u8],
+        q: &[i8],
+        stride: usize,
+        packing: Packing,
+        out: &mut [i32],
+    ) {
+        let span = packing.chunks(packed.len()) * 128;
+        if let Some(last) = out.len().checked_sub(1) {
+            assert!(q.len() >= last * stride + span);
+        }
+        for (g, o) in out.chunks_mut(4).enumerate() {
+            let q = &q[g * 4 * stride..];
+            // SAFETY: NEON is checked at run time (`Kernels::for_level`);
+            // the assert above keeps every token row's loads in bounds and
+            // `Packing` only names chunks inside `packed`.
+            unsafe {
+                match o.len() {
+                    1 => o.copy_from_slice(&dot_n::<1>(packed, q, stride, packing)),
+                    2 => o.copy_from_slice(&dot_n::<2>(packed, q, stride, packing)),
+                    3 => o.copy_from_slice(&dot_n::<3>(packed, q, stride, packing)),
+                    _ => o.copy_from_slice(&dot_n::<4>(packed, q, stride, packing)),
+                }
+            }
+        }
+    }
+
+    /// Σ a·b of 16 small codes (0..=3) and 16 int8 activations, added
+    /// pairwise into four i32 lanes.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn mac16(acc: int32x4_t, codes: int8x16_t, x: int8x16_t) -> int32x4_t {
+        let lo = vmull_s8(vget_low_s8(codes), vget_low_s8(x));
+        let hi = vmull_high_s8(codes, x);
+        // |3 · 128| · 2 fits i16.
+        vpadalq_s16(acc, vaddq_s16(lo, hi))
+    }
+
+    /// Σ a·b of any 16 int8 pairs (-128 · -128 twice would not fit i16, so
+    /// each product vector is widened on its own).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn mac16_i8(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        let acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+        vpadalq_s16(acc, vmull_high_s8(a, b))
+    }
+
+    /// N tokens against one packed row: each 32-byte chunk is unpacked
+    /// once into four groups of 32 codes, multiplied with every token.
+    #[target_feature(enable = "neon")]
+    unsafe fn dot_n<const N: usize>(
+        packed: &[u8],
+        q: &[i8],
+        stride: usize,
+        packing: Packing,
+    ) -> [i32; N] {
+        let mask = vdupq_n_u8(3);
+        let shifts = packing.shifts();
+        let mut acc = [vdupq_n_s32(0); N];
+        for c in 0..packing.chunks(packed.len()) {
+            let at = packing.chunk_at(c);
+            let chunk = &packed[at..at + 32];
+            // SAFETY: `chunk` is 32 bytes: two 16-byte loads.
+            let (v0, v1) = unsafe { (vld1q_u8(chunk.as_ptr()), vld1q_u8(chunk.as_ptr().add(16))) };
+            for (l, &s) in shifts.iter().enumerate() {
+                let sh = vdupq_n_s8(-(s as i8));
+                let c0 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(v0, sh), mask));
+                let c1 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(v1, sh), mask));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: token j's activations 32·l.. of chunk c are in
+                    // bounds (asserted by the caller).
+                    let (x0, x1) = unsafe {
+                        let p = q.as_ptr().add(j * stride + c * 128 + 32 * l);
+                        (vld1q_s8(p), vld1q_s8(p.add(16)))
+                    };
+                    *a = mac16(mac16(*a, c0, x0), c1, x1);
+                }
+            }
+        }
+        acc.map(|a| vaddvq_s32(a))
+    }
+
+    pub fn dot_u8_multi(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
+        // SAFETY: NEON is checked at run time; `full` ≤ both lengths.
+        super::dot_u8_multi_with(codes, q, stride, out, 16, |c, x, full| unsafe {
+            dot_u8(c, x, full)
+        });
+    }
+
+    #[target_feature(enable = "neon")]
+    unsafe fn dot_u8(codes: &[u8], q: &[i8], full: usize) -> i32 {
+        let mut acc = vdupq_n_s32(0);
+        let mut i = 0;
+        while i < full {
+            // SAFETY: i + 16 ≤ full ≤ both lengths.
+            let (c, x) = unsafe { (vld1q_u8(codes.as_ptr().add(i)), vld1q_s8(q.as_ptr().add(i))) };
+            acc = mac16(acc, vreinterpretq_s8_u8(c), x);
+            i += 16;
+        }
+        vaddvq_s32(acc)
+    }
+
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: NEON is checked at run time; `full` ≤ both lengths.
+        super::dot_f32_with(a, b, |a, b, full| unsafe { dot_f32_neon(a, b, full) })
+    }
+
+    #[target_feature(enable = "neon")]
+    unsafe fn dot_f32_neon(a: &[f32], b: &[f32], full: usize) -> f32 {
+        // Lanes 0..4 and 4..8 of the reference's eight.
+        let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+        let mut i = 0;
+        while i < full {
+            // SAFETY: i + 8 ≤ full ≤ both lengths.
+            let (a0, a1, b0, b1) = unsafe {
+                (
+                    vld1q_f32(a.as_ptr().add(i)),
+                    vld1q_f32(a.as_ptr().add(i + 4)),
+                    vld1q_f32(b.as_ptr().add(i)),
+                    vld1q_f32(b.as_ptr().add(i + 4)),
+                )
+            };
+            lo = vaddq_f32(lo, vmulq_f32(a0, b0));
+            hi = vaddq_f32(hi, vmulq_f32(a1, b1));
+            i += 8;
+        }
+        // [l0+l4, l1+l5, l2+l6, l3+l7], then (s0 + s2) + (s1 + s3).
+        let s = vaddq_f32(lo, hi);
+        (vgetq_lane_f32(s, 0) + vgetq_lane_f32(s, 2))
+            + (vgetq_lane_f32(s, 1) + vgetq_lane_f32(s, 3))
+    }
+
+    pub fn dot_q8(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
+        super::dot_q8_with(w, w_scale, x, x_scale, |w, ws, x, xs, blocks| {
+            let mut sum = 0f32;
+            for b in 0..blocks {
+                // SAFETY: NEON is checked at run time; block b's 32 values
+                // are in bounds of both (blocks ≤ len / 32).
+                let dot = unsafe {
+                    let (pw, px) = (w.as_ptr().add(32 * b), x.as_ptr().add(32 * b));
+                    let acc = mac16_i8(vdupq_n_s32(0), vld1q_s8(pw), vld1q_s8(px));
+                    vaddvq_s32(mac16_i8(acc, vld1q_s8(pw.add(16)), vld1q_s8(px.add(16))))
+                };
+                sum += dot as f32 * (ws[b] * xs[b]);
+            }
+            sum
+        })
     }
 }
 

@@ -70,7 +70,7 @@ pub struct Args {
     /// Devices to test (comma list: auto, cpu, wgpu, wgpu:N).
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     device: Vec<DeviceChoice>,
-    /// CPU kernel levels to test (comma list: scalar, sse, avx2; default: the best).
+    /// CPU kernel levels to test (comma list: scalar, sse, avx2, neon; default: the best).
     #[arg(long, value_delimiter = ',')]
     simd_level: Vec<SimdLevel>,
     /// LM head tables to test (comma list: file, int8).

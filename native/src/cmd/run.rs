@@ -90,8 +90,8 @@ pub struct SamplingArgs {
     /// included) or wgpu:N (adapter N of `bitnet-cli devices`).
     #[arg(long, default_value = "auto", env = "BITNET_DEVICE")]
     pub device: DeviceChoice,
-    /// CPU kernel level: scalar, sse or avx2 (default: the best this CPU runs;
-    /// also BITNET_SIMD_LEVEL).
+    /// CPU kernel level: scalar, sse, avx2 (x86-64) or neon (aarch64)
+    /// (default: the best this CPU runs; also BITNET_SIMD_LEVEL).
     #[arg(long)]
     pub simd_level: Option<SimdLevel>,
     /// LM head table: `file` (as stored) or `int8` (a compact copy made at
