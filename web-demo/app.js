@@ -14,7 +14,7 @@ function setState(state) {
   busy = state === "loading" || state === "generating";
   $("generate").disabled = busy || !loaded;
   $("stop").disabled = state !== "generating";
-  for (const id of ["load-bundled", "file", "url", "device"]) $(id).disabled = busy;
+  for (const id of ["load-bundled", "file", "url", "device", "clear", "mode"]) $(id).disabled = busy;
 }
 
 function status(text, isError = false) {

@@ -78,12 +78,22 @@ export async function load(url, Engine, options) {
       }
       console.warn(`cached ${url} is ${file.size} bytes, expected ${meta.size}: downloading again`);
     } catch (e) {
+      // Only a damaged copy is thrown away; any other failure (no WebGPU,
+      // out of memory) would fail the same way after a new download.
+      if (e?.name !== "BitNetFileError" && e?.name !== "NotFoundError") throw e;
       console.warn(`cached ${url} is unusable (${e.message ?? e}): downloading again`);
     }
     await remove(dir, key);
   }
 
-  const handle = await (await dir.getFileHandle(`${key}.gguf`, { create: true })).createSyncAccessHandle();
+  let handle;
+  try {
+    handle = await (await dir.getFileHandle(`${key}.gguf`, { create: true })).createSyncAccessHandle();
+  } catch (e) {
+    // Another tab is writing it, for example: load without caching.
+    const engine = await Engine.load(url, options);
+    return { engine, fromCache: false, cacheNote: `not cached: ${e.message ?? e}` };
+  }
   let cacheNote = null;
   const onChunk = (chunk, offset) => {
     if (cacheNote) return;
@@ -110,12 +120,17 @@ export async function load(url, Engine, options) {
     return { engine, fromCache: false, cacheNote };
   }
   const info = engine.info();
-  await writeMeta(dir, key, {
-    url,
-    size: info.bytes,
-    sha256: info.sha256,
-    savedAt: new Date().toISOString(),
-  });
+  try {
+    await writeMeta(dir, key, {
+      url,
+      size: info.bytes,
+      sha256: info.sha256,
+      savedAt: new Date().toISOString(),
+    });
+  } catch (e) {
+    await remove(dir, key);
+    return { engine, fromCache: false, cacheNote: `not cached: ${e.message ?? e}` };
+  }
   return { engine, fromCache: false };
 }
 

@@ -76,7 +76,11 @@ async function create(engine, model, req) {
     choices: [{ index: 0, delta, finish_reason }],
     ...extra,
   });
-  // Chunks wait in a queue until the caller's loop takes them.
+  // Chunks wait in a queue until the caller's loop takes them. Leaving the
+  // loop early (break, throw) stops the generation too.
+  const stop = new AbortController();
+  req.signal?.addEventListener("abort", () => stop.abort(), { once: true });
+  if (req.signal?.aborted) stop.abort();
   const queue = [chunk({ role: "assistant", content: "" })];
   let wake = null;
   let finished = false;
@@ -85,8 +89,8 @@ async function create(engine, model, req) {
     queue.push(c);
     wake?.();
   };
-  engine
-    .chat(req.messages, { ...options(req), onToken: ({ text }) => text && push(chunk({ content: text })) })
+  const running = engine
+    .chat(req.messages, { ...options(req), signal: stop.signal, onToken: ({ text }) => text && push(chunk({ content: text })) })
     .then((r) => push(chunk({}, r.finishReason, { usage: usage(r) })))
     .catch((e) => {
       failure = e;
@@ -97,11 +101,18 @@ async function create(engine, model, req) {
     });
   return {
     async *[Symbol.asyncIterator]() {
-      for (;;) {
-        if (queue.length) yield queue.shift();
-        else if (failure) throw failure;
-        else if (finished) return;
-        else await new Promise((resolve) => (wake = resolve));
+      try {
+        for (;;) {
+          if (queue.length) yield queue.shift();
+          else if (failure) throw failure;
+          else if (finished) return;
+          else await new Promise((resolve) => (wake = resolve));
+        }
+      } finally {
+        if (!finished) {
+          stop.abort();
+          await running; // the engine is free again once this resolves
+        }
       }
     },
   };

@@ -28,13 +28,15 @@ async function load({ source, device, useCache }) {
 
 async function generate({ mode, prompt, messages, options }) {
   if (!engine) throw new Error("load a model first");
-  abort = new AbortController();
-  const opts = { ...options, signal: abort.signal, onToken: (chunk) => post({ type: "token", text: chunk.text, tokens: [...chunk.tokens] }) };
+  if (abort) throw new Error("a generation is already running");
+  const controller = new AbortController();
+  abort = controller;
+  const opts = { ...options, signal: controller.signal, onToken: (chunk) => post({ type: "token", text: chunk.text, tokens: [...chunk.tokens] }) };
   try {
     const r = mode === "chat" ? await engine.chat(messages, opts) : await engine.generate(prompt, opts);
     post({ type: "done", result: { ...r, tokens: [...r.tokens], seed: String(r.seed) } });
   } finally {
-    abort = null;
+    if (abort === controller) abort = null;
   }
 }
 

@@ -567,6 +567,8 @@ fn unsupported_and_oversized_inputs_are_errors() {
         Err(ModelError::Backend(BackendError::Unsupported(_) | BackendError::Device(_))) => {}
         other => panic!("expected a backend error, got {:?}", other.map(|v| v.len())),
     }
+    // The failed pass left nothing in the session for a later turn to reuse.
+    assert_eq!((s.len(), s.tokens().len()), (0, 0));
     // The backend still works afterwards.
     let mut s = m.new_session(16, KvType::F32);
     assert_eq!(m.forward(&mut s, &[1, 2, 3], false).unwrap().len(), 512);

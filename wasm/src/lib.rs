@@ -93,6 +93,14 @@ fn to_js(e: impl std::fmt::Display) -> JsValue {
     err(&e.to_string())
 }
 
+/// An error about the file's bytes themselves (size, hash, not a valid
+/// GGUF): named `BitNetFileError`, so a cache knows to drop its copy.
+fn file_err(msg: &str) -> JsValue {
+    let e = js_sys::Error::new(msg);
+    e.set_name("BitNetFileError");
+    e.into()
+}
+
 #[wasm_bindgen]
 impl Engine {
     /// Loads a GGUF from a URL (streamed), a File/Blob, an ArrayBuffer or
@@ -117,25 +125,8 @@ impl Engine {
         let want_size = js::count(&options, "size")?;
         let want_sha = js::string(&options, "sha256")?;
 
-        let loaded = source::read(&source, &progress, js::function(&options, "onChunk")?).await?;
-        let size = loaded.bytes.len() as u64;
-        if want_size.is_some_and(|n| n != size) {
-            return Err(err(&format!(
-                "the model is {size} bytes, expected {}",
-                want_size.unwrap_or(0)
-            )));
-        }
-        if let Some(sha) = want_sha.filter(|s| !s.eq_ignore_ascii_case(&loaded.sha256)) {
-            return Err(err(&format!(
-                "the model's SHA-256 is {}, expected {sha}",
-                loaded.sha256
-            )));
-        }
-        let file = Arc::new(GgufFile::from_vec(loaded.bytes).map_err(to_js)?);
-        let md = file.metadata();
-        let arch = md.architecture().unwrap_or_default().to_owned();
-        let template = ChatTemplate::for_model(&arch, md.get_str("tokenizer.chat_template"));
-
+        // The device first: no point reading a large file for a device
+        // that is not there.
         let mut note = None;
         let gpu = if device == "cpu" {
             None
@@ -157,21 +148,55 @@ impl Engine {
                 }
             }
         };
+
+        let loaded = source::read(&source, &progress, js::function(&options, "onChunk")?).await?;
+        let size = loaded.bytes.len() as u64;
+        if want_size.is_some_and(|n| n != size) {
+            return Err(file_err(&format!(
+                "the model is {size} bytes, expected {}",
+                want_size.unwrap_or(0)
+            )));
+        }
+        if let Some(sha) = want_sha.filter(|s| !s.eq_ignore_ascii_case(&loaded.sha256)) {
+            return Err(file_err(&format!(
+                "the model's SHA-256 is {}, expected {sha}",
+                loaded.sha256
+            )));
+        }
+        let file =
+            Arc::new(GgufFile::from_vec(loaded.bytes).map_err(|e| file_err(&e.to_string()))?);
+        let md = file.metadata();
+        let arch = md.architecture().unwrap_or_default().to_owned();
+        let template = ChatTemplate::for_model(&arch, md.get_str("tokenizer.chat_template"));
+
+        let on_cpu = |file| -> Result<Loaded, JsValue> {
+            let mut engine = Core::load(file, CpuBackend::new()).map_err(to_js)?;
+            engine.ctx_size = ctx;
+            engine.kv_type = kv;
+            Ok(Loaded::Cpu(Model::new(engine)))
+        };
         let model = match gpu {
             Some(b) => {
                 let mut report =
                     |d: u64, t: u64| progress.report("upload", d as f64, Some(t as f64));
-                let mut engine = Core::load_with_progress(file, b, &mut report).map_err(to_js)?;
-                engine.ctx_size = ctx;
-                engine.kv_type = kv;
-                Loaded::Gpu(Model::new(engine))
+                match Core::load_with_progress(file.clone(), b, &mut report) {
+                    Ok(mut engine) => {
+                        engine.ctx_size = ctx;
+                        engine.kv_type = kv;
+                        Loaded::Gpu(Model::new(engine))
+                    }
+                    // A model the GPU path cannot take (a table type it
+                    // lacks, too large a tensor): auto runs it on the CPU.
+                    Err(e) if device == "auto" => {
+                        note = Some(format!(
+                            "this model cannot run on WebGPU here ({e}); running on the CPU (WebAssembly), which is slower."
+                        ));
+                        on_cpu(file)?
+                    }
+                    Err(e) => return Err(to_js(e)),
+                }
             }
-            None => {
-                let mut engine = Core::load(file, CpuBackend::new()).map_err(to_js)?;
-                engine.ctx_size = ctx;
-                engine.kv_type = kv;
-                Loaded::Cpu(Model::new(engine))
-            }
+            None => on_cpu(file)?,
         };
         let info = with_model!(&model, m => {
             let c = &m.engine.model.cfg;
@@ -295,6 +320,11 @@ async fn generate<B: Backend>(
         ));
     };
     let out = stream(m, &mut session, ids, cfg, on_token, signal).await;
+    if out.is_err() {
+        // In the browser a device error can surface a read late: trust
+        // nothing the cache holds.
+        session.reset();
+    }
     *m.session.borrow_mut() = Some(session);
     out
 }

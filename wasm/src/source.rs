@@ -41,7 +41,7 @@ pub async fn read(
             let end = (at + BLOB_CHUNK).min(total);
             let part = blob.slice_with_f64_and_f64(at, end)?;
             let buf = JsFuture::from(part.array_buffer()).await?;
-            sink.push(&Uint8Array::new(&buf));
+            sink.push(&Uint8Array::new(&buf))?;
             at = end;
             progress.report("load", at, Some(total));
         }
@@ -59,7 +59,7 @@ pub async fn read(
         let total = f64::from(view.length());
         sink.reserve(total)?;
         progress.report("load", 0.0, Some(total));
-        sink.push(&view);
+        sink.push(&view)?;
         progress.report("load", total, Some(total));
     } else {
         return Err(err(
@@ -93,13 +93,19 @@ async fn download(
             response.status_text()
         )));
     }
-    let total = response
-        .headers()
+    let headers = response.headers();
+    // With a content encoding (gzip, br), Content-Length counts the
+    // compressed bytes: only a hint for the buffer, not the file's size.
+    let encoded = headers
+        .get("content-encoding")?
+        .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+    let announced = headers
         .get("content-length")?
         .and_then(|v| v.parse::<f64>().ok());
-    if let Some(t) = total {
+    if let Some(t) = announced {
         sink.reserve(t)?;
     }
+    let total = announced.filter(|_| !encoded);
     let body = response
         .body()
         .ok_or_else(|| err(&format!("downloading {url}: the response has no body")))?;
@@ -114,7 +120,7 @@ async fn download(
         if let Some(f) = on_chunk {
             f.call2(&JsValue::NULL, &chunk, &JsValue::from_f64(sink.len()))?;
         }
-        sink.push(&chunk);
+        sink.push(&chunk)?;
         progress.report("download", sink.len(), total);
     }
     if let Some(t) = total {
@@ -153,11 +159,25 @@ impl Sink {
             .map_err(|_| err(&format!("cannot allocate {total} bytes for the model")))
     }
 
-    fn push(&mut self, chunk: &Uint8Array) {
+    /// Appends a chunk; running out of memory is an error, not a trap.
+    fn push(&mut self, chunk: &Uint8Array) -> Result<(), JsValue> {
         let start = self.bytes.len();
-        self.bytes.resize(start + chunk.length() as usize, 0);
+        let n = chunk.length() as usize;
+        if self.bytes.capacity() - start < n {
+            // Unknown size: grow by doubling, within wasm32's 4 GiB.
+            let want = (start + n)
+                .max(2 * self.bytes.capacity())
+                .min(u32::MAX as usize);
+            if want < start + n || self.bytes.try_reserve_exact(want - start).is_err() {
+                return Err(err(&format!(
+                    "out of memory after {start} bytes of the model (wasm memory holds at most 4 GiB)"
+                )));
+            }
+        }
+        self.bytes.resize(start + n, 0);
         chunk.copy_to(&mut self.bytes[start..]);
         self.hash.update(&self.bytes[start..]);
+        Ok(())
     }
 
     fn finish(self) -> Loaded {

@@ -99,7 +99,13 @@ test("the OpenAI-shaped client streams the same reply it returns whole", { timeo
         if (++n === 3) abort.abort();
         last = c;
       }
-      return { whole, chunks, aborted: last, abortedCount: n };
+      // Leaving the loop early stops the generation: the engine is free
+      // for the next request at once.
+      for await (const c of await engine.chat.completions.create({ ...request, max_tokens: 200, stream: true })) {
+        if (c.choices[0].delta.content) break;
+      }
+      const after = await engine.chat.completions.create(request);
+      return { whole, chunks, aborted: last, abortedCount: n, after };
     }, MODEL);
     assert.equal(r.whole.object, "chat.completion");
     assert.equal(r.whole.choices[0].finish_reason, "length");
@@ -111,6 +117,7 @@ test("the OpenAI-shaped client streams the same reply it returns whole", { timeo
     assert.equal(r.chunks.at(-1).choices[0].finish_reason, "length");
     assert.deepEqual(r.chunks.at(-1).usage, r.whole.usage);
     assert.equal(r.aborted.choices[0].finish_reason, "abort");
+    assert.equal(r.after.choices[0].message.content, r.whole.choices[0].message.content);
     assert.ok(r.aborted.usage.completion_tokens < 200, JSON.stringify(r.aborted.usage));
   } finally {
     await context.close();

@@ -22,11 +22,16 @@ const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/ja
 export async function serve() {
   const requests = new Map();
   const server = http.createServer(async (req, res) => {
-    const url = new URL(req.url, "http://x");
-    const rel = decodeURIComponent(url.pathname === "/" ? "/index.html" : url.pathname);
+    let rel;
+    try {
+      rel = decodeURIComponent(new URL(req.url, "http://x").pathname);
+    } catch {
+      return res.writeHead(400).end("bad path");
+    }
+    if (rel === "/") rel = "/index.html";
     requests.set(rel, (requests.get(rel) ?? 0) + 1);
     const file = path.join(DEMO, path.normalize(rel));
-    if (!file.startsWith(DEMO)) return res.writeHead(403).end();
+    if (!file.startsWith(DEMO + path.sep)) return res.writeHead(403).end();
     try {
       const body = await readFile(file);
       res.writeHead(200, {

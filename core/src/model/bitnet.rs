@@ -190,8 +190,13 @@ impl<B: Backend> BitNet<B> {
         tokens: &[u32],
         all_logits: bool,
     ) -> Result<Vec<f32>, ModelError> {
+        let pos0 = s.pos;
         match self.record(s, tokens, all_logits)? {
-            Some(logits) => Ok(self.backend.read(&logits)?),
+            Some(logits) => self.backend.read(&logits).map_err(|e| {
+                // The cache may not hold these positions: forget them.
+                s.truncate(pos0);
+                e.into()
+            }),
             None => Ok(Vec::new()),
         }
     }
@@ -204,8 +209,15 @@ impl<B: Backend> BitNet<B> {
         tokens: &[u32],
         all_logits: bool,
     ) -> Result<Vec<f32>, ModelError> {
+        let pos0 = s.pos;
         match self.record(s, tokens, all_logits)? {
-            Some(logits) => Ok(self.backend.read_async(&logits).await?),
+            Some(logits) => match self.backend.read_async(&logits).await {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    s.truncate(pos0);
+                    Err(e.into())
+                }
+            },
             None => Ok(Vec::new()),
         }
     }

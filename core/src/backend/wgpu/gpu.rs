@@ -645,8 +645,8 @@ impl Gpu {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let mut r = self.rec();
-        match r.error.take().or(reported) {
+        let recorded = self.rec().error.take();
+        match recorded.or(reported) {
             Some(e) => Err(BackendError::Device(e)),
             None => Ok(()),
         }
@@ -798,9 +798,12 @@ struct OneshotSender<T>(OneshotSlot<T>);
 
 impl<T> OneshotSender<T> {
     fn send(self, value: T) {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        slot.0 = Some(value);
-        if let Some(w) = slot.1.take() {
+        let waker = {
+            let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            slot.0 = Some(value);
+            slot.1.take()
+        };
+        if let Some(w) = waker {
             w.wake();
         }
     }
