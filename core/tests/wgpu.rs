@@ -14,7 +14,10 @@ mod common;
 use common::ids;
 #[path = "common/parity.rs"]
 mod parity;
-use parity::{cpu_tensor, f32_bytes, file, nmse, rel_diff, ternary, Rng};
+use parity::{
+    check_attention, check_norm_rope_glu_add, cpu_tensor, f32_bytes, file, int_activations, nmse,
+    rel_diff, ternary, Rng,
+};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use bitnet::backend::{Backend, BackendError, KvType};
 use bitnet::convert::{convert_hf, ConvertOptions};
 use bitnet::fixture::FixtureConfig;
 use bitnet::gguf::GgufFile;
-use bitnet::model::config::{Activation, BitNetConfig, RopeStyle};
+use bitnet::model::config::Activation;
 use bitnet::model::BitNet;
 use bitnet::quant::act::quantize_row;
 use bitnet::{DeviceChoice, Engine, GenerationConfig, GgmlType, ModelError, WgpuBackend};
@@ -52,11 +55,6 @@ fn gpu_opts(opts: WgpuOptions) -> Option<WgpuBackend> {
 
 fn gpu() -> Option<WgpuBackend> {
     gpu_with(None)
-}
-
-fn tiny_cfg() -> BitNetConfig {
-    let f = GgufFile::from_vec(FixtureConfig::tiny(GgmlType::I2_S).to_bytes().unwrap()).unwrap();
-    BitNetConfig::from_gguf(&f).unwrap()
 }
 
 #[test]
@@ -171,15 +169,7 @@ fn ternary_integer_sums_are_identical() {
                 if kind > 0 && k % 256 != 0 {
                     continue;
                 }
-                let x: Vec<f32> = (0..rows * k)
-                    .map(|i| {
-                        if i % k == 3 {
-                            127.0
-                        } else {
-                            rng.below(255) as f32 - 127.0
-                        }
-                    })
-                    .collect();
+                let x = int_activations(rows, k, &mut rng);
                 let base: Vec<f32> = (0..rows * m).map(|i| i as f32 - 7.0).collect();
                 let all = products(kind, shape, &x, &base, 1.0, Activation::Relu2, &mut rng, &g);
                 for (op, (want, got)) in ["bitlinear", "bitlinear_add", "bitlinear_glu"]
@@ -237,60 +227,7 @@ fn ternary_products_match() {
 #[test]
 fn norm_rope_glu_add_match() {
     let Some(g) = gpu() else { return };
-    let cpu = CpuBackend::new();
-    let mut rng = Rng(3);
-    for (rows, cols) in [(1, 256), (3, 300), (5, 2560)] {
-        let x = rng.vec(rows * cols, 4.0);
-        let w = rng.vec(cols, 1.5);
-        let f = file(vec![("n", vec![cols as u64], GgmlType::F32, f32_bytes(&w))]);
-        let want = cpu.rms_norm(
-            &cpu_tensor(rows, cols, &x),
-            &cpu.load_vector(&f, "n").unwrap(),
-            1e-5,
-        );
-        let got = g.rms_norm(
-            &g.upload_tensor(rows, cols, &x),
-            &g.load_vector(&f, "n").unwrap(),
-            1e-5,
-        );
-        let e = nmse(&want.data, &g.read(&got).unwrap());
-        assert!(e <= 1e-7, "rms_norm {rows}x{cols}: {e}");
-
-        let y = rng.vec(rows * cols, 4.0);
-        for act in [Activation::Relu2, Activation::Silu] {
-            let want = cpu.glu(
-                &cpu_tensor(rows, cols, &x),
-                &cpu_tensor(rows, cols, &y),
-                act,
-            );
-            let got = g.glu(
-                &g.upload_tensor(rows, cols, &x),
-                &g.upload_tensor(rows, cols, &y),
-                act,
-            );
-            let e = nmse(&want.data, &g.read(&got).unwrap());
-            assert!(e <= 1e-7, "glu {act:?}: {e}");
-        }
-        let mut want = cpu_tensor(rows, cols, &x);
-        cpu.add(&mut want, &cpu_tensor(rows, cols, &y));
-        let mut got = g.upload_tensor(rows, cols, &x);
-        g.add(&mut got, &g.upload_tensor(rows, cols, &y));
-        assert_eq!(want.data, g.read(&got).unwrap(), "add");
-    }
-    let mut cfg = tiny_cfg();
-    for style in [RopeStyle::Neox, RopeStyle::Norm] {
-        cfg.rope_style = style;
-        for (rows, heads, pos0) in [(1, 4, 0), (7, 2, 3), (3, 4, 200)] {
-            let cols = heads * cfg.head_dim as usize;
-            let x = rng.vec(rows * cols, 2.0);
-            let mut want = cpu_tensor(rows, cols, &x);
-            cpu.rope(&mut want, pos0, &cfg);
-            let mut got = g.upload_tensor(rows, cols, &x);
-            g.rope(&mut got, pos0, &cfg);
-            let e = nmse(&want.data, &g.read(&got).unwrap());
-            assert!(e <= 1e-7, "rope {style:?} rows={rows} pos0={pos0}: {e}");
-        }
-    }
+    pollster::block_on(check_norm_rope_glu_add(&g));
 }
 
 /// A 1000 x 130 table in F16, BF16 and F32: embedding rows identical to the
@@ -358,48 +295,7 @@ fn tables_split_across_bindings_give_the_same_results() {
 #[test]
 fn attention_matches_prefill_and_decode() {
     let Some(g) = gpu() else { return };
-    let cpu = CpuBackend::new();
-    let cfg = tiny_cfg(); // 4 heads, 2 KV heads (GQA), head_dim 64
-    let mut rng = Rng(21);
-    let (qd, kvd) = (
-        (cfg.n_head * cfg.head_dim) as usize,
-        (cfg.n_head_kv * cfg.head_dim) as usize,
-    );
-    for kv in [KvType::F32, KvType::F16] {
-        let mut cc = cpu.new_kv_cache(&cfg, 200, kv);
-        let mut gc = g.new_kv_cache(&cfg, 200, kv);
-        let mut pos = 0;
-        // A prefill longer than one 64-position tile, then decode steps and
-        // a second batch.
-        for rows in [130, 1, 1, 5, 1] {
-            let (q, k, v) = (
-                rng.vec(rows * qd, 2.0),
-                rng.vec(rows * kvd, 2.0),
-                rng.vec(rows * kvd, 2.0),
-            );
-            let want = cpu.attention(
-                &cpu_tensor(rows, qd, &q),
-                &cpu_tensor(rows, kvd, &k),
-                &cpu_tensor(rows, kvd, &v),
-                &mut cc,
-                1,
-                pos,
-                &cfg,
-            );
-            let got = g.attention(
-                &g.upload_tensor(rows, qd, &q),
-                &g.upload_tensor(rows, kvd, &k),
-                &g.upload_tensor(rows, kvd, &v),
-                &mut gc,
-                1,
-                pos,
-                &cfg,
-            );
-            let e = nmse(&want.data, &g.read(&got).unwrap());
-            assert!(e <= 1e-10, "{kv:?} rows={rows} pos0={pos}: NMSE {e}");
-            pos += rows;
-        }
-    }
+    pollster::block_on(check_attention(&g));
 }
 
 fn fixture(ty: GgmlType) -> Arc<GgufFile> {

@@ -20,11 +20,14 @@ use bitnet::backend::cpu::CpuBackend;
 use bitnet::backend::wgpu::{Dot4, WgpuOptions};
 use bitnet::backend::{Backend, KvType};
 use bitnet::fixture::FixtureConfig;
-use bitnet::model::config::{Activation, BitNetConfig, RopeStyle};
+use bitnet::model::config::Activation;
 use bitnet::model::BitNet;
 use bitnet::{DeviceChoice, Engine, GenerationConfig, GgmlType, GgufFile, WgpuBackend};
 use half::f16;
-use parity::{cpu_tensor, f32_bytes, file, nmse, rel_diff, ternary, Rng};
+use parity::{
+    check_attention, check_norm_rope_glu_add, cpu_tensor, file, int_activations, nmse, read,
+    rel_diff, ternary, Rng,
+};
 use wasm_bindgen_test::*;
 
 // In a worker: the page's thread stays free for the test driver's polls
@@ -32,11 +35,7 @@ use wasm_bindgen_test::*;
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 /// The WebGPU backend, or None (with a message) when the browser has none.
-async fn gpu(dot4: Option<Dot4>) -> Option<WgpuBackend> {
-    let opts = WgpuOptions {
-        dot4,
-        ..Default::default()
-    };
+async fn gpu_opts(opts: WgpuOptions) -> Option<WgpuBackend> {
     match WgpuBackend::new_async(DeviceChoice::Wgpu(None), opts).await {
         Ok(b) => Some(b),
         Err(e) if option_env!("REQUIRE_GPU") != Some("1") => {
@@ -47,8 +46,12 @@ async fn gpu(dot4: Option<Dot4>) -> Option<WgpuBackend> {
     }
 }
 
-async fn read(g: &WgpuBackend, t: &<WgpuBackend as Backend>::Tensor) -> Vec<f32> {
-    g.read_async(t).await.expect("reading a GPU tensor")
+async fn gpu(dot4: Option<Dot4>) -> Option<WgpuBackend> {
+    gpu_opts(WgpuOptions {
+        dot4,
+        ..Default::default()
+    })
+    .await
 }
 
 #[wasm_bindgen_test]
@@ -87,15 +90,7 @@ async fn ternary_products_match_in_every_format() {
                 );
                 // Integer activations with absmax 127 (int8 codes = values):
                 // the integer sums, hence the outputs, must be identical.
-                let ints: Vec<f32> = (0..rows * k)
-                    .map(|i| {
-                        if i % k == 3 {
-                            127.0
-                        } else {
-                            rng.below(255) as f32 - 127.0
-                        }
-                    })
-                    .collect();
+                let ints = int_activations(rows, k, &mut rng);
                 let floats = rng.vec(rows * k, 3.0);
                 for (x, exact) in [(ints, true), (floats, false)] {
                     let (cx, gx) = (cpu_tensor(rows, k, &x), g.upload_tensor(rows, k, &x));
@@ -138,68 +133,23 @@ async fn ternary_products_match_in_every_format() {
     }
 }
 
-fn tiny_cfg() -> BitNetConfig {
-    let f = GgufFile::from_vec(FixtureConfig::tiny(GgmlType::I2_S).to_bytes().unwrap()).unwrap();
-    BitNetConfig::from_gguf(&f).unwrap()
+#[wasm_bindgen_test]
+async fn norm_rope_glu_add_match() {
+    let Some(g) = gpu(None).await else { return };
+    check_norm_rope_glu_add(&g).await;
 }
 
 #[wasm_bindgen_test]
-async fn norm_rope_glu_add_embedding_logits_match() {
+async fn attention_matches_prefill_and_decode() {
     let Some(g) = gpu(None).await else { return };
+    check_attention(&g).await;
+}
+
+/// A 1000 × 130 F16 table: embedding rows identical to the CPU's, logits
+/// (last row, and every row) within 1e-10 NMSE (far inside the 5e-4 allowed).
+async fn check_f16_table(g: &WgpuBackend, tokens: &[u32], seed: u64) {
     let cpu = CpuBackend::new();
-    let mut rng = Rng(3);
-    for (rows, cols) in [(1, 256), (3, 300), (5, 2560)] {
-        let x = rng.vec(rows * cols, 4.0);
-        let y = rng.vec(rows * cols, 4.0);
-        let w = rng.vec(cols, 1.5);
-        let f = file(vec![("n", vec![cols as u64], GgmlType::F32, f32_bytes(&w))]);
-        let want = cpu.rms_norm(
-            &cpu_tensor(rows, cols, &x),
-            &cpu.load_vector(&f, "n").unwrap(),
-            1e-5,
-        );
-        let got = g.rms_norm(
-            &g.upload_tensor(rows, cols, &x),
-            &g.load_vector(&f, "n").unwrap(),
-            1e-5,
-        );
-        let e = nmse(&want.data, &read(&g, &got).await);
-        assert!(e <= 1e-7, "rms_norm {rows}x{cols}: {e}");
-        for act in [Activation::Relu2, Activation::Silu] {
-            let want = cpu.glu(
-                &cpu_tensor(rows, cols, &x),
-                &cpu_tensor(rows, cols, &y),
-                act,
-            );
-            let got = g.glu(
-                &g.upload_tensor(rows, cols, &x),
-                &g.upload_tensor(rows, cols, &y),
-                act,
-            );
-            let e = nmse(&want.data, &read(&g, &got).await);
-            assert!(e <= 1e-7, "glu {act:?}: {e}");
-        }
-        let mut want = cpu_tensor(rows, cols, &x);
-        cpu.add(&mut want, &cpu_tensor(rows, cols, &y));
-        let mut got = g.upload_tensor(rows, cols, &x);
-        g.add(&mut got, &g.upload_tensor(rows, cols, &y));
-        assert_eq!(want.data, read(&g, &got).await, "add");
-    }
-    let mut cfg = tiny_cfg();
-    for style in [RopeStyle::Neox, RopeStyle::Norm] {
-        cfg.rope_style = style;
-        for (rows, heads, pos0) in [(1, 4, 0), (7, 2, 3), (3, 4, 200)] {
-            let cols = heads * cfg.head_dim as usize;
-            let x = rng.vec(rows * cols, 2.0);
-            let mut want = cpu_tensor(rows, cols, &x);
-            cpu.rope(&mut want, pos0, &cfg);
-            let mut got = g.upload_tensor(rows, cols, &x);
-            g.rope(&mut got, pos0, &cfg);
-            let e = nmse(&want.data, &read(&g, &got).await);
-            assert!(e <= 1e-7, "rope {style:?} rows={rows} pos0={pos0}: {e}");
-        }
-    }
-    // An F16 table: embedding rows identical, logits far inside 5e-4.
+    let mut rng = Rng(seed);
     let (rows, cols) = (1000, 130);
     let table = rng.vec(rows * cols, 1.0);
     let bytes = table
@@ -216,116 +166,38 @@ async fn norm_rope_glu_add_embedding_logits_match() {
         cpu.load_table(&f, "t").unwrap(),
         g.load_table(&f, "t").unwrap(),
     );
-    let tokens = [0, 999, 5, 5, 512];
     assert_eq!(
-        cpu.embed(&ct, &tokens).data,
-        read(&g, &g.embed(&gt, &tokens)).await,
+        cpu.embed(&ct, tokens).data,
+        read(g, &g.embed(&gt, tokens)).await,
         "embed"
     );
     for (n, last) in [(1, true), (6, true), (6, false)] {
         let x = rng.vec(n * cols, 2.0);
         let want = cpu.logits(&cpu_tensor(n, cols, &x), &ct, last);
-        let got = read(&g, &g.logits(&g.upload_tensor(n, cols, &x), &gt, last)).await;
+        let got = read(g, &g.logits(&g.upload_tensor(n, cols, &x), &gt, last)).await;
         let e = nmse(&want.data, &got);
         assert!(e <= 1e-10, "logits n={n} last={last}: {e}");
     }
 }
 
+#[wasm_bindgen_test]
+async fn embedding_and_logits_match() {
+    let Some(g) = gpu(None).await else { return };
+    check_f16_table(&g, &[0, 999, 5, 5, 512], 9).await;
+}
+
 /// Tables larger than one binding are split by rows (here a binding is made
-/// 64 KiB, so the 260 KB F16 table needs 4 parts): lookups and logits the
-/// same as the CPU's.
+/// 64 KiB, so the 260 KB F16 table needs 4 parts): the same results.
 #[wasm_bindgen_test]
 async fn tables_split_across_bindings_give_the_same_results() {
     let opts = WgpuOptions {
         max_binding: Some(64 << 10),
         ..Default::default()
     };
-    let g = match WgpuBackend::new_async(DeviceChoice::Wgpu(None), opts).await {
-        Ok(g) => g,
-        Err(e) => {
-            assert!(
-                option_env!("REQUIRE_GPU") != Some("1"),
-                "no WebGPU adapter: {e}"
-            );
-            return;
-        }
+    let Some(g) = gpu_opts(opts).await else {
+        return;
     };
-    let cpu = CpuBackend::new();
-    let mut rng = Rng(17);
-    let (rows, cols) = (1000, 130);
-    let table = rng.vec(rows * cols, 1.0);
-    let bytes = table
-        .iter()
-        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-        .collect();
-    let f = file(vec![(
-        "t",
-        vec![cols as u64, rows as u64],
-        GgmlType::F16,
-        bytes,
-    )]);
-    let (ct, gt) = (
-        cpu.load_table(&f, "t").unwrap(),
-        g.load_table(&f, "t").unwrap(),
-    );
-    let tokens = [0, 999, 251, 252, 503, 504, 750];
-    assert_eq!(
-        cpu.embed(&ct, &tokens).data,
-        read(&g, &g.embed(&gt, &tokens)).await
-    );
-    for n in [1, 6] {
-        let x = rng.vec(n * cols, 2.0);
-        let want = cpu.logits(&cpu_tensor(n, cols, &x), &ct, true);
-        let got = read(&g, &g.logits(&g.upload_tensor(n, cols, &x), &gt, true)).await;
-        let e = nmse(&want.data, &got);
-        assert!(e <= 1e-10, "logits n={n}: {e}");
-    }
-}
-
-#[wasm_bindgen_test]
-async fn attention_matches_prefill_and_decode() {
-    let Some(g) = gpu(None).await else { return };
-    let cpu = CpuBackend::new();
-    let cfg = tiny_cfg(); // 4 heads, 2 KV heads (GQA), head_dim 64
-    let mut rng = Rng(21);
-    let (qd, kvd) = (
-        (cfg.n_head * cfg.head_dim) as usize,
-        (cfg.n_head_kv * cfg.head_dim) as usize,
-    );
-    for kv in [KvType::F32, KvType::F16] {
-        let mut cc = cpu.new_kv_cache(&cfg, 200, kv);
-        let mut gc = g.new_kv_cache(&cfg, 200, kv);
-        let mut pos = 0;
-        // Longer than one 64-position tile, then decode steps and a batch.
-        for rows in [130, 1, 1, 5] {
-            let (q, k, v) = (
-                rng.vec(rows * qd, 2.0),
-                rng.vec(rows * kvd, 2.0),
-                rng.vec(rows * kvd, 2.0),
-            );
-            let want = cpu.attention(
-                &cpu_tensor(rows, qd, &q),
-                &cpu_tensor(rows, kvd, &k),
-                &cpu_tensor(rows, kvd, &v),
-                &mut cc,
-                1,
-                pos,
-                &cfg,
-            );
-            let got = g.attention(
-                &g.upload_tensor(rows, qd, &q),
-                &g.upload_tensor(rows, kvd, &k),
-                &g.upload_tensor(rows, kvd, &v),
-                &mut gc,
-                1,
-                pos,
-                &cfg,
-            );
-            let e = nmse(&want.data, &read(&g, &got).await);
-            assert!(e <= 1e-10, "{kv:?} rows={rows} pos0={pos}: NMSE {e}");
-            pos += rows;
-        }
-    }
+    check_f16_table(&g, &[0, 999, 251, 252, 503, 504, 750], 17).await;
 }
 
 #[wasm_bindgen_test]

@@ -440,45 +440,59 @@ pub fn dot_f16_scalar(row: &[u8], x: &[f32]) -> f32 {
         .sum()
 }
 
+/// `dot_codes` and `dot_codes_multi` of a SIMD module whose
+/// `unsafe fn dot_n::<N>(packed, q, stride, packing) -> [i32; N]` takes up
+/// to four tokens per pass over a row (AVX2, NEON): tokens go in groups of
+/// four, the last group smaller.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! dot_codes_by_fours {
+    () => {
+        pub fn dot_codes(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
+            let mut out = [0i32];
+            dot_codes_multi(packed, q, 0, packing, &mut out);
+            out[0]
+        }
+
+        pub fn dot_codes_multi(
+            packed: &[u8],
+            q: &[i8],
+            stride: usize,
+            packing: Packing,
+            out: &mut [i32],
+        ) {
+            let span = packing.chunks(packed.len()) * 128;
+            if let Some(last) = out.len().checked_sub(1) {
+                assert!(q.len() >= last * stride + span);
+            }
+            for (g, o) in out.chunks_mut(4).enumerate() {
+                let q = &q[g * 4 * stride..];
+                // SAFETY: reachable only through `Kernels::for_level` of
+                // this module's level, which checks the CPU feature at run
+                // time; the assert above keeps every load of every token
+                // row in bounds, and `Packing` only names chunks inside
+                // `packed`.
+                unsafe {
+                    match o.len() {
+                        1 => o.copy_from_slice(&dot_n::<1>(packed, q, stride, packing)),
+                        2 => o.copy_from_slice(&dot_n::<2>(packed, q, stride, packing)),
+                        3 => o.copy_from_slice(&dot_n::<3>(packed, q, stride, packing)),
+                        _ => o.copy_from_slice(&dot_n::<4>(packed, q, stride, packing)),
+                    }
+                }
+            }
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use dot_codes_by_fours;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
     use super::Packing;
 
-    pub fn dot_codes(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
-        let mut out = [0i32];
-        dot_codes_multi(packed, q, 0, packing, &mut out);
-        out[0]
-    }
-
-    pub fn dot_codes_multi(
-        packed: &[u8],
-        q: &[i8],
-        stride: usize,
-        packing: Packing,
-        out: &mut [i32],
-    ) {
-        let span = packing.chunks(packed.len()) * 128;
-        if let Some(last) = out.len().checked_sub(1) {
-            assert!(q.len() >= last * stride + span);
-        }
-        for (g, o) in out.chunks_mut(4).enumerate() {
-            let q = &q[g * 4 * stride..];
-            // SAFETY: reachable only through `Kernels::for_level(Avx2)`,
-            // which checks AVX2 at run time; the assert above keeps every
-            // load of every token row in bounds, and `Packing` only names
-            // chunks inside `packed`.
-            unsafe {
-                match o.len() {
-                    1 => o.copy_from_slice(&dot_n::<1>(packed, q, stride, packing)),
-                    2 => o.copy_from_slice(&dot_n::<2>(packed, q, stride, packing)),
-                    3 => o.copy_from_slice(&dot_n::<3>(packed, q, stride, packing)),
-                    _ => o.copy_from_slice(&dot_n::<4>(packed, q, stride, packing)),
-                }
-            }
-        }
-    }
+    super::dot_codes_by_fours!();
 
     /// N tokens against one packed row: each 32-byte chunk is unpacked once
     /// into four vectors of codes and multiplied with every token. Products
@@ -890,38 +904,7 @@ mod neon {
 
     use super::Packing;
 
-    pub fn dot_codes(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
-        let mut out = [0i32];
-        dot_codes_multi(packed, q, 0, packing, &mut out);
-        out[0]
-    }
-
-    pub fn dot_codes_multi(
-        packed: &[u8],
-        q: &[i8],
-        stride: usize,
-        packing: Packing,
-        out: &mut [i32],
-    ) {
-        let span = packing.chunks(packed.len()) * 128;
-        if let Some(last) = out.len().checked_sub(1) {
-            assert!(q.len() >= last * stride + span);
-        }
-        for (g, o) in out.chunks_mut(4).enumerate() {
-            let q = &q[g * 4 * stride..];
-            // SAFETY: NEON is checked at run time (`Kernels::for_level`);
-            // the assert above keeps every token row's loads in bounds and
-            // `Packing` only names chunks inside `packed`.
-            unsafe {
-                match o.len() {
-                    1 => o.copy_from_slice(&dot_n::<1>(packed, q, stride, packing)),
-                    2 => o.copy_from_slice(&dot_n::<2>(packed, q, stride, packing)),
-                    3 => o.copy_from_slice(&dot_n::<3>(packed, q, stride, packing)),
-                    _ => o.copy_from_slice(&dot_n::<4>(packed, q, stride, packing)),
-                }
-            }
-        }
-    }
+    super::dot_codes_by_fours!();
 
     /// Σ a·b of 16 small codes (0..=3) and 16 int8 activations, added
     /// pairwise into four i32 lanes.

@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
-use bitnet::backend::cpu::CpuTensor;
+use bitnet::backend::cpu::{CpuBackend, CpuTensor};
+use bitnet::backend::{Backend, KvType};
+use bitnet::fixture::FixtureConfig;
 use bitnet::gguf::{GgufFile, GgufWriter, Value};
+use bitnet::model::config::{Activation, BitNetConfig, RopeStyle};
 use bitnet::quant::ternary::{i2s_encode, BlockTQ1_0, BlockTQ2_0};
-use bitnet::GgmlType;
+use bitnet::{GgmlType, WgpuBackend};
 use half::f16;
 
 /// A small deterministic generator (xorshift), so failures reproduce.
@@ -105,4 +108,135 @@ pub fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max)
         / range
+}
+
+/// `rows` × `k` integer activations with absmax 127 (so the int8 codes are
+/// the values themselves): products of them are exact integer sums.
+pub fn int_activations(rows: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..rows * k)
+        .map(|i| {
+            if i % k == 3 {
+                127.0
+            } else {
+                rng.below(255) as f32 - 127.0
+            }
+        })
+        .collect()
+}
+
+pub fn tiny_cfg() -> BitNetConfig {
+    let f = GgufFile::from_vec(FixtureConfig::tiny(GgmlType::I2_S).to_bytes().unwrap()).unwrap();
+    BitNetConfig::from_gguf(&f).unwrap()
+}
+
+/// A GPU tensor on the host, awaited (in the browser nothing may block;
+/// natively the future is ready at once).
+pub async fn read(g: &WgpuBackend, t: &<WgpuBackend as Backend>::Tensor) -> Vec<f32> {
+    g.read_async(t).await.expect("reading a GPU tensor")
+}
+
+/// RMSNorm, GLU (ReLU², SiLU) and RoPE (both pairings) within 1e-7 NMSE of
+/// the CPU's, add identical, on shapes that are not multiples of the tiles.
+pub async fn check_norm_rope_glu_add(g: &WgpuBackend) {
+    let cpu = CpuBackend::new();
+    let mut rng = Rng(3);
+    for (rows, cols) in [(1, 256), (3, 300), (5, 2560)] {
+        let x = rng.vec(rows * cols, 4.0);
+        let w = rng.vec(cols, 1.5);
+        let f = file(vec![("n", vec![cols as u64], GgmlType::F32, f32_bytes(&w))]);
+        let want = cpu.rms_norm(
+            &cpu_tensor(rows, cols, &x),
+            &cpu.load_vector(&f, "n").unwrap(),
+            1e-5,
+        );
+        let got = g.rms_norm(
+            &g.upload_tensor(rows, cols, &x),
+            &g.load_vector(&f, "n").unwrap(),
+            1e-5,
+        );
+        let e = nmse(&want.data, &read(g, &got).await);
+        assert!(e <= 1e-7, "rms_norm {rows}x{cols}: {e}");
+
+        let y = rng.vec(rows * cols, 4.0);
+        for act in [Activation::Relu2, Activation::Silu] {
+            let want = cpu.glu(
+                &cpu_tensor(rows, cols, &x),
+                &cpu_tensor(rows, cols, &y),
+                act,
+            );
+            let got = g.glu(
+                &g.upload_tensor(rows, cols, &x),
+                &g.upload_tensor(rows, cols, &y),
+                act,
+            );
+            let e = nmse(&want.data, &read(g, &got).await);
+            assert!(e <= 1e-7, "glu {act:?}: {e}");
+        }
+        let mut want = cpu_tensor(rows, cols, &x);
+        cpu.add(&mut want, &cpu_tensor(rows, cols, &y));
+        let mut got = g.upload_tensor(rows, cols, &x);
+        g.add(&mut got, &g.upload_tensor(rows, cols, &y));
+        assert_eq!(want.data, read(g, &got).await, "add");
+    }
+    let mut cfg = tiny_cfg();
+    for style in [RopeStyle::Neox, RopeStyle::Norm] {
+        cfg.rope_style = style;
+        for (rows, heads, pos0) in [(1, 4, 0), (7, 2, 3), (3, 4, 200)] {
+            let cols = heads * cfg.head_dim as usize;
+            let x = rng.vec(rows * cols, 2.0);
+            let mut want = cpu_tensor(rows, cols, &x);
+            cpu.rope(&mut want, pos0, &cfg);
+            let mut got = g.upload_tensor(rows, cols, &x);
+            g.rope(&mut got, pos0, &cfg);
+            let e = nmse(&want.data, &read(g, &got).await);
+            assert!(e <= 1e-7, "rope {style:?} rows={rows} pos0={pos0}: {e}");
+        }
+    }
+}
+
+/// Causal GQA attention: a prefill longer than one 64-position tile, decode
+/// steps and a second batch, f32 and f16 caches, within 1e-10 NMSE.
+pub async fn check_attention(g: &WgpuBackend) {
+    let cpu = CpuBackend::new();
+    let cfg = tiny_cfg(); // 4 heads, 2 KV heads (GQA), head_dim 64
+    let mut rng = Rng(21);
+    let (qd, kvd) = (
+        (cfg.n_head * cfg.head_dim) as usize,
+        (cfg.n_head_kv * cfg.head_dim) as usize,
+    );
+    for kv in [KvType::F32, KvType::F16] {
+        let mut cc = cpu.new_kv_cache(&cfg, 200, kv);
+        let mut gc = g.new_kv_cache(&cfg, 200, kv);
+        let mut pos = 0;
+        // A prefill longer than one 64-position tile, then decode steps and
+        // a second batch.
+        for rows in [130, 1, 1, 5, 1] {
+            let (q, k, v) = (
+                rng.vec(rows * qd, 2.0),
+                rng.vec(rows * kvd, 2.0),
+                rng.vec(rows * kvd, 2.0),
+            );
+            let want = cpu.attention(
+                &cpu_tensor(rows, qd, &q),
+                &cpu_tensor(rows, kvd, &k),
+                &cpu_tensor(rows, kvd, &v),
+                &mut cc,
+                1,
+                pos,
+                &cfg,
+            );
+            let got = g.attention(
+                &g.upload_tensor(rows, qd, &q),
+                &g.upload_tensor(rows, kvd, &k),
+                &g.upload_tensor(rows, kvd, &v),
+                &mut gc,
+                1,
+                pos,
+                &cfg,
+            );
+            let e = nmse(&want.data, &read(g, &got).await);
+            assert!(e <= 1e-10, "{kv:?} rows={rows} pos0={pos}: NMSE {e}");
+            pos += rows;
+        }
+    }
 }
