@@ -494,49 +494,79 @@ mod avx2 {
 
     super::dot_codes_by_fours!();
 
-    /// N tokens against one packed row: each 32-byte chunk is unpacked once
-    /// into four vectors of codes and multiplied with every token. Products
-    /// are summed in i16 for 8 chunks (32 maddubs of at most |3·128·2| = 768
-    /// each: ≤ 24,576, no overflow even for the unused code 3), then widened.
-    #[target_feature(enable = "avx2")]
+    /// N tokens against one packed row, the packing fixed at compile time
+    /// (`P`: 0 = I2_S, 1 = TQ2_0 codes, 2 = a whole TQ2_0 row), so the
+    /// shifts are immediates and the chunk addresses plain arithmetic.
     unsafe fn dot_n<const N: usize>(
         packed: &[u8],
         q: &[i8],
         stride: usize,
         packing: Packing,
     ) -> [i32; N] {
+        // SAFETY: the caller's contract, unchanged.
+        unsafe {
+            match packing {
+                Packing::I2S => dot_p::<N, 0>(packed, q, stride),
+                Packing::Tq2 => dot_p::<N, 1>(packed, q, stride),
+                Packing::Tq2Row => dot_p::<N, 2>(packed, q, stride),
+            }
+        }
+    }
+
+    /// Each 32-byte chunk is unpacked once into four vectors of codes and
+    /// multiplied with every token; the four products of a chunk go into
+    /// two i16 accumulators per token (independent add chains), widened to
+    /// i32 every 8 chunks: each accumulator then holds at most 16 maddubs
+    /// of |3·128·2| = 768, ≤ 12,288, no overflow even for the unused code 3.
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot_p<const N: usize, const P: u8>(packed: &[u8], q: &[i8], stride: usize) -> [i32; N] {
+        let packing = [Packing::I2S, Packing::Tq2, Packing::Tq2Row][P as usize];
         let mask = _mm256_set1_epi8(3);
         let ones = _mm256_set1_epi16(1);
-        let sh = packing.shifts().map(|s| _mm_cvtsi32_si128(s as i32));
+        let chunks = packing.chunks(packed.len());
+        assert!(chunks == 0 || packing.chunk_at(chunks - 1) + 32 <= packed.len());
         let mut acc32 = [_mm256_setzero_si256(); N];
-        let mut acc16 = [_mm256_setzero_si256(); N];
-        for c in 0..packing.chunks(packed.len()) {
-            let chunk = &packed[packing.chunk_at(c)..packing.chunk_at(c) + 32];
-            // SAFETY: `chunk` is 32 bytes; unaligned load.
-            let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
-            let codes = sh.map(|s| _mm256_and_si256(_mm256_srl_epi16(v, s), mask));
-            for (j, a) in acc16.iter_mut().enumerate() {
-                // SAFETY: token j's 128 activations of chunk c are in
-                // bounds (asserted by the caller).
-                let qp = unsafe { q.as_ptr().add(j * stride + c * 128) };
-                for (l, code) in codes.iter().enumerate() {
-                    // SAFETY: as above.
-                    let x = unsafe { _mm256_loadu_si256(qp.add(32 * l).cast()) };
-                    *a = _mm256_add_epi16(*a, _mm256_maddubs_epi16(*code, x));
+        let mut c = 0;
+        while c < chunks {
+            let end = (c + 8).min(chunks);
+            let mut acc16 = [[_mm256_setzero_si256(); 2]; N];
+            while c < end {
+                // SAFETY: chunk c lies inside `packed` (asserted above);
+                // unaligned load.
+                let v = unsafe { _mm256_loadu_si256(packed.as_ptr().add(packing.chunk_at(c)).cast()) };
+                let (s6, s4, s2, s0) = (
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask),
+                    _mm256_and_si256(v, mask),
+                );
+                // Codes of weights 32·l + p, l = 0..4.
+                let codes = if P == 0 { [s6, s4, s2, s0] } else { [s0, s2, s4, s6] };
+                for (j, a) in acc16.iter_mut().enumerate() {
+                    // SAFETY: token j's 128 activations of chunk c are in
+                    // bounds (asserted by the caller).
+                    let x = |l: usize| unsafe {
+                        _mm256_loadu_si256(q.as_ptr().add(j * stride + c * 128 + 32 * l).cast())
+                    };
+                    let p01 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(codes[0], x(0)),
+                        _mm256_maddubs_epi16(codes[1], x(1)),
+                    );
+                    let p23 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(codes[2], x(2)),
+                        _mm256_maddubs_epi16(codes[3], x(3)),
+                    );
+                    a[0] = _mm256_add_epi16(a[0], p01);
+                    a[1] = _mm256_add_epi16(a[1], p23);
                 }
+                c += 1;
             }
-            if c % 8 == 7 {
-                for (a32, a16) in acc32.iter_mut().zip(acc16.iter_mut()) {
-                    *a32 = _mm256_add_epi32(*a32, _mm256_madd_epi16(*a16, ones));
-                    *a16 = _mm256_setzero_si256();
-                }
+            for (a32, a16) in acc32.iter_mut().zip(acc16) {
+                let wide = _mm256_madd_epi16(_mm256_add_epi16(a16[0], a16[1]), ones);
+                *a32 = _mm256_add_epi32(*a32, wide);
             }
         }
-        let mut out = [0i32; N];
-        for ((o, a32), a16) in out.iter_mut().zip(acc32).zip(acc16) {
-            *o = hsum_i32(_mm256_add_epi32(a32, _mm256_madd_epi16(a16, ones)));
-        }
-        out
+        acc32.map(|a| hsum_i32(a))
     }
 
     #[target_feature(enable = "avx2")]
