@@ -10,7 +10,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::kernels::{self, Kernels, Packing, SimdLevel};
-use super::{bad, find, Backend, BackendError, KvType};
+use super::{bad, find, team, Backend, BackendError, KvType};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::model::config::{Activation, BitNetConfig, RopeStyle};
 use crate::quant::{self, act, ternary};
@@ -39,17 +39,21 @@ impl CpuTensor {
     fn par_columns<S>(
         rows: usize,
         cols: usize,
-        init: impl Fn() -> S + Sync + Send,
-        f: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+        init: impl Fn() -> S + Sync,
+        f: impl Fn(&mut S, usize, &mut [f32]) + Sync,
     ) -> Self {
+        let rows = rows.max(1);
         let mut by_col = vec![0f32; rows * cols];
-        by_col
-            .par_chunks_mut(rows.max(1))
-            .enumerate()
-            // At least 32 columns per task: a column can be a few hundred
-            // bytes of work, less than splitting and `init` cost.
-            .with_min_len(32)
-            .for_each_init(init, |state, (c, out)| f(state, c, out));
+        // About 16 blocks of columns per thread (a late thread then leaves
+        // little undone), at least 32 columns each: a column can be a few
+        // hundred bytes of work, less than handing out a block.
+        let per = cols.div_ceil(16 * team::threads()).max(32);
+        team::for_each_chunk_mut(&mut by_col, per * rows, |b, block| {
+            let mut state = init();
+            for (j, out) in block.chunks_exact_mut(rows).enumerate() {
+                f(&mut state, b * per + j, out);
+            }
+        });
         if rows == 1 {
             return CpuTensor {
                 data: by_col,
@@ -305,38 +309,30 @@ fn attend<T: KvElem>(
     let hd = cfg.head_dim as usize;
     let group = (cfg.n_head / cfg.n_head_kv) as usize;
     let scale = 1.0 / (hd as f32).sqrt();
-    let rows: Vec<Vec<f32>> = (0..q.rows)
-        .into_par_iter()
-        .map(|r| {
-            let n = pos0 + r + 1; // causal: positions 0..=pos0+r
-            let mut o = vec![0f32; q.cols];
-            let mut scores = vec![0f32; n];
-            for (h, qh) in q.row(r).chunks_exact(hd).enumerate() {
-                let at = |p: usize| p * kv_dim + (h / group) * hd;
-                for (p, s) in scores.iter_mut().enumerate() {
-                    *s = T::dot(qh, &kc[at(p)..at(p) + hd], dot_f32) * scale;
-                }
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                let mut total = 0.0;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    total += *s;
-                }
-                let oh = &mut o[h * hd..(h + 1) * hd];
-                for (p, s) in scores.iter().enumerate() {
-                    let w = s / total;
-                    for (o, v) in oh.iter_mut().zip(&vc[at(p)..at(p) + hd]) {
-                        *o += w * v.load();
-                    }
-                }
-            }
-            o
-        })
-        .collect();
+    let n_head = q.cols / hd;
     let mut out = CpuTensor::zeros(q.rows, q.cols);
-    for (r, row) in rows.iter().enumerate() {
-        out.row_mut(r).copy_from_slice(row);
-    }
+    // One (token, head) pair per item: a decoded token's heads in parallel.
+    team::for_each_chunk_mut(&mut out.data, hd, |i, oh| {
+        let (r, h) = (i / n_head, i % n_head);
+        let n = pos0 + r + 1; // causal: positions 0..=pos0+r
+        let qh = &q.row(r)[h * hd..(h + 1) * hd];
+        let at = |p: usize| p * kv_dim + (h / group) * hd;
+        let mut scores: Vec<f32> = (0..n)
+            .map(|p| T::dot(qh, &kc[at(p)..at(p) + hd], dot_f32) * scale)
+            .collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut total = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        for (p, s) in scores.iter().enumerate() {
+            let w = s / total;
+            for (o, v) in oh.iter_mut().zip(&vc[at(p)..at(p) + hd]) {
+                *o += w * v.load();
+            }
+        }
+    });
     out
 }
 
@@ -346,6 +342,10 @@ impl Backend for CpuBackend {
     type Vector = Vec<f32>;
     type Table = CpuTable;
     type KvCache = CpuKvCache;
+
+    fn pass<R>(&self, f: impl FnOnce() -> R) -> R {
+        team::with_team(f)
+    }
 
     fn name(&self) -> &str {
         "cpu (scalar reference)"
@@ -594,11 +594,13 @@ impl Backend for CpuBackend {
             RopeStyle::Neox => (i, i + half),
             RopeStyle::Norm => (2 * i, 2 * i + 1),
         };
+        let mut table = Vec::with_capacity(half);
         for r in 0..x.rows {
-            let pos = pos0 + r;
+            // The angles of this position, once for all heads.
+            table.clear();
+            table.extend((0..half).map(|i| rope_sin_cos(cfg, pos0 + r, i)));
             for head in x.row_mut(r).chunks_exact_mut(head_dim) {
-                for i in 0..half {
-                    let (sin, cos) = rope_sin_cos(cfg, pos, i);
+                for (i, &(sin, cos)) in table.iter().enumerate() {
                     let (ia, ib) = pair(i);
                     let (a, b) = (head[ia], head[ib]);
                     head[ia] = a * cos - b * sin;

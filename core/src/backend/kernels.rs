@@ -519,7 +519,11 @@ mod avx2 {
     /// i32 every 8 chunks: each accumulator then holds at most 16 maddubs
     /// of |3·128·2| = 768, ≤ 12,288, no overflow even for the unused code 3.
     #[target_feature(enable = "avx2")]
-    unsafe fn dot_p<const N: usize, const P: u8>(packed: &[u8], q: &[i8], stride: usize) -> [i32; N] {
+    unsafe fn dot_p<const N: usize, const P: u8>(
+        packed: &[u8],
+        q: &[i8],
+        stride: usize,
+    ) -> [i32; N] {
         let packing = [Packing::I2S, Packing::Tq2, Packing::Tq2Row][P as usize];
         let mask = _mm256_set1_epi8(3);
         let ones = _mm256_set1_epi16(1);
@@ -533,7 +537,8 @@ mod avx2 {
             while c < end {
                 // SAFETY: chunk c lies inside `packed` (asserted above);
                 // unaligned load.
-                let v = unsafe { _mm256_loadu_si256(packed.as_ptr().add(packing.chunk_at(c)).cast()) };
+                let v =
+                    unsafe { _mm256_loadu_si256(packed.as_ptr().add(packing.chunk_at(c)).cast()) };
                 let (s6, s4, s2, s0) = (
                     _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask),
                     _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
@@ -541,7 +546,11 @@ mod avx2 {
                     _mm256_and_si256(v, mask),
                 );
                 // Codes of weights 32·l + p, l = 0..4.
-                let codes = if P == 0 { [s6, s4, s2, s0] } else { [s0, s2, s4, s6] };
+                let codes = if P == 0 {
+                    [s6, s4, s2, s0]
+                } else {
+                    [s0, s2, s4, s6]
+                };
                 for (j, a) in acc16.iter_mut().enumerate() {
                     // SAFETY: token j's 128 activations of chunk c are in
                     // bounds (asserted by the caller).

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod kernels;
+mod team;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
@@ -126,6 +127,13 @@ pub trait Backend: Send + Sync {
     type KvCache: Send;
 
     fn name(&self) -> &str;
+
+    /// Runs `f`, the ops of one forward pass. A backend may keep state for
+    /// the pass (the CPU backend keeps its threads at hand between the
+    /// pass's many short parallel loops).
+    fn pass<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
 
     fn load_linear(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Linear, BackendError>;
     fn load_vector(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Vector, BackendError>;

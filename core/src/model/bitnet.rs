@@ -248,34 +248,37 @@ impl<B: Backend> BitNet<B> {
         let (b, c) = (&self.backend, &self.cfg);
         let pos0 = s.pos;
 
-        let mut x = b.embed(&self.embedding, tokens);
-        for (i, l) in self.layers.iter().enumerate() {
-            // Attention block.
-            let h = b.rms_norm(&x, &l.attn_norm, c.rms_eps);
-            let mut q = b.bitlinear(&h, &l.wq);
-            let mut k = b.bitlinear(&h, &l.wk);
-            let v = b.bitlinear(&h, &l.wv);
-            b.rope(&mut q, pos0, c);
-            b.rope(&mut k, pos0, c);
-            let mut a = b.attention(&q, &k, &v, &mut s.cache, i, pos0, c);
-            if let Some(w) = &l.attn_sub_norm {
-                a = b.rms_norm(&a, w, c.rms_eps);
-            }
-            b.bitlinear_add(&mut x, &a, &l.wo);
+        let logits = b.pass(|| {
+            let mut x = b.embed(&self.embedding, tokens);
+            for (i, l) in self.layers.iter().enumerate() {
+                // Attention block.
+                let h = b.rms_norm(&x, &l.attn_norm, c.rms_eps);
+                let mut q = b.bitlinear(&h, &l.wq);
+                let mut k = b.bitlinear(&h, &l.wk);
+                let v = b.bitlinear(&h, &l.wv);
+                b.rope(&mut q, pos0, c);
+                b.rope(&mut k, pos0, c);
+                let mut a = b.attention(&q, &k, &v, &mut s.cache, i, pos0, c);
+                if let Some(w) = &l.attn_sub_norm {
+                    a = b.rms_norm(&a, w, c.rms_eps);
+                }
+                b.bitlinear_add(&mut x, &a, &l.wo);
 
-            // Feed-forward block.
-            let h = b.rms_norm(&x, &l.ffn_norm, c.rms_eps);
-            let mut m = b.bitlinear_glu(&h, &l.gate, &l.up, c.activation);
-            if let Some(w) = &l.ffn_sub_norm {
-                m = b.rms_norm(&m, w, c.rms_eps);
+                // Feed-forward block.
+                let h = b.rms_norm(&x, &l.ffn_norm, c.rms_eps);
+                let mut m = b.bitlinear_glu(&h, &l.gate, &l.up, c.activation);
+                if let Some(w) = &l.ffn_sub_norm {
+                    m = b.rms_norm(&m, w, c.rms_eps);
+                }
+                b.bitlinear_add(&mut x, &m, &l.down);
             }
-            b.bitlinear_add(&mut x, &m, &l.down);
-        }
+
+            let x = b.rms_norm(&x, &self.output_norm, c.rms_eps);
+            let head = self.output.as_ref().unwrap_or(&self.embedding);
+            b.logits(&x, head, !all_logits)
+        });
         s.pos = needed;
         s.tokens.extend_from_slice(tokens);
-
-        let x = b.rms_norm(&x, &self.output_norm, c.rms_eps);
-        let head = self.output.as_ref().unwrap_or(&self.embedding);
-        Ok(Some(b.logits(&x, head, !all_logits)))
+        Ok(Some(logits))
     }
 }
