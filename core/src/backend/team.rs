@@ -104,7 +104,7 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
     // SAFETY: as in `threads`.
     match unsafe { team.as_ref() } {
         Some(team) if n > 1 => team.run(n, &f),
-        _ if n > 1 => (0..n).into_par_iter().for_each(|i| f(i)),
+        _ if n > 1 => (0..n).into_par_iter().for_each(&f),
         _ => (0..n).for_each(f),
     }
 }
