@@ -32,10 +32,11 @@ impl CpuTensor {
         }
     }
 
-    /// A `rows` × `cols` tensor computed one output column at a time, in
-    /// parallel: `f(init, c, out)` writes column c's `rows` values to `out`
-    /// (how the row-parallel matrix kernels produce results: one weight row
-    /// read once for every token). One allocation, then a transpose.
+    /// A `rows` × `cols` tensor computed a block of output columns at a
+    /// time, in parallel: `f(init, c0, out)` writes the `rows` values of
+    /// columns c0, c0 + 1, ... one column after another to `out` (how the
+    /// row-parallel matrix kernels produce results: one weight row read
+    /// once for every token). One allocation, then a transpose.
     fn par_columns<S>(
         rows: usize,
         cols: usize,
@@ -49,10 +50,7 @@ impl CpuTensor {
         // hundred bytes of work, less than handing out a block.
         let per = cols.div_ceil(16 * team::threads()).max(32);
         team::for_each_chunk_mut(&mut by_col, per * rows, |b, block| {
-            let mut state = init();
-            for (j, out) in block.chunks_exact_mut(rows).enumerate() {
-                f(&mut state, b * per + j, out);
-            }
+            f(&mut init(), b * per, block)
         });
         if rows == 1 {
             return CpuTensor {
@@ -520,67 +518,90 @@ impl Backend for CpuBackend {
         let dot_u8 = self.kernels.dot_u8_multi;
         let unpack_tq1 = self.kernels.unpack_tq1;
         let data = w.data();
-        // One output row of W per task, dotted with every token; the packed
-        // kernels take all tokens in one pass over the row.
+        // Blocks of output rows of W in parallel; each row is read once and
+        // dotted with every token (the packed kernels take all tokens in
+        // one pass over the row; one token takes a block of rows per call).
         CpuTensor::par_columns(
             t,
             w.m,
             || (vec![0u8; 256], vec![0i32; t], vec![0f32; t], vec![0i32; t]),
-            |(codes256, sums, acc, total), row, out| {
-                match (w.info.ty, &w.scale) {
-                    (GgmlType::I2_S, Scale::Tensor(s)) => {
-                        let packed = &data[row * k / 4..(row + 1) * k / 4];
-                        dot_multi(packed, &q, k, Packing::I2S, sums);
-                        for (r, o) in out.iter_mut().enumerate() {
-                            *o = (sums[r] - row_sums[r]) as f32 * s / scales[r];
-                        }
-                    }
-                    // TQ2_0 whose blocks share one scale (every BitNet
-                    // conversion): the whole row in one kernel call.
+            |(codes256, sums, acc, total), row0, block| {
+                let n_rows = block.len() / t;
+                // The one-scale packed layouts: I2_S, and TQ2_0 whose blocks
+                // share one scale (every BitNet conversion), a whole row per
+                // kernel call.
+                let packed = match (w.info.ty, &w.scale) {
+                    (GgmlType::I2_S, Scale::Tensor(s)) => Some((k / 4, Packing::I2S, *s)),
                     (GgmlType::TQ2_0, Scale::Tensor(s)) => {
-                        let per_row = k / 256;
-                        let bytes = &data[row * per_row * 66..(row + 1) * per_row * 66];
-                        dot_multi(bytes, &q, k, Packing::Tq2Row, sums);
+                        Some((k / 256 * 66, Packing::Tq2Row, *s))
+                    }
+                    _ => None,
+                };
+                if let Some((row_bytes, packing, s)) = packed {
+                    let bytes = &data[row0 * row_bytes..(row0 + n_rows) * row_bytes];
+                    if t == 1 {
+                        let mut dots = [0i32; 64];
+                        for (c, out) in bytes.chunks(64 * row_bytes).zip(block.chunks_mut(64)) {
+                            let dots = &mut dots[..out.len()];
+                            (self.kernels.dot_rows)(c, row_bytes, &q, packing, dots);
+                            for (o, &d) in out.iter_mut().zip(dots.iter()) {
+                                *o = (d - row_sums[0]) as f32 * s / scales[0];
+                            }
+                        }
+                        return;
+                    }
+                    for (packed, out) in
+                        bytes.chunks_exact(row_bytes).zip(block.chunks_exact_mut(t))
+                    {
+                        dot_multi(packed, &q, k, packing, sums);
                         for (r, o) in out.iter_mut().enumerate() {
                             *o = (sums[r] - row_sums[r]) as f32 * s / scales[r];
                         }
                     }
-                    // The block formats, block by block: TQ2_0 (66 bytes: 64
-                    // of 2-bit codes, f16 d) through the packed kernel; TQ1_0
-                    // (54 bytes: 52 of base-3 codes, f16 d) unpacked first.
-                    (ty @ (GgmlType::TQ2_0 | GgmlType::TQ1_0), scale) => {
-                        let size = if ty == GgmlType::TQ2_0 { 66 } else { 54 };
-                        let per_row = k / 256;
-                        let bytes = &data[row * per_row * size..(row + 1) * per_row * size];
-                        acc.fill(0.0);
-                        total.fill(0);
-                        for (b, blk) in bytes.chunks_exact(size).enumerate() {
-                            let qb = &q[b * 256..];
-                            if ty == GgmlType::TQ2_0 {
-                                dot_multi(&blk[..64], qb, k, Packing::Tq2, sums);
-                            } else {
-                                unpack_tq1(blk, codes256);
-                                dot_u8(codes256, qb, k, sums);
-                            }
-                            let dd = f16::from_le_bytes([blk[size - 2], blk[size - 1]]).to_f32();
-                            for r in 0..t {
-                                let s = sums[r] - block_sums[r * blocks + b];
-                                match scale {
-                                    Scale::Tensor(_) => total[r] += s,
-                                    Scale::Block => acc[r] += s as f32 * dd,
+                    return;
+                }
+                for (j, out) in block.chunks_exact_mut(t).enumerate() {
+                    let row = row0 + j;
+                    match (w.info.ty, &w.scale) {
+                        // The block formats, block by block: TQ2_0 (66
+                        // bytes: 64 of 2-bit codes, f16 d) through the
+                        // packed kernel; TQ1_0 (54 bytes: 52 of base-3
+                        // codes, f16 d) unpacked first.
+                        (ty @ (GgmlType::TQ2_0 | GgmlType::TQ1_0), scale) => {
+                            let size = if ty == GgmlType::TQ2_0 { 66 } else { 54 };
+                            let per_row = k / 256;
+                            let bytes = &data[row * per_row * size..(row + 1) * per_row * size];
+                            acc.fill(0.0);
+                            total.fill(0);
+                            for (b, blk) in bytes.chunks_exact(size).enumerate() {
+                                let qb = &q[b * 256..];
+                                if ty == GgmlType::TQ2_0 {
+                                    dot_multi(&blk[..64], qb, k, Packing::Tq2, sums);
+                                } else {
+                                    unpack_tq1(blk, codes256);
+                                    dot_u8(codes256, qb, k, sums);
+                                }
+                                let dd =
+                                    f16::from_le_bytes([blk[size - 2], blk[size - 1]]).to_f32();
+                                for r in 0..t {
+                                    let s = sums[r] - block_sums[r * blocks + b];
+                                    match scale {
+                                        Scale::Tensor(_) => total[r] += s,
+                                        Scale::Block => acc[r] += s as f32 * dd,
+                                    }
                                 }
                             }
+                            for (r, o) in out.iter_mut().enumerate() {
+                                *o = match scale {
+                                    Scale::Tensor(s) => total[r] as f32 * s,
+                                    Scale::Block => acc[r],
+                                } / scales[r];
+                            }
                         }
-                        for (r, o) in out.iter_mut().enumerate() {
-                            *o = match scale {
-                                Scale::Tensor(s) => total[r] as f32 * s,
-                                Scale::Block => acc[r],
-                            } / scales[r];
-                        }
+                        // Load accepts I2_S with a tensor scale and the TQ
+                        // types only; anything else would be a bug there.
+                        (ty, _) => unreachable!("bitlinear on {ty}"),
                     }
-                    // Load accepts I2_S with a tensor scale and the TQ types
-                    // only; anything else would be a bug there.
-                    (ty, _) => unreachable!("bitlinear on {ty}"),
                 }
             },
         )
@@ -693,35 +714,39 @@ impl Backend for CpuBackend {
                 n,
                 table.rows,
                 || (),
-                |_, v, out| {
-                    let w = &t8.q[v * cols..(v + 1) * cols];
-                    let ws = &t8.scales[v * t8.blocks..(v + 1) * t8.blocks];
-                    for (j, o) in out.iter_mut().enumerate() {
-                        *o = dot_q8(
-                            w,
-                            ws,
-                            &xq[j * cols..(j + 1) * cols],
-                            &xs[j * t8.blocks..(j + 1) * t8.blocks],
-                        );
+                |_, v0, block| {
+                    for (v, out) in (v0..).zip(block.chunks_exact_mut(n)) {
+                        let w = &t8.q[v * cols..(v + 1) * cols];
+                        let ws = &t8.scales[v * t8.blocks..(v + 1) * t8.blocks];
+                        for (j, o) in out.iter_mut().enumerate() {
+                            *o = dot_q8(
+                                w,
+                                ws,
+                                &xq[j * cols..(j + 1) * cols],
+                                &xs[j * t8.blocks..(j + 1) * t8.blocks],
+                            );
+                        }
                     }
                 },
             );
         }
         let dot_f16 = self.kernels.dot_f16;
         let data = table.file.tensor_data(&table.info);
-        CpuTensor::par_columns(n, table.rows, Vec::new, |row, v, out| {
-            if table.info.ty == GgmlType::F16 {
-                // The largest read per token (656 MB for 2B4T): straight
-                // from the map, no f32 copy.
-                let bytes = &data[v * table.row_bytes..(v + 1) * table.row_bytes];
-                for (o, r) in out.iter_mut().zip(first..x.rows) {
-                    *o = dot_f16(bytes, x.row(r));
+        CpuTensor::par_columns(n, table.rows, Vec::new, |row, v0, block| {
+            for (v, out) in (v0..).zip(block.chunks_exact_mut(n)) {
+                if table.info.ty == GgmlType::F16 {
+                    // The largest read per token (656 MB for 2B4T):
+                    // straight from the map, no f32 copy.
+                    let bytes = &data[v * table.row_bytes..(v + 1) * table.row_bytes];
+                    for (o, r) in out.iter_mut().zip(first..x.rows) {
+                        *o = dot_f16(bytes, x.row(r));
+                    }
+                    continue;
                 }
-                return;
-            }
-            table.row_into(v, row);
-            for (o, r) in out.iter_mut().zip(first..x.rows) {
-                *o = x.row(r).iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+                table.row_into(v, row);
+                for (o, r) in out.iter_mut().zip(first..x.rows) {
+                    *o = x.row(r).iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+                }
             }
         })
     }

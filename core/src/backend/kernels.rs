@@ -168,13 +168,16 @@ fn ssse3_available() -> bool {
 
 /// `(weights, weight block scales, activations, activation block scales)`.
 pub type DotQ8 = fn(&[i8], &[f32], &[i8], &[f32]) -> f32;
+pub type DotRows = fn(packed: &[u8], row_bytes: usize, q: &[i8], packing: Packing, out: &mut [i32]);
 
 /// The kernels of one level.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernels {
     pub level: SimdLevel,
-    /// Σ code·q over `packed.len() / 32` chunks of 128 weights.
-    pub dot_codes: fn(packed: &[u8], q: &[i8], packing: Packing) -> i32,
+    /// Σ code·q of one token against `out.len()` packed rows of
+    /// `row_bytes` each, one after another in `packed` (the decode kernel:
+    /// a block of rows per call).
+    pub dot_rows: DotRows,
     /// The same for several tokens at once (`out.len()` of them, token j's
     /// activations at `q[j * stride..]`): the weights are unpacked once for
     /// all of them (the prefill kernel).
@@ -211,7 +214,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx2 => Kernels {
                 level,
-                dot_codes: avx2::dot_codes,
+                dot_rows: avx2::dot_rows,
                 dot_codes_multi: avx2::dot_codes_multi,
                 dot_u8_multi: avx2::dot_u8_multi,
                 unpack_tq1: avx2::unpack_tq1,
@@ -222,7 +225,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Sse => Kernels {
                 level,
-                dot_codes: sse::dot_codes,
+                dot_rows: sse::dot_rows,
                 dot_codes_multi: sse::dot_codes_multi,
                 dot_u8_multi: sse::dot_u8_multi,
                 unpack_tq1: tq1_unpack_codes,
@@ -237,7 +240,7 @@ impl Kernels {
             #[cfg(target_arch = "aarch64")]
             SimdLevel::Neon => Kernels {
                 level,
-                dot_codes: neon::dot_codes,
+                dot_rows: neon::dot_rows,
                 dot_codes_multi: neon::dot_codes_multi,
                 dot_u8_multi: neon::dot_u8_multi,
                 unpack_tq1: tq1_unpack_codes,
@@ -264,7 +267,7 @@ impl Kernels {
             if let Some(f) = forced.filter(|f| f.parse::<SimdLevel>().ok() != Some(level)) {
                 log::warn!("BITNET_SIMD_LEVEL={f} cannot be used here; using {level}");
             }
-            log::debug!("CPU kernels: {level} (dot_codes, dot_f16)");
+            log::debug!("CPU kernels: {level} (dot_rows, dot_codes_multi, dot_f16)");
             // `for_level` cannot fail for a supported level.
             Kernels::for_level(level).unwrap_or(SCALAR)
         })
@@ -273,7 +276,7 @@ impl Kernels {
 
 const SCALAR: Kernels = Kernels {
     level: SimdLevel::Scalar,
-    dot_codes: dot_codes_scalar,
+    dot_rows: dot_rows_scalar,
     dot_codes_multi: dot_codes_multi_scalar,
     dot_u8_multi: dot_u8_multi_scalar,
     unpack_tq1: tq1_unpack_codes,
@@ -416,6 +419,31 @@ pub fn dot_u8_multi_scalar(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32
     }
 }
 
+/// Scalar reference of [`Kernels::dot_rows`].
+pub fn dot_rows_scalar(
+    packed: &[u8],
+    row_bytes: usize,
+    q: &[i8],
+    packing: Packing,
+    out: &mut [i32],
+) {
+    dot_rows_by_row(dot_codes_multi_scalar, packed, row_bytes, q, packing, out);
+}
+
+/// `dot_rows` as one `dot_codes_multi` call per row.
+fn dot_rows_by_row(
+    multi: fn(&[u8], &[i8], usize, Packing, &mut [i32]),
+    packed: &[u8],
+    row_bytes: usize,
+    q: &[i8],
+    packing: Packing,
+    out: &mut [i32],
+) {
+    for (row, o) in packed.chunks_exact(row_bytes.max(1)).zip(out) {
+        multi(row, q, 0, packing, std::slice::from_mut(o));
+    }
+}
+
 /// Scalar reference: Σ code·q.
 pub fn dot_codes_scalar(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
     let shifts = packing.shifts();
@@ -440,17 +468,29 @@ pub fn dot_f16_scalar(row: &[u8], x: &[f32]) -> f32 {
         .sum()
 }
 
-/// `dot_codes` and `dot_codes_multi` of a SIMD module whose
+/// `dot_rows` and `dot_codes_multi` of a SIMD module whose
 /// `unsafe fn dot_n::<N>(packed, q, stride, packing) -> [i32; N]` takes up
 /// to four tokens per pass over a row (AVX2, NEON): tokens go in groups of
 /// four, the last group smaller.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! dot_codes_by_fours {
     () => {
-        pub fn dot_codes(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
-            let mut out = [0i32];
-            dot_codes_multi(packed, q, 0, packing, &mut out);
-            out[0]
+        pub fn dot_rows(
+            packed: &[u8],
+            row_bytes: usize,
+            q: &[i8],
+            packing: Packing,
+            out: &mut [i32],
+        ) {
+            assert!(packed.len() >= out.len() * row_bytes);
+            assert!(q.len() >= packing.chunks(row_bytes) * 128);
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = &packed[r * row_bytes..(r + 1) * row_bytes];
+                // SAFETY: reachable only through `Kernels::for_level` of
+                // this module's level, which checks the CPU feature at run
+                // time; the asserts keep every load in bounds.
+                *o = unsafe { dot_n::<1>(row, q, 0, packing) }[0];
+            }
         }
 
         pub fn dot_codes_multi(
@@ -768,10 +808,8 @@ mod sse {
 
     use super::Packing;
 
-    pub fn dot_codes(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
-        let mut out = [0i32];
-        dot_codes_multi(packed, q, 0, packing, &mut out);
-        out[0]
+    pub fn dot_rows(packed: &[u8], row_bytes: usize, q: &[i8], packing: Packing, out: &mut [i32]) {
+        super::dot_rows_by_row(dot_codes_multi, packed, row_bytes, q, packing, out);
     }
 
     pub fn dot_codes_multi(
@@ -1116,9 +1154,10 @@ mod tests {
                 for packing in [Packing::I2S, Packing::Tq2] {
                     let want = dot_codes_scalar(&packed, &q, packing);
                     for k in levels() {
+                        let mut got = [0];
+                        (k.dot_rows)(&packed, packed.len(), &q, packing, &mut got);
                         assert_eq!(
-                            (k.dot_codes)(&packed, &q, packing),
-                            want,
+                            got[0], want,
                             "{} {packing:?} chunks {chunks} case {case}",
                             k.level
                         );
@@ -1359,7 +1398,21 @@ mod tests {
                         let mut got = vec![0; tokens];
                         (k.dot_codes_multi)(packed, q, stride, packing, &mut got);
                         prop_assert_eq!(&got, &want);
-                        prop_assert_eq!((k.dot_codes)(packed, q, packing), want[0]);
+                    }
+                }
+                // The same rows as a block of rows for one token (chunks
+                // of 32 bytes: whole rows of one chunk each).
+                let rows = chunks;
+                for packing in [Packing::I2S, Packing::Tq2] {
+                    let mut want = vec![0; rows];
+                    dot_rows_scalar(packed, 32, q, packing, &mut want);
+                    for (r, w) in want.iter().enumerate() {
+                        prop_assert_eq!(*w, dot_codes_scalar(&packed[32 * r..32 * r + 32], q, packing));
+                    }
+                    for k in levels() {
+                        let mut got = vec![0; rows];
+                        (k.dot_rows)(packed, 32, q, packing, &mut got);
+                        prop_assert_eq!(&got, &want);
                     }
                 }
                 // Unpacked codes (0..=3), any length (tails), same offsets.
