@@ -4,7 +4,7 @@
 //! is unpacked to i8 codes when it is used. Every fast kernel (SIMD, WGSL,
 //! CUDA) is tested against this file.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use half::f16;
 use rayon::prelude::*;
@@ -32,40 +32,59 @@ impl CpuTensor {
         }
     }
 
-    /// A `rows` × `cols` tensor computed a block of output columns at a
-    /// time, in parallel: `f(init, c0, out)` writes the `rows` values of
-    /// columns c0, c0 + 1, ... one column after another to `out` (how the
-    /// row-parallel matrix kernels produce results: one weight row read
-    /// once for every token). One allocation, then a transpose.
-    fn par_columns<S>(
+    /// `rows` × `cols[i]` tensors, computed a block of output columns at a
+    /// time, all in one parallel loop: `f(init, i, c0, out)` writes the
+    /// `rows` values of columns c0, c0 + 1, ... of tensor i one column
+    /// after another to `out` (how the row-parallel matrix kernels produce
+    /// results: one weight row read once for every token). One allocation
+    /// per tensor, then a transpose.
+    fn par_columns<S, const N: usize>(
         rows: usize,
-        cols: usize,
+        cols: [usize; N],
         init: impl Fn() -> S + Sync,
-        f: impl Fn(&mut S, usize, &mut [f32]) + Sync,
-    ) -> Self {
+        f: impl Fn(&mut S, usize, usize, &mut [f32]) + Sync,
+    ) -> [Self; N] {
         let rows = rows.max(1);
-        let mut by_col = vec![0f32; rows * cols];
+        let mut by_col = cols.map(|c| vec![0f32; rows * c]);
         // About 16 blocks of columns per thread (a late thread then leaves
         // little undone), at least 32 columns each: a column can be a few
         // hundred bytes of work, less than handing out a block.
-        let per = cols.div_ceil(16 * team::threads()).max(32);
-        team::for_each_chunk_mut(&mut by_col, per * rows, |b, block| {
-            f(&mut init(), b * per, block)
+        let total: usize = cols.iter().sum();
+        let per = total.div_ceil(16 * team::threads()).max(32);
+        let blocks: Vec<(usize, usize, Mutex<&mut [f32]>)> = by_col
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, v)| {
+                v.chunks_mut(per * rows)
+                    .enumerate()
+                    .map(move |(b, block)| (i, b * per, Mutex::new(block)))
+            })
+            .collect();
+        team::for_each(blocks.len(), |b| {
+            let (i, c0, block) = &blocks[b];
+            // Each block is taken once: the lock is never contended.
+            let mut block = block.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut init(), *i, *c0, &mut block)
         });
-        if rows == 1 {
-            return CpuTensor {
-                data: by_col,
-                rows,
-                cols,
-            };
-        }
-        let mut out = CpuTensor::zeros(rows, cols);
-        for (c, col) in by_col.chunks_exact(rows).enumerate() {
-            for (r, v) in col.iter().enumerate() {
-                out.data[r * cols + c] = *v;
+        drop(blocks);
+        let mut c = cols.into_iter();
+        by_col.map(|by_col| {
+            let cols = c.next().unwrap_or(0);
+            if rows == 1 {
+                return CpuTensor {
+                    data: by_col,
+                    rows,
+                    cols,
+                };
             }
-        }
-        out
+            let mut out = CpuTensor::zeros(rows, cols);
+            for (c, col) in by_col.chunks_exact(rows).enumerate() {
+                for (r, v) in col.iter().enumerate() {
+                    out.data[r * cols + c] = *v;
+                }
+            }
+            out
+        })
     }
 
     pub fn row(&self, r: usize) -> &[f32] {
@@ -334,6 +353,157 @@ fn attend<T: KvElem>(
     out
 }
 
+/// One token's activations as the ternary kernels take them.
+struct Quantized {
+    /// t × k int8 activations, row-major.
+    q: Vec<i8>,
+    /// 127 / absmax of each token.
+    scales: Vec<f32>,
+    /// Σ q per 256-wide block of each token (t × blocks), and per token:
+    /// the packed kernels sum code·q with code = weight + 1, so
+    /// Σ weight·q = Σ code·q − Σ q.
+    block_sums: Vec<i32>,
+    row_sums: Vec<i32>,
+    t: usize,
+    k: usize,
+}
+
+impl Quantized {
+    fn new(x: &CpuTensor) -> Self {
+        let (t, k) = (x.rows, x.cols);
+        let mut q = vec![0i8; t * k];
+        let scales: Vec<f32> = (0..t)
+            .map(|r| act::quantize_row(x.row(r), &mut q[r * k..(r + 1) * k]))
+            .collect();
+        let blocks = k.div_ceil(256);
+        let block_sums: Vec<i32> = q
+            .chunks_exact(k.max(1))
+            .flat_map(|row| row.chunks(256))
+            .map(|c| c.iter().map(|&v| i32::from(v)).sum())
+            .collect();
+        let row_sums: Vec<i32> = block_sums
+            .chunks_exact(blocks.max(1))
+            .map(|b| b.iter().sum())
+            .collect();
+        Quantized {
+            q,
+            scales,
+            block_sums,
+            row_sums,
+            t,
+            k,
+        }
+    }
+}
+
+/// Per-task buffers of [`CpuBackend::linear_block`].
+struct Scratch {
+    codes256: Vec<u8>,
+    sums: Vec<i32>,
+    acc: Vec<f32>,
+    total: Vec<i32>,
+}
+
+impl CpuBackend {
+    /// Output rows `row0..` of BitLinear(a, w), as many as `block` holds
+    /// (`a.t` values per row, one row after another).
+    fn linear_block(
+        &self,
+        a: &Quantized,
+        w: &CpuLinear,
+        scratch: &mut Scratch,
+        row0: usize,
+        block: &mut [f32],
+    ) {
+        debug_assert_eq!(a.k, w.k);
+        let (t, k) = (a.t, a.k);
+        let (q, scales, row_sums, block_sums) = (&a.q, &a.scales, &a.row_sums, &a.block_sums);
+        let blocks = k.div_ceil(256);
+        let Scratch {
+            codes256,
+            sums,
+            acc,
+            total,
+        } = scratch;
+        let dot_multi = self.kernels.dot_codes_multi;
+        let dot_u8 = self.kernels.dot_u8_multi;
+        let unpack_tq1 = self.kernels.unpack_tq1;
+        let data = w.data();
+        let n_rows = block.len() / t;
+        // The one-scale packed layouts: I2_S, and TQ2_0 whose blocks
+        // share one scale (every BitNet conversion), a whole row per
+        // kernel call.
+        let packed = match (w.info.ty, &w.scale) {
+            (GgmlType::I2_S, Scale::Tensor(s)) => Some((k / 4, Packing::I2S, *s)),
+            (GgmlType::TQ2_0, Scale::Tensor(s)) => Some((k / 256 * 66, Packing::Tq2Row, *s)),
+            _ => None,
+        };
+        if let Some((row_bytes, packing, s)) = packed {
+            let bytes = &data[row0 * row_bytes..(row0 + n_rows) * row_bytes];
+            if t == 1 {
+                let mut dots = [0i32; 64];
+                for (c, out) in bytes.chunks(64 * row_bytes).zip(block.chunks_mut(64)) {
+                    let dots = &mut dots[..out.len()];
+                    (self.kernels.dot_rows)(c, row_bytes, q, packing, dots);
+                    for (o, &d) in out.iter_mut().zip(dots.iter()) {
+                        *o = (d - row_sums[0]) as f32 * s / scales[0];
+                    }
+                }
+                return;
+            }
+            for (packed, out) in bytes.chunks_exact(row_bytes).zip(block.chunks_exact_mut(t)) {
+                dot_multi(packed, q, k, packing, sums);
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = (sums[r] - row_sums[r]) as f32 * s / scales[r];
+                }
+            }
+            return;
+        }
+        for (j, out) in block.chunks_exact_mut(t).enumerate() {
+            let row = row0 + j;
+            match (w.info.ty, &w.scale) {
+                // The block formats, block by block: TQ2_0 (66
+                // bytes: 64 of 2-bit codes, f16 d) through the
+                // packed kernel; TQ1_0 (54 bytes: 52 of base-3
+                // codes, f16 d) unpacked first.
+                (ty @ (GgmlType::TQ2_0 | GgmlType::TQ1_0), scale) => {
+                    let size = if ty == GgmlType::TQ2_0 { 66 } else { 54 };
+                    let per_row = k / 256;
+                    let bytes = &data[row * per_row * size..(row + 1) * per_row * size];
+                    acc.fill(0.0);
+                    total.fill(0);
+                    for (b, blk) in bytes.chunks_exact(size).enumerate() {
+                        let qb = &q[b * 256..];
+                        if ty == GgmlType::TQ2_0 {
+                            dot_multi(&blk[..64], qb, k, Packing::Tq2, sums);
+                        } else {
+                            unpack_tq1(blk, codes256);
+                            dot_u8(codes256, qb, k, sums);
+                        }
+                        let dd = f16::from_le_bytes([blk[size - 2], blk[size - 1]]).to_f32();
+                        for r in 0..t {
+                            let s = sums[r] - block_sums[r * blocks + b];
+                            match scale {
+                                Scale::Tensor(_) => total[r] += s,
+                                Scale::Block => acc[r] += s as f32 * dd,
+                            }
+                        }
+                    }
+                    for (r, o) in out.iter_mut().enumerate() {
+                        *o = match scale {
+                            Scale::Tensor(s) => total[r] as f32 * s,
+                            Scale::Block => acc[r],
+                        } / scales[r];
+                    }
+                }
+                // Load accepts I2_S with a tensor scale and the TQ
+                // types only; anything else would be a bug there.
+                (ty, _) => unreachable!("bitlinear on {ty}"),
+            }
+        }
+    }
+}
+
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Linear = CpuLinear;
@@ -496,115 +666,39 @@ impl Backend for CpuBackend {
     }
 
     fn bitlinear(&self, x: &CpuTensor, w: &CpuLinear) -> CpuTensor {
-        debug_assert_eq!(x.cols, w.k);
-        let (t, k) = (x.rows, w.k);
-        let mut q = vec![0i8; t * k];
-        let scales: Vec<f32> = (0..t)
-            .map(|r| act::quantize_row(x.row(r), &mut q[r * k..(r + 1) * k]))
-            .collect();
-        // Σ q per 256-wide block of each token: the packed kernels sum
-        // code·q with code = weight + 1, so Σ weight·q = Σ code·q − Σ q.
-        let blocks = k.div_ceil(256);
-        let block_sums: Vec<i32> = q
-            .chunks_exact(k)
-            .flat_map(|row| row.chunks(256))
-            .map(|c| c.iter().map(|&v| i32::from(v)).sum())
-            .collect();
-        let row_sums: Vec<i32> = block_sums
-            .chunks_exact(blocks)
-            .map(|b| b.iter().sum())
-            .collect();
-        let dot_multi = self.kernels.dot_codes_multi;
-        let dot_u8 = self.kernels.dot_u8_multi;
-        let unpack_tq1 = self.kernels.unpack_tq1;
-        let data = w.data();
-        // Blocks of output rows of W in parallel; each row is read once and
-        // dotted with every token (the packed kernels take all tokens in
-        // one pass over the row; one token takes a block of rows per call).
+        let [y] = self.bitlinear_many(x, [w]);
+        y
+    }
+
+    fn bitlinear_many<const N: usize>(&self, x: &CpuTensor, ws: [&CpuLinear; N]) -> [CpuTensor; N] {
+        let a = Quantized::new(x);
+        let t = a.t;
+        // Blocks of output rows of every W in one parallel loop; each row
+        // is read once and dotted with every token (the packed kernels take
+        // all tokens in one pass over the row; one token takes a block of
+        // rows per call).
         CpuTensor::par_columns(
             t,
-            w.m,
-            || (vec![0u8; 256], vec![0i32; t], vec![0f32; t], vec![0i32; t]),
-            |(codes256, sums, acc, total), row0, block| {
-                let n_rows = block.len() / t;
-                // The one-scale packed layouts: I2_S, and TQ2_0 whose blocks
-                // share one scale (every BitNet conversion), a whole row per
-                // kernel call.
-                let packed = match (w.info.ty, &w.scale) {
-                    (GgmlType::I2_S, Scale::Tensor(s)) => Some((k / 4, Packing::I2S, *s)),
-                    (GgmlType::TQ2_0, Scale::Tensor(s)) => {
-                        Some((k / 256 * 66, Packing::Tq2Row, *s))
-                    }
-                    _ => None,
-                };
-                if let Some((row_bytes, packing, s)) = packed {
-                    let bytes = &data[row0 * row_bytes..(row0 + n_rows) * row_bytes];
-                    if t == 1 {
-                        let mut dots = [0i32; 64];
-                        for (c, out) in bytes.chunks(64 * row_bytes).zip(block.chunks_mut(64)) {
-                            let dots = &mut dots[..out.len()];
-                            (self.kernels.dot_rows)(c, row_bytes, &q, packing, dots);
-                            for (o, &d) in out.iter_mut().zip(dots.iter()) {
-                                *o = (d - row_sums[0]) as f32 * s / scales[0];
-                            }
-                        }
-                        return;
-                    }
-                    for (packed, out) in
-                        bytes.chunks_exact(row_bytes).zip(block.chunks_exact_mut(t))
-                    {
-                        dot_multi(packed, &q, k, packing, sums);
-                        for (r, o) in out.iter_mut().enumerate() {
-                            *o = (sums[r] - row_sums[r]) as f32 * s / scales[r];
-                        }
-                    }
-                    return;
-                }
-                for (j, out) in block.chunks_exact_mut(t).enumerate() {
-                    let row = row0 + j;
-                    match (w.info.ty, &w.scale) {
-                        // The block formats, block by block: TQ2_0 (66
-                        // bytes: 64 of 2-bit codes, f16 d) through the
-                        // packed kernel; TQ1_0 (54 bytes: 52 of base-3
-                        // codes, f16 d) unpacked first.
-                        (ty @ (GgmlType::TQ2_0 | GgmlType::TQ1_0), scale) => {
-                            let size = if ty == GgmlType::TQ2_0 { 66 } else { 54 };
-                            let per_row = k / 256;
-                            let bytes = &data[row * per_row * size..(row + 1) * per_row * size];
-                            acc.fill(0.0);
-                            total.fill(0);
-                            for (b, blk) in bytes.chunks_exact(size).enumerate() {
-                                let qb = &q[b * 256..];
-                                if ty == GgmlType::TQ2_0 {
-                                    dot_multi(&blk[..64], qb, k, Packing::Tq2, sums);
-                                } else {
-                                    unpack_tq1(blk, codes256);
-                                    dot_u8(codes256, qb, k, sums);
-                                }
-                                let dd =
-                                    f16::from_le_bytes([blk[size - 2], blk[size - 1]]).to_f32();
-                                for r in 0..t {
-                                    let s = sums[r] - block_sums[r * blocks + b];
-                                    match scale {
-                                        Scale::Tensor(_) => total[r] += s,
-                                        Scale::Block => acc[r] += s as f32 * dd,
-                                    }
-                                }
-                            }
-                            for (r, o) in out.iter_mut().enumerate() {
-                                *o = match scale {
-                                    Scale::Tensor(s) => total[r] as f32 * s,
-                                    Scale::Block => acc[r],
-                                } / scales[r];
-                            }
-                        }
-                        // Load accepts I2_S with a tensor scale and the TQ
-                        // types only; anything else would be a bug there.
-                        (ty, _) => unreachable!("bitlinear on {ty}"),
-                    }
-                }
+            ws.map(|w| w.m),
+            || Scratch {
+                codes256: vec![0u8; 256],
+                sums: vec![0i32; t],
+                acc: vec![0f32; t],
+                total: vec![0i32; t],
             },
+            |scratch, i, row0, block| self.linear_block(&a, ws[i], scratch, row0, block),
         )
+    }
+
+    fn bitlinear_glu(
+        &self,
+        h: &CpuTensor,
+        gate: &CpuLinear,
+        up: &CpuLinear,
+        act: Activation,
+    ) -> CpuTensor {
+        let [g, u] = self.bitlinear_many(h, [gate, up]);
+        self.glu(&g, &u, act)
     }
 
     fn rope(&self, x: &mut CpuTensor, pos0: usize, cfg: &BitNetConfig) {
@@ -710,11 +804,11 @@ impl Backend for CpuBackend {
                 );
             }
             let dot_q8 = self.kernels.dot_q8;
-            return CpuTensor::par_columns(
+            let [y] = CpuTensor::par_columns(
                 n,
-                table.rows,
+                [table.rows],
                 || (),
-                |_, v0, block| {
+                |_, _, v0, block| {
                     for (v, out) in (v0..).zip(block.chunks_exact_mut(n)) {
                         let w = &t8.q[v * cols..(v + 1) * cols];
                         let ws = &t8.scales[v * t8.blocks..(v + 1) * t8.blocks];
@@ -729,10 +823,11 @@ impl Backend for CpuBackend {
                     }
                 },
             );
+            return y;
         }
         let dot_f16 = self.kernels.dot_f16;
         let data = table.file.tensor_data(&table.info);
-        CpuTensor::par_columns(n, table.rows, Vec::new, |row, v0, block| {
+        let [y] = CpuTensor::par_columns(n, [table.rows], Vec::new, |row, _, v0, block| {
             for (v, out) in (v0..).zip(block.chunks_exact_mut(n)) {
                 if table.info.ty == GgmlType::F16 {
                     // The largest read per token (656 MB for 2B4T):
@@ -748,7 +843,8 @@ impl Backend for CpuBackend {
                     *o = x.row(r).iter().zip(row.iter()).map(|(a, b)| a * b).sum();
                 }
             }
-        })
+        });
+        y
     }
 
     fn read(&self, x: &CpuTensor) -> Result<Vec<f32>, BackendError> {

@@ -173,6 +173,17 @@ pub trait Backend: Send + Sync {
     /// x += y.
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor);
 
+    /// BitLinear of the same activations through several projections (q,
+    /// k and v; gate and up). A backend may quantize `x` once and run them
+    /// together; the results must equal separate `bitlinear` calls.
+    fn bitlinear_many<const N: usize>(
+        &self,
+        x: &Self::Tensor,
+        ws: [&Self::Linear; N],
+    ) -> [Self::Tensor; N] {
+        ws.map(|w| self.bitlinear(x, w))
+    }
+
     /// x += BitLinear(a, w): a projection and the residual add after it.
     /// A backend may fuse the two (the GPU ones do: one dispatch, not two);
     /// the result must equal the unfused ops'.

@@ -253,9 +253,7 @@ impl<B: Backend> BitNet<B> {
             for (i, l) in self.layers.iter().enumerate() {
                 // Attention block.
                 let h = b.rms_norm(&x, &l.attn_norm, c.rms_eps);
-                let mut q = b.bitlinear(&h, &l.wq);
-                let mut k = b.bitlinear(&h, &l.wk);
-                let v = b.bitlinear(&h, &l.wv);
+                let [mut q, mut k, v] = b.bitlinear_many(&h, [&l.wq, &l.wk, &l.wv]);
                 b.rope(&mut q, pos0, c);
                 b.rope(&mut k, pos0, c);
                 let mut a = b.attention(&q, &k, &v, &mut s.cache, i, pos0, c);
