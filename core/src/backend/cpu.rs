@@ -459,6 +459,17 @@ impl CpuBackend {
             }
             return;
         }
+        // TQ1_0 with one scale, one token: the codes decoded in registers,
+        // a whole row per call.
+        if let (GgmlType::TQ1_0, Scale::Tensor(s), 1) = (w.info.ty, &w.scale, t) {
+            let row_bytes = k / 256 * 54;
+            let bytes = &data[row0 * row_bytes..(row0 + block.len()) * row_bytes];
+            for (row, o) in bytes.chunks_exact(row_bytes).zip(block.iter_mut()) {
+                let d = (self.kernels.dot_tq1)(row, q);
+                *o = (d - row_sums[0]) as f32 * s / scales[0];
+            }
+            return;
+        }
         for (j, out) in block.chunks_exact_mut(t).enumerate() {
             let row = row0 + j;
             match (w.info.ty, &w.scale) {

@@ -189,6 +189,10 @@ pub struct Kernels {
     pub dot_u8_multi: fn(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]),
     /// Unpacks one TQ1_0 block's 52 code bytes into 256 codes (0..=2).
     pub unpack_tq1: fn(bytes: &[u8], out: &mut [u8]),
+    /// Σ code·q of one token over the whole 54-byte TQ1_0 blocks of
+    /// `blocks` (their scales ignored: for rows whose blocks share one),
+    /// the codes decoded in registers (the decode kernel for TQ1_0).
+    pub dot_tq1: fn(blocks: &[u8], q: &[i8]) -> i32,
     /// Σ f16(row[i]) · x[i], in f32.
     pub dot_f16: fn(row: &[u8], x: &[f32]) -> f32,
     /// Σ a[i]·b[i] in f32, in one fixed order at every level (eight lanes,
@@ -218,6 +222,7 @@ impl Kernels {
                 dot_codes_multi: avx2::dot_codes_multi,
                 dot_u8_multi: avx2::dot_u8_multi,
                 unpack_tq1: avx2::unpack_tq1,
+                dot_tq1: avx2::dot_tq1,
                 dot_f16: avx2::dot_f16,
                 dot_f32: avx2::dot_f32,
                 dot_q8: avx2::dot_q8,
@@ -229,6 +234,7 @@ impl Kernels {
                 dot_codes_multi: sse::dot_codes_multi,
                 dot_u8_multi: sse::dot_u8_multi,
                 unpack_tq1: tq1_unpack_codes,
+                dot_tq1: sse::dot_tq1,
                 dot_f16: dot_f16_scalar,
                 dot_f32: sse::dot_f32,
                 dot_q8: sse::dot_q8,
@@ -244,6 +250,7 @@ impl Kernels {
                 dot_codes_multi: neon::dot_codes_multi,
                 dot_u8_multi: neon::dot_u8_multi,
                 unpack_tq1: tq1_unpack_codes,
+                dot_tq1: neon::dot_tq1,
                 dot_f16: dot_f16_scalar,
                 dot_f32: neon::dot_f32,
                 dot_q8: neon::dot_q8,
@@ -280,6 +287,7 @@ const SCALAR: Kernels = Kernels {
     dot_codes_multi: dot_codes_multi_scalar,
     dot_u8_multi: dot_u8_multi_scalar,
     unpack_tq1: tq1_unpack_codes,
+    dot_tq1: dot_tq1_scalar,
     dot_f16: dot_f16_scalar,
     dot_f32: dot_f32_scalar,
     dot_q8: dot_q8_scalar,
@@ -417,6 +425,25 @@ pub fn dot_u8_multi_scalar(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32
             .map(|(&c, &v)| i32::from(c) * i32::from(v))
             .sum();
     }
+}
+
+/// Scalar reference of [`Kernels::dot_tq1`].
+pub fn dot_tq1_scalar(blocks: &[u8], q: &[i8]) -> i32 {
+    dot_tq1_unpacked(blocks, q, dot_u8_multi_scalar)
+}
+
+/// `dot_tq1` as the table's unpacking then a level's `dot_u8_multi`, block
+/// by block (the levels without a fused TQ1_0 kernel).
+fn dot_tq1_unpacked(blocks: &[u8], q: &[i8], dot_u8: fn(&[u8], &[i8], usize, &mut [i32])) -> i32 {
+    let mut codes = [0u8; 256];
+    let mut sum = 0;
+    for (blk, qb) in blocks.chunks_exact(54).zip(q.chunks(256)) {
+        tq1_unpack_codes(blk, &mut codes);
+        let mut s = [0];
+        dot_u8(&codes[..qb.len()], qb, 0, &mut s);
+        sum += s[0];
+    }
+    sum
 }
 
 /// Scalar reference of [`Kernels::dot_rows`].
@@ -674,6 +701,106 @@ mod avx2 {
         }
     }
 
+    pub fn dot_tq1(blocks: &[u8], q: &[i8]) -> i32 {
+        let nb = blocks.len() / 54;
+        assert!(q.len() >= nb * 256);
+        // SAFETY: reachable only when AVX2 was detected; the assert keeps
+        // every activation load in bounds, block loads stay in `blocks`.
+        unsafe { dot_tq1_avx2(blocks, q, nb) }
+    }
+
+    /// x · 9 in each byte, mod 256 (a 16-bit shift by 3 with the bits that
+    /// crossed into the next byte masked off, plus x).
+    #[target_feature(enable = "avx2")]
+    fn times9(x: __m256i) -> __m256i {
+        let m = _mm256_set1_epi8(-8);
+        _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16::<3>(x), m), x)
+    }
+
+    /// The trit ⌊3y / 256⌋ of each byte y = b · 3ⁿ mod 256, in byte
+    /// arithmetic: with y' = y − 1 (saturating), avg(y', avg(y', 0)) is
+    /// ⌊(y + ⌊y/2⌋) / 2⌋ (avg rounds up, the −1 undoes it), and that
+    /// shifted right by 6 is ⌊(y + ⌊y/2⌋) / 128⌋ = ⌊3y / 256⌋ (the two can
+    /// only differ where (3y/2) has a half, never at a multiple of 128).
+    /// Checked against the table for every byte in the tests.
+    #[target_feature(enable = "avx2")]
+    fn top_trit(y: __m256i) -> __m256i {
+        let y = _mm256_subs_epu8(y, _mm256_set1_epi8(1));
+        let h = _mm256_avg_epu8(y, _mm256_avg_epu8(y, _mm256_setzero_si256()));
+        _mm256_and_si256(_mm256_srli_epi16::<6>(h), _mm256_set1_epi8(3))
+    }
+
+    /// TQ1_0 blocks against one token, the codes decoded in registers:
+    /// bytes 0..32 give weights 32n + p (five trits each), bytes 32..48
+    /// weights 160 + 16n + p, qh's four bytes weights 240 + 4n + p.
+    /// Products of at most 2 · 2 · 128 = 512 per maddubs pair, four per
+    /// block in each of two i16 accumulators: widened every 8 blocks
+    /// (≤ 16,384).
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot_tq1_avx2(blocks: &[u8], q: &[i8], nb: usize) -> i32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc32 = _mm256_setzero_si256();
+        let mut b = 0;
+        while b < nb {
+            let end = (b + 8).min(nb);
+            let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            while b < end {
+                let blk = &blocks[b * 54..b * 54 + 54];
+                // SAFETY: 256 activations of block b are in bounds
+                // (asserted by the caller); loads within `blk`.
+                let (x, lo, qp) = unsafe {
+                    (
+                        _mm256_loadu_si256(blk.as_ptr().cast()),
+                        _mm_loadu_si128(blk.as_ptr().add(32).cast()),
+                        q.as_ptr().add(b * 256),
+                    )
+                };
+                let qh = u32::from_le_bytes([blk[48], blk[49], blk[50], blk[51]]);
+                // x · 3ⁿ for the first 32 bytes.
+                let x3 = _mm256_add_epi8(x, _mm256_add_epi8(x, x));
+                let x9 = times9(x);
+                let planes = [x, x3, x9, times9(x3), times9(x9)];
+                // Bytes 32..48 the same way, two powers per vector; qh's
+                // bytes repeated four times, times 1, 3, 9, 27 by dword.
+                let y = _mm256_broadcastsi128_si256(lo);
+                let y3 = _mm256_add_epi8(y, _mm256_add_epi8(y, y));
+                let y9 = times9(y);
+                let h = _mm256_set1_epi32(qh as i32);
+                let h3 = _mm256_add_epi8(h, _mm256_add_epi8(h, h));
+                let h9 = times9(h);
+                let h27 = times9(h3);
+                let hp = _mm256_blend_epi32::<0b1000_1000>(
+                    _mm256_blend_epi32::<0b0100_0100>(_mm256_blend_epi32::<0b0010_0010>(h, h3), h9),
+                    h27,
+                );
+                let tail = [
+                    _mm256_blend_epi32::<0b1111_0000>(y, y3),
+                    _mm256_blend_epi32::<0b1111_0000>(y9, times9(y3)),
+                    _mm256_blend_epi32::<0b1111_0000>(times9(y9), hp),
+                ];
+                let x = |i: usize| {
+                    // SAFETY: i < 8, inside block b's activations.
+                    unsafe { _mm256_loadu_si256(qp.add(32 * i).cast()) }
+                };
+                let p = |v: __m256i, i: usize| _mm256_maddubs_epi16(top_trit(v), x(i));
+                a0 = _mm256_add_epi16(
+                    a0,
+                    _mm256_add_epi16(
+                        _mm256_add_epi16(p(planes[0], 0), p(planes[1], 1)),
+                        p(planes[2], 2),
+                    ),
+                );
+                a1 = _mm256_add_epi16(a1, _mm256_add_epi16(p(planes[3], 3), p(planes[4], 4)));
+                a0 = _mm256_add_epi16(a0, p(tail[0], 5));
+                a1 = _mm256_add_epi16(a1, _mm256_add_epi16(p(tail[1], 6), p(tail[2], 7)));
+                b += 1;
+            }
+            acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(a0, ones));
+            acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(a1, ones));
+        }
+        hsum_i32(acc32)
+    }
+
     pub fn dot_u8_multi(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
         super::dot_u8_multi_with(codes, q, stride, out, 32, |c, x, full| {
             // SAFETY: reachable only when AVX2 was detected; `full` ≤ the
@@ -810,6 +937,10 @@ mod sse {
 
     pub fn dot_rows(packed: &[u8], row_bytes: usize, q: &[i8], packing: Packing, out: &mut [i32]) {
         super::dot_rows_by_row(dot_codes_multi, packed, row_bytes, q, packing, out);
+    }
+
+    pub fn dot_tq1(blocks: &[u8], q: &[i8]) -> i32 {
+        super::dot_tq1_unpacked(blocks, q, dot_u8_multi)
     }
 
     pub fn dot_codes_multi(
@@ -1038,6 +1169,10 @@ mod neon {
         acc.map(|a| vaddvq_s32(a))
     }
 
+    pub fn dot_tq1(blocks: &[u8], q: &[i8]) -> i32 {
+        super::dot_tq1_unpacked(blocks, q, dot_u8_multi)
+    }
+
     pub fn dot_u8_multi(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
         // SAFETY: NEON is checked at run time; `full` ≤ both lengths.
         super::dot_u8_multi_with(codes, q, stride, out, 16, |c, x, full| unsafe {
@@ -1230,6 +1365,45 @@ mod tests {
                 let mut got = [0u8; 256];
                 (k.unpack_tq1)(bytes, &mut got);
                 assert_eq!(got, want, "{}", k.level);
+            }
+        }
+    }
+
+    /// The fused TQ1_0 kernel equals the table-driven reference: blocks of
+    /// every byte value (each trit position sees all 256), random blocks,
+    /// extreme and random activations, 1 to 9 blocks.
+    #[test]
+    fn dot_tq1_equals_scalar() {
+        let mut rng = Rng(4242);
+        let mut blocks: Vec<u8> = (0..=255u8).flat_map(|b| [b; 54]).collect();
+        blocks.extend((0..54 * 64).map(|_| rng.next() as u8));
+        let total = blocks.len() / 54;
+        for case in 0..4 {
+            let q: Vec<i8> = (0..total * 256)
+                .map(|_| match case {
+                    0 => -128,
+                    1 => 127,
+                    _ => rng.next() as i8,
+                })
+                .collect();
+            for start in 0..total {
+                let nb = 1 + start % 9;
+                if start + nb > total {
+                    break;
+                }
+                let (bl, qs) = (
+                    &blocks[start * 54..(start + nb) * 54],
+                    &q[start * 256..(start + nb) * 256],
+                );
+                let want = dot_tq1_scalar(bl, qs);
+                for k in levels() {
+                    assert_eq!(
+                        (k.dot_tq1)(bl, qs),
+                        want,
+                        "{} block {start} case {case}",
+                        k.level
+                    );
+                }
             }
         }
     }
