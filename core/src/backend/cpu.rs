@@ -451,10 +451,19 @@ impl CpuBackend {
                 }
                 return;
             }
-            for (packed, out) in bytes.chunks_exact(row_bytes).zip(block.chunks_exact_mut(t)) {
-                dot_multi(packed, q, k, packing, sums);
-                for (r, o) in out.iter_mut().enumerate() {
-                    *o = (sums[r] - row_sums[r]) as f32 * s / scales[r];
+            // Several tokens: four at a time against every row of the
+            // block, so those four tokens' activations stay in L1 while the
+            // block's rows (tens of KB) come from L2, instead of streaming
+            // every token's activations from L2 once per row.
+            let mut dots = [0i32; 4];
+            for g in (0..t).step_by(4) {
+                let n = (t - g).min(4);
+                let qg = &q[g * k..];
+                for (packed, out) in bytes.chunks_exact(row_bytes).zip(block.chunks_exact_mut(t)) {
+                    dot_multi(packed, qg, k, packing, &mut dots[..n]);
+                    for (r, (o, &d)) in (g..).zip(out[g..g + n].iter_mut().zip(&dots)) {
+                        *o = (d - row_sums[r]) as f32 * s / scales[r];
+                    }
                 }
             }
             return;
@@ -942,8 +951,12 @@ mod bitlinear_tests {
         for (ty, k, m) in [
             (GgmlType::I2_S, 384, 7),
             (GgmlType::I2_S, 128, 3),
+            // Several blocks of rows per parallel loop.
+            (GgmlType::I2_S, 256, 150),
             (GgmlType::TQ2_0, 512, 5),
+            (GgmlType::TQ2_0, 256, 99),
             (GgmlType::TQ1_0, 256, 4),
+            (GgmlType::TQ1_0, 512, 70),
         ] {
             let w: Vec<i8> = (0..k * m).map(|_| (next() % 3) as i8 - 1).collect();
             let scale = 0.37f32;
@@ -958,36 +971,39 @@ mod bitlinear_tests {
             gw.add_tensor("w", &[k as u64, m as u64], ty, bytes)
                 .unwrap();
             let file = Arc::new(GgufFile::from_vec(gw.to_bytes().unwrap()).unwrap());
-            let t = 4;
-            let mut x = CpuTensor::zeros(t, k);
-            for (i, v) in x.data.iter_mut().enumerate() {
-                *v = match i / k {
-                    0 => 0.0,                                   // all zero
-                    1 if i % 5 == 0 => 1e6,                     // saturated
-                    _ => (next() % 2001) as f32 / 100.0 - 10.0, // random
-                };
-            }
-            // Direct: q = int8(x), Σ w·q exactly, × scale / act_scale.
-            let scale_f = match ty {
-                GgmlType::I2_S => scale,
-                _ => f16::from_f32(scale).to_f32(),
-            };
-            let mut want = vec![0f32; t * m];
-            for r in 0..t {
-                let mut q = vec![0i8; k];
-                let s = act::quantize_row(x.row(r), &mut q);
-                for o in 0..m {
-                    let dot: i32 = (0..k)
-                        .map(|j| i32::from(w[o * k + j]) * i32::from(q[j]))
-                        .sum();
-                    want[r * m + o] = dot as f32 * scale_f / s;
+            // One token (the row-block decode kernels), one group of four,
+            // groups of four and a remainder.
+            for t in [1, 4, 7] {
+                let mut x = CpuTensor::zeros(t, k);
+                for (i, v) in x.data.iter_mut().enumerate() {
+                    *v = match i / k {
+                        0 => 0.0,                                   // all zero
+                        1 if i % 5 == 0 => 1e6,                     // saturated
+                        _ => (next() % 2001) as f32 / 100.0 - 10.0, // random
+                    };
                 }
-            }
-            for level in SimdLevel::ALL.into_iter().filter(|l| l.supported()) {
-                let b = CpuBackend::with_level(level).unwrap();
-                let lin = b.load_linear(&file, "w").unwrap();
-                let got = b.bitlinear(&x, &lin);
-                assert_eq!(got.data, want, "{ty} k {k} m {m} at {level}");
+                // Direct: q = int8(x), Σ w·q exactly, × scale / act_scale.
+                let scale_f = match ty {
+                    GgmlType::I2_S => scale,
+                    _ => f16::from_f32(scale).to_f32(),
+                };
+                let mut want = vec![0f32; t * m];
+                for r in 0..t {
+                    let mut q = vec![0i8; k];
+                    let s = act::quantize_row(x.row(r), &mut q);
+                    for o in 0..m {
+                        let dot: i32 = (0..k)
+                            .map(|j| i32::from(w[o * k + j]) * i32::from(q[j]))
+                            .sum();
+                        want[r * m + o] = dot as f32 * scale_f / s;
+                    }
+                }
+                for level in SimdLevel::ALL.into_iter().filter(|l| l.supported()) {
+                    let b = CpuBackend::with_level(level).unwrap();
+                    let lin = b.load_linear(&file, "w").unwrap();
+                    let got = b.bitlinear(&x, &lin);
+                    assert_eq!(got.data, want, "{ty} k {k} m {m} t {t} at {level}");
+                }
             }
         }
     }
