@@ -78,11 +78,11 @@ impl CpuTensor {
                 };
             }
             let mut out = CpuTensor::zeros(rows, cols);
-            for (c, col) in by_col.chunks_exact(rows).enumerate() {
-                for (r, v) in col.iter().enumerate() {
-                    out.data[r * cols + c] = *v;
+            team::for_each_chunk_mut(&mut out.data, cols, |r, row| {
+                for (c, o) in row.iter_mut().enumerate() {
+                    *o = by_col[c * rows + r];
                 }
-            }
+            });
             out
         })
     }
@@ -371,16 +371,20 @@ struct Quantized {
 impl Quantized {
     fn new(x: &CpuTensor) -> Self {
         let (t, k) = (x.rows, x.cols);
-        let mut q = vec![0i8; t * k];
-        let scales: Vec<f32> = (0..t)
-            .map(|r| act::quantize_row(x.row(r), &mut q[r * k..(r + 1) * k]))
-            .collect();
         let blocks = k.div_ceil(256);
-        let block_sums: Vec<i32> = q
-            .chunks_exact(k.max(1))
-            .flat_map(|row| row.chunks(256))
-            .map(|c| c.iter().map(|&v| i32::from(v)).sum())
-            .collect();
+        // Token by token in parallel (a prompt's rows; one token inline).
+        let mut scales = vec![0f32; t];
+        team::for_each_chunk_mut(&mut scales, 1, |r, s| s[0] = act::row_scale(x.row(r)));
+        let mut q = vec![0i8; t * k];
+        team::for_each_chunk_mut(&mut q, k, |r, qr| {
+            act::quantize_with(x.row(r), scales[r], qr)
+        });
+        let mut block_sums = vec![0i32; t * blocks];
+        team::for_each_chunk_mut(&mut block_sums, blocks, |r, sums| {
+            for (s, c) in sums.iter_mut().zip(q[r * k..(r + 1) * k].chunks(256)) {
+                *s = c.iter().map(|&v| i32::from(v)).sum();
+            }
+        });
         let row_sums: Vec<i32> = block_sums
             .chunks_exact(blocks.max(1))
             .map(|b| b.iter().sum())
@@ -674,14 +678,13 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &CpuTensor, weight: &Vec<f32>, eps: f32) -> CpuTensor {
         let mut out = x.clone();
-        for r in 0..x.rows {
-            let row = out.row_mut(r);
+        team::for_each_chunk_mut(&mut out.data, x.cols, |_, row| {
             let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
             let inv = 1.0 / (ms + eps).sqrt();
             for (v, w) in row.iter_mut().zip(weight) {
                 *v = *v * inv * w;
             }
-        }
+        });
         out
     }
 
@@ -785,23 +788,28 @@ impl Backend for CpuBackend {
 
     fn glu(&self, gate: &CpuTensor, up: &CpuTensor, act: Activation) -> CpuTensor {
         let mut out = gate.clone();
-        for (g, u) in out.data.iter_mut().zip(&up.data) {
-            let a = match act {
-                Activation::Relu2 => {
-                    let r = g.max(0.0);
-                    r * r
-                }
-                Activation::Silu => *g / (1.0 + (-*g).exp()),
-            };
-            *g = a * u;
-        }
+        team::for_each_chunk_mut(&mut out.data, gate.cols, |r, row| {
+            for (g, u) in row.iter_mut().zip(up.row(r)) {
+                let a = match act {
+                    Activation::Relu2 => {
+                        let r = g.max(0.0);
+                        r * r
+                    }
+                    Activation::Silu => *g / (1.0 + (-*g).exp()),
+                };
+                *g = a * u;
+            }
+        });
         out
     }
 
     fn add(&self, x: &mut CpuTensor, y: &CpuTensor) {
-        for (a, b) in x.data.iter_mut().zip(&y.data) {
-            *a += b;
-        }
+        let cols = x.cols;
+        team::for_each_chunk_mut(&mut x.data, cols, |r, row| {
+            for (a, b) in row.iter_mut().zip(y.row(r)) {
+                *a += b;
+            }
+        });
     }
 
     fn logits(&self, x: &CpuTensor, table: &CpuTable, last_only: bool) -> CpuTensor {

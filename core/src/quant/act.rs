@@ -9,12 +9,22 @@ pub const ACT_EPS: f32 = 1e-5;
 /// Quantizes one row of activations into `q`; returns the scale (127/absmax)
 /// to divide the integer dot product by.
 pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
+    let scale = row_scale(x);
+    quantize_with(x, scale, q);
+    scale
+}
+
+/// The scale of a row: 127 / max(|x|, [`ACT_EPS`]).
+pub fn row_scale(x: &[f32]) -> f32 {
+    127.0 / absmax(x).max(ACT_EPS)
+}
+
+/// q = round(x · scale) clamped to [-128, 127], ties to even.
+pub fn quantize_with(x: &[f32], scale: f32, q: &mut [i8]) {
     debug_assert_eq!(x.len(), q.len());
-    let scale = 127.0 / absmax(x).max(ACT_EPS);
     for (q, &v) in q.iter_mut().zip(x) {
         *q = round_small(v * scale).clamp(-128.0, 127.0) as i8;
     }
-    scale
 }
 
 /// max |x| (NaN ignored, as `f32::max` does), in eight independent lanes
