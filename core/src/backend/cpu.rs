@@ -403,6 +403,8 @@ impl Quantized {
 /// Per-task buffers of [`CpuBackend::linear_block`].
 struct Scratch {
     codes256: Vec<u8>,
+    /// Unpacked TQ1_0 codes of a few rows (prefill).
+    codes: Vec<u8>,
     sums: Vec<i32>,
     acc: Vec<f32>,
     total: Vec<i32>,
@@ -425,6 +427,7 @@ impl CpuBackend {
         let blocks = k.div_ceil(256);
         let Scratch {
             codes256,
+            codes,
             sums,
             acc,
             total,
@@ -472,14 +475,42 @@ impl CpuBackend {
             }
             return;
         }
-        // TQ1_0 with one scale, one token: the codes decoded in registers,
-        // a whole row per call.
-        if let (GgmlType::TQ1_0, Scale::Tensor(s), 1) = (w.info.ty, &w.scale, t) {
+        if let (GgmlType::TQ1_0, Scale::Tensor(s)) = (w.info.ty, &w.scale) {
             let row_bytes = k / 256 * 54;
-            let bytes = &data[row0 * row_bytes..(row0 + block.len()) * row_bytes];
-            for (row, o) in bytes.chunks_exact(row_bytes).zip(block.iter_mut()) {
-                let d = (self.kernels.dot_tq1)(row, q);
-                *o = (d - row_sums[0]) as f32 * s / scales[0];
+            let bytes = &data[row0 * row_bytes..(row0 + block.len() / t) * row_bytes];
+            // One token: the codes decoded in registers, a whole row per
+            // call.
+            if t == 1 {
+                for (row, o) in bytes.chunks_exact(row_bytes).zip(block.iter_mut()) {
+                    let d = (self.kernels.dot_tq1)(row, q);
+                    *o = (d - row_sums[0]) as f32 * s / scales[0];
+                }
+                return;
+            }
+            // Several tokens: 16 rows unpacked to one code per byte, then
+            // four tokens at a time against those rows (as the packed
+            // layouts do above: activations in L1, codes in L2).
+            const ROWS: usize = 16;
+            codes.resize(ROWS * k, 0);
+            let mut dots = [0i32; 4];
+            for (sub, outs) in bytes
+                .chunks(ROWS * row_bytes)
+                .zip(block.chunks_mut(ROWS * t))
+            {
+                for (row, c) in sub.chunks_exact(row_bytes).zip(codes.chunks_exact_mut(k)) {
+                    for (blk, c) in row.chunks_exact(54).zip(c.chunks_exact_mut(256)) {
+                        unpack_tq1(blk, c);
+                    }
+                }
+                for g in (0..t).step_by(4) {
+                    let n = (t - g).min(4);
+                    for (c, out) in codes.chunks_exact(k).zip(outs.chunks_exact_mut(t)) {
+                        dot_u8(c, &q[g * k..], k, &mut dots[..n]);
+                        for (r, (o, &d)) in (g..).zip(out[g..g + n].iter_mut().zip(&dots)) {
+                            *o = (d - row_sums[r]) as f32 * s / scales[r];
+                        }
+                    }
+                }
             }
             return;
         }
@@ -705,6 +736,7 @@ impl Backend for CpuBackend {
             ws.map(|w| w.m),
             || Scratch {
                 codes256: vec![0u8; 256],
+                codes: Vec::new(),
                 sums: vec![0i32; t],
                 acc: vec![0f32; t],
                 total: vec![0i32; t],
