@@ -12,7 +12,8 @@
 //! from the bottom up).
 //!
 //! Levels: scalar, SSE (SSSE3 integer kernels), AVX2 (with FMA and F16C for
-//! the float kernels). AVX-512 and NEON versions are not written yet:
+//! the float kernels, and a TQ1_0 kernel that decodes base-3 codes in
+//! registers), NEON on aarch64. AVX-512 versions are not written yet:
 //! [`SimdLevel::detect`] never picks a level that has no kernels.
 
 use std::sync::OnceLock;
