@@ -400,6 +400,40 @@ impl Quantized {
     }
 }
 
+impl Quantized {
+    /// Output of token r from Σ code·q of one row: (Σ code·q − Σ q) is
+    /// Σ weight·q, times the weight scale `s`, over the token's scale.
+    fn output(&self, r: usize, dot: i32, s: f32) -> f32 {
+        (dot - self.row_sums[r]) as f32 * s / self.scales[r]
+    }
+
+    /// Outputs of `rows` for every token (`outs`: `t` values per row),
+    /// four tokens at a time against every row, so those four tokens'
+    /// activations stay in L1 while the rows (tens of KB) come from L2,
+    /// instead of streaming every token's activations once per row.
+    /// `dot(row, q, dots)` gives Σ code·q of one row for the `dots.len()`
+    /// tokens whose activations start at `q` (k apart).
+    fn by_fours<R>(
+        &self,
+        rows: impl Iterator<Item = R> + Clone,
+        outs: &mut [f32],
+        s: f32,
+        dot: impl Fn(R, &[i8], &mut [i32]),
+    ) {
+        let (t, k) = (self.t, self.k);
+        let mut dots = [0i32; 4];
+        for g in (0..t).step_by(4) {
+            let n = (t - g).min(4);
+            for (row, out) in rows.clone().zip(outs.chunks_exact_mut(t)) {
+                dot(row, &self.q[g * k..], &mut dots[..n]);
+                for (r, (o, &d)) in (g..).zip(out[g..g + n].iter_mut().zip(&dots)) {
+                    *o = self.output(r, d, s);
+                }
+            }
+        }
+    }
+}
+
 /// Per-task buffers of [`CpuBackend::linear_block`].
 struct Scratch {
     codes256: Vec<u8>,
@@ -407,7 +441,6 @@ struct Scratch {
     codes: Vec<u8>,
     sums: Vec<i32>,
     acc: Vec<f32>,
-    total: Vec<i32>,
 }
 
 impl CpuBackend {
@@ -423,14 +456,13 @@ impl CpuBackend {
     ) {
         debug_assert_eq!(a.k, w.k);
         let (t, k) = (a.t, a.k);
-        let (q, scales, row_sums, block_sums) = (&a.q, &a.scales, &a.row_sums, &a.block_sums);
+        let (q, scales, block_sums) = (&a.q, &a.scales, &a.block_sums);
         let blocks = k.div_ceil(256);
         let Scratch {
             codes256,
             codes,
             sums,
             acc,
-            total,
         } = scratch;
         let dot_multi = self.kernels.dot_codes_multi;
         let dot_u8 = self.kernels.dot_u8_multi;
@@ -453,46 +485,32 @@ impl CpuBackend {
                     let dots = &mut dots[..out.len()];
                     (self.kernels.dot_rows)(c, row_bytes, q, packing, dots);
                     for (o, &d) in out.iter_mut().zip(dots.iter()) {
-                        *o = (d - row_sums[0]) as f32 * s / scales[0];
+                        *o = a.output(0, d, s);
                     }
                 }
                 return;
             }
-            // Several tokens: four at a time against every row of the
-            // block, so those four tokens' activations stay in L1 while the
-            // block's rows (tens of KB) come from L2, instead of streaming
-            // every token's activations from L2 once per row.
-            let mut dots = [0i32; 4];
-            for g in (0..t).step_by(4) {
-                let n = (t - g).min(4);
-                let qg = &q[g * k..];
-                for (packed, out) in bytes.chunks_exact(row_bytes).zip(block.chunks_exact_mut(t)) {
-                    dot_multi(packed, qg, k, packing, &mut dots[..n]);
-                    for (r, (o, &d)) in (g..).zip(out[g..g + n].iter_mut().zip(&dots)) {
-                        *o = (d - row_sums[r]) as f32 * s / scales[r];
-                    }
-                }
-            }
+            let rows = bytes.chunks_exact(row_bytes);
+            a.by_fours(rows, block, s, |row, qg, dots| {
+                dot_multi(row, qg, k, packing, dots)
+            });
             return;
         }
-        if let (GgmlType::TQ1_0, Scale::Tensor(s)) = (w.info.ty, &w.scale) {
+        if let (GgmlType::TQ1_0, &Scale::Tensor(s)) = (w.info.ty, &w.scale) {
             let row_bytes = k / 256 * 54;
-            let bytes = &data[row0 * row_bytes..(row0 + block.len() / t) * row_bytes];
+            let bytes = &data[row0 * row_bytes..(row0 + n_rows) * row_bytes];
             // One token: the codes decoded in registers, a whole row per
             // call.
             if t == 1 {
                 for (row, o) in bytes.chunks_exact(row_bytes).zip(block.iter_mut()) {
-                    let d = (self.kernels.dot_tq1)(row, q);
-                    *o = (d - row_sums[0]) as f32 * s / scales[0];
+                    *o = a.output(0, (self.kernels.dot_tq1)(row, q), s);
                 }
                 return;
             }
             // Several tokens: 16 rows unpacked to one code per byte, then
-            // four tokens at a time against those rows (as the packed
-            // layouts do above: activations in L1, codes in L2).
+            // four tokens at a time against them.
             const ROWS: usize = 16;
             codes.resize(ROWS * k, 0);
-            let mut dots = [0i32; 4];
             for (sub, outs) in bytes
                 .chunks(ROWS * row_bytes)
                 .zip(block.chunks_mut(ROWS * t))
@@ -502,58 +520,44 @@ impl CpuBackend {
                         unpack_tq1(blk, c);
                     }
                 }
-                for g in (0..t).step_by(4) {
-                    let n = (t - g).min(4);
-                    for (c, out) in codes.chunks_exact(k).zip(outs.chunks_exact_mut(t)) {
-                        dot_u8(c, &q[g * k..], k, &mut dots[..n]);
-                        for (r, (o, &d)) in (g..).zip(out[g..g + n].iter_mut().zip(&dots)) {
-                            *o = (d - row_sums[r]) as f32 * s / scales[r];
-                        }
-                    }
-                }
+                a.by_fours(codes.chunks_exact(k), outs, s, |c, qg, dots| {
+                    dot_u8(c, qg, k, dots)
+                });
             }
             return;
         }
+        // TQ files quantized block by block (an f16 scale per 256 weights,
+        // not all equal): integer sums per block, then scaled and added in
+        // f32. TQ2_0 (66 bytes: 64 of 2-bit codes, f16 d) through the
+        // packed kernel; TQ1_0 (54 bytes: 52 of base-3 codes, f16 d)
+        // unpacked first.
+        let size = match (w.info.ty, &w.scale) {
+            (GgmlType::TQ2_0, Scale::Block) => 66,
+            (GgmlType::TQ1_0, Scale::Block) => 54,
+            // Load accepts I2_S with a tensor scale and the TQ types only,
+            // and every tensor-scale layout returned above.
+            (ty, _) => unreachable!("bitlinear on {ty}"),
+        };
+        let per_row = k / 256;
         for (j, out) in block.chunks_exact_mut(t).enumerate() {
             let row = row0 + j;
-            match (w.info.ty, &w.scale) {
-                // The block formats, block by block: TQ2_0 (66
-                // bytes: 64 of 2-bit codes, f16 d) through the
-                // packed kernel; TQ1_0 (54 bytes: 52 of base-3
-                // codes, f16 d) unpacked first.
-                (ty @ (GgmlType::TQ2_0 | GgmlType::TQ1_0), scale) => {
-                    let size = if ty == GgmlType::TQ2_0 { 66 } else { 54 };
-                    let per_row = k / 256;
-                    let bytes = &data[row * per_row * size..(row + 1) * per_row * size];
-                    acc.fill(0.0);
-                    total.fill(0);
-                    for (b, blk) in bytes.chunks_exact(size).enumerate() {
-                        let qb = &q[b * 256..];
-                        if ty == GgmlType::TQ2_0 {
-                            dot_multi(&blk[..64], qb, k, Packing::Tq2, sums);
-                        } else {
-                            unpack_tq1(blk, codes256);
-                            dot_u8(codes256, qb, k, sums);
-                        }
-                        let dd = f16::from_le_bytes([blk[size - 2], blk[size - 1]]).to_f32();
-                        for r in 0..t {
-                            let s = sums[r] - block_sums[r * blocks + b];
-                            match scale {
-                                Scale::Tensor(_) => total[r] += s,
-                                Scale::Block => acc[r] += s as f32 * dd,
-                            }
-                        }
-                    }
-                    for (r, o) in out.iter_mut().enumerate() {
-                        *o = match scale {
-                            Scale::Tensor(s) => total[r] as f32 * s,
-                            Scale::Block => acc[r],
-                        } / scales[r];
-                    }
+            let bytes = &data[row * per_row * size..(row + 1) * per_row * size];
+            acc.fill(0.0);
+            for (b, blk) in bytes.chunks_exact(size).enumerate() {
+                let qb = &q[b * 256..];
+                if size == 66 {
+                    dot_multi(&blk[..64], qb, k, Packing::Tq2, sums);
+                } else {
+                    unpack_tq1(blk, codes256);
+                    dot_u8(codes256, qb, k, sums);
                 }
-                // Load accepts I2_S with a tensor scale and the TQ
-                // types only; anything else would be a bug there.
-                (ty, _) => unreachable!("bitlinear on {ty}"),
+                let dd = f16::from_le_bytes([blk[size - 2], blk[size - 1]]).to_f32();
+                for r in 0..t {
+                    acc[r] += (sums[r] - block_sums[r * blocks + b]) as f32 * dd;
+                }
+            }
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = acc[r] / scales[r];
             }
         }
     }
@@ -739,7 +743,6 @@ impl Backend for CpuBackend {
                 codes: Vec::new(),
                 sums: vec![0i32; t],
                 acc: vec![0f32; t],
-                total: vec![0i32; t],
             },
             |scratch, i, row0, block| self.linear_block(&a, ws[i], scratch, row0, block),
         )
@@ -975,6 +978,66 @@ mod tests {
 mod bitlinear_tests {
     use super::*;
     use crate::gguf::GgufWriter;
+
+    /// TQ files whose blocks have different scales go block by block: each
+    /// block's exact integer sum times its own d, added in block order.
+    #[test]
+    fn per_block_scales_match_direct_computation_at_every_level() {
+        let mut seed = 999u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (ty, size) in [(GgmlType::TQ2_0, 66), (GgmlType::TQ1_0, 54)] {
+            let (k, m, t) = (768, 40, 5);
+            let w: Vec<i8> = (0..k * m).map(|_| (next() % 3) as i8 - 1).collect();
+            let mut bytes = quant::encode_ternary(ty, &w, 1.0).unwrap();
+            // Block b of every row gets d = 0.5 + b/4 (exact in f16).
+            let d = |b: usize| 0.5 + b as f32 / 4.0;
+            for (i, blk) in bytes.chunks_exact_mut(size).enumerate() {
+                blk[size - 2..].copy_from_slice(&f16::from_f32(d(i % (k / 256))).to_le_bytes());
+            }
+            let mut gw = GgufWriter::new();
+            gw.add_tensor("w", &[k as u64, m as u64], ty, bytes)
+                .unwrap();
+            let file = Arc::new(GgufFile::from_vec(gw.to_bytes().unwrap()).unwrap());
+            let mut x = CpuTensor::zeros(t, k);
+            for v in x.data.iter_mut() {
+                *v = (next() % 2001) as f32 / 100.0 - 10.0;
+            }
+            let mut want = vec![0f32; t * m];
+            for r in 0..t {
+                let mut q = vec![0i8; k];
+                let s = act::quantize_row(x.row(r), &mut q);
+                for o in 0..m {
+                    let mut acc = 0f32;
+                    for b in 0..k / 256 {
+                        let dot: i32 = (b * 256..(b + 1) * 256)
+                            .map(|j| i32::from(w[o * k + j]) * i32::from(q[j]))
+                            .sum();
+                        acc += dot as f32 * d(b);
+                    }
+                    want[r * m + o] = acc / s;
+                }
+            }
+            for level in SimdLevel::ALL.into_iter().filter(|l| l.supported()) {
+                let b = CpuBackend::with_level(level).unwrap();
+                let lin = b.load_linear(&file, "w").unwrap();
+                assert!(matches!(lin.scale, Scale::Block), "{ty}");
+                for rows in [1, t] {
+                    let xr = CpuTensor {
+                        data: x.data[..rows * k].to_vec(),
+                        rows,
+                        cols: k,
+                    };
+                    let got = b.bitlinear(&xr, &lin);
+                    assert_eq!(got.data, want[..rows * m], "{ty} t {rows} at {level}");
+                }
+            }
+        }
+    }
 
     /// BitLinear at every kernel level against a direct computation from the
     /// ternary weights, on shapes whose K is not a multiple of 256 (I2_S) and

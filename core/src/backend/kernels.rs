@@ -355,6 +355,15 @@ pub fn dot_codes_multi_scalar(
     }
 }
 
+/// The multi-token kernels' bounds check: `tokens` rows of `span`
+/// activations, `stride` apart, lie inside `q`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn assert_tokens_fit(q: &[i8], stride: usize, tokens: usize, span: usize) {
+    if let Some(last) = tokens.checked_sub(1) {
+        assert!(q.len() >= last * stride + span);
+    }
+}
+
 /// The SIMD `dot_u8_multi`s: `head(codes, q_j, full)` takes the first
 /// `full` bytes (a multiple of `width`), the scalar code the tail.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -367,9 +376,7 @@ fn dot_u8_multi_with(
     head: impl Fn(&[u8], &[i8], usize) -> i32,
 ) {
     let n = codes.len();
-    if let Some(last) = out.len().checked_sub(1) {
-        assert!(q.len() >= last * stride + n);
-    }
+    assert_tokens_fit(q, stride, out.len(), n);
     let full = n / width * width;
     for (j, o) in out.iter_mut().enumerate() {
         let qj = &q[j * stride..j * stride + n];
@@ -528,10 +535,7 @@ macro_rules! dot_codes_by_fours {
             packing: Packing,
             out: &mut [i32],
         ) {
-            let span = packing.chunks(packed.len()) * 128;
-            if let Some(last) = out.len().checked_sub(1) {
-                assert!(q.len() >= last * stride + span);
-            }
+            super::assert_tokens_fit(q, stride, out.len(), packing.chunks(packed.len()) * 128);
             for (g, o) in out.chunks_mut(4).enumerate() {
                 let q = &q[g * 4 * stride..];
                 // SAFETY: reachable only through `Kernels::for_level` of
@@ -951,10 +955,7 @@ mod sse {
         packing: Packing,
         out: &mut [i32],
     ) {
-        let span = packing.chunks(packed.len()) * 128;
-        if let Some(last) = out.len().checked_sub(1) {
-            assert!(q.len() >= last * stride + span);
-        }
+        super::assert_tokens_fit(q, stride, out.len(), packing.chunks(packed.len()) * 128);
         for (j, o) in out.iter_mut().enumerate() {
             // SAFETY: reachable only through `Kernels::for_level(Sse)`,
             // which checks SSSE3 at run time; the assert above keeps every
