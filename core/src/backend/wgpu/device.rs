@@ -176,7 +176,12 @@ pub async fn request_device_async(
     check_limits(&adapter.limits())?;
     let desc = wgpu::DeviceDescriptor {
         label: Some("bitnet"),
-        required_features: wgpu::Features::empty(),
+        // Timestamps only for `BITNET_WGPU_PROFILE=gpu` (see `profile`).
+        required_features: if super::profile::Mode::from_env() == Some(super::profile::Mode::Gpu) {
+            adapter.features() & wgpu::Features::TIMESTAMP_QUERY
+        } else {
+            wgpu::Features::empty()
+        },
         required_limits: adapter.limits(),
         ..Default::default()
     };

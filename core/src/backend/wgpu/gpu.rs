@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bitnet_shaders::{Dot4, Shader};
 
 use super::device::WgpuError;
+use super::profile::{self, Stats, Timer};
 use super::WgpuOptions;
 use crate::backend::BackendError;
 
@@ -50,7 +51,7 @@ impl Drop for Buf {
 pub type GpuBuf = Arc<Buf>;
 
 /// One shader entry point.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Op {
     Quantize,
     Matmul,
@@ -138,6 +139,8 @@ enum Cmd {
         bind_group: wgpu::BindGroup,
         offset: u32,
         groups: [u32; 3],
+        /// The first two parameters (shapes, for the profile).
+        shape: [u32; 2],
     },
     Copy {
         src: GpuBuf,
@@ -176,6 +179,11 @@ pub struct Gpu {
     /// Errors the device reported on its own (in the browser, where error
     /// scopes cannot be waited for, every error comes this way).
     reported: Arc<Mutex<Option<String>>>,
+    /// `BITNET_WGPU_PROFILE` (see [`profile`]): what to measure, the
+    /// timestamp queries of `gpu` mode, and the totals.
+    profile: Option<profile::Mode>,
+    timer: Option<Timer>,
+    stats: Mutex<Stats>,
 }
 
 impl Gpu {
@@ -246,7 +254,19 @@ impl Gpu {
             size: (PARAM_SLOTS * SLOT) as u64,
             dead: dead.clone(),
         });
+        let profile = profile::Mode::from_env();
+        let timer = (profile == Some(profile::Mode::Gpu)
+            && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
+        .then(|| Timer::new(&device, &queue));
+        if profile == Some(profile::Mode::Gpu) && timer.is_none() {
+            log::warn!(
+                "BITNET_WGPU_PROFILE=gpu: this device has no timestamp queries; host times only"
+            );
+        }
         Ok(Gpu {
+            profile,
+            timer,
+            stats: Mutex::default(),
             device,
             queue,
             info,
@@ -472,6 +492,10 @@ impl Gpu {
             bind_group,
             offset,
             groups,
+            shape: [
+                params.first().copied().unwrap_or(0),
+                params.get(1).copied().unwrap_or(0),
+            ],
         });
     }
 
@@ -503,6 +527,9 @@ impl Gpu {
             return;
         }
         let cmds = std::mem::take(&mut r.cmds);
+        let started = self.profile.map(|_| web_time::Instant::now());
+        // `gpu` profile: each dispatch in a pass of its own, timestamped.
+        let mut timed: Vec<profile::Key> = Vec::new();
         let ((), err) = scoped(&self.device, wgpu::ErrorFilter::Validation, || {
             self.queue.write_buffer(&self.params.buffer, 0, &r.params);
             let mut enc = self
@@ -517,25 +544,56 @@ impl Gpu {
                     i += 1;
                     continue;
                 }
+                let timer = self
+                    .timer
+                    .as_ref()
+                    .filter(|_| timed.len() < profile::MAX_TIMED as usize);
+                let n = timed.len() as u32;
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("bitnet:ops"),
-                    timestamp_writes: None,
+                    timestamp_writes: timer.map(|t| wgpu::ComputePassTimestampWrites {
+                        query_set: &t.queries,
+                        beginning_of_pass_write_index: Some(2 * n),
+                        end_of_pass_write_index: Some(2 * n + 1),
+                    }),
                 });
                 while let Some(Cmd::Dispatch {
                     op,
                     bind_group,
                     offset,
                     groups,
+                    shape,
                 }) = cmds.get(i)
                 {
                     pass.set_pipeline(&self.pipes[op].pipeline);
                     pass.set_bind_group(0, bind_group, &[*offset]);
                     pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
                     i += 1;
+                    if timer.is_some() {
+                        timed.push((*op, *shape, [groups[0], groups[1]]));
+                        break;
+                    }
                 }
+            }
+            if let Some(t) = self.timer.as_ref().filter(|_| !timed.is_empty()) {
+                let n = timed.len() as u32;
+                enc.resolve_query_set(&t.queries, 0..2 * n, &t.resolve, 0);
+                enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, u64::from(n) * 16);
             }
             self.queue.submit([enc.finish()]);
         });
+        if let Some(started) = started {
+            let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.flushes += 1;
+            s.dispatches += cmds
+                .iter()
+                .filter(|c| matches!(c, Cmd::Dispatch { .. }))
+                .count() as u64;
+            s.flush_time += started.elapsed();
+        }
+        if let Some(t) = &self.timer {
+            t.collect(&self.device, &timed, &self.stats);
+        }
         r.params.clear();
         if let Some(e) = err {
             if r.error.is_none() {
@@ -603,9 +661,15 @@ impl Gpu {
                 .map_async(wgpu::MapMode::Read, move |r| {
                     let _ = tx.send(r);
                 });
+            let started = self.profile.map(|_| web_time::Instant::now());
             self.device
                 .poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| BackendError::Device(e.to_string()))?;
+            if let Some(started) = started {
+                let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+                s.reads += 1;
+                s.wait_time += started.elapsed();
+            }
             rx.recv()
                 .map_err(|e| BackendError::Device(e.to_string()))?
                 .map_err(|e| BackendError::Device(e.to_string()))?;
@@ -659,6 +723,15 @@ impl Gpu {
             self.flush();
         }
         self.queue.write_buffer(&buf.buffer, 0, bytes);
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        if self.profile.is_some() {
+            let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            eprint!("{}", stats.report(&self.info.name));
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub mod device;
 mod gpu;
+mod profile;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
