@@ -147,6 +147,45 @@ fn products(
     [plain, added, glu]
 }
 
+/// RMSNorm quantizes its output in the same pass (rows a multiple of 128
+/// wide): the codes, chunk sums and scale must be the CPU rule applied to
+/// the normalised values the GPU wrote.
+#[test]
+fn rms_norm_quantizes_its_own_output() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(17);
+    // 8960 = 70 chunks: more than the shader gathers at once.
+    for (rows, k) in [(1, 2560), (3, 6912), (2, 8960)] {
+        let x = rng.vec(rows * k, 3.0);
+        let w = rng.vec(k, 1.2);
+        let f = file(vec![("n", vec![k as u64], GgmlType::F32, f32_bytes(&w))]);
+        let y = g.rms_norm(
+            &g.upload_tensor(rows, k, &x),
+            &g.load_vector(&f, "n").unwrap(),
+            1e-5,
+        );
+        let (q, qsum, scale) = g.quantize_to_host(&y).unwrap();
+        let y = g.read(&y).unwrap();
+        for r in 0..rows {
+            let mut want = vec![0i8; k];
+            let s = quantize_row(&y[r * k..(r + 1) * k], &mut want);
+            assert_eq!(scale[r].to_bits(), s.to_bits(), "{rows}x{k} row {r}: scale");
+            assert_eq!(
+                &q[r * k..(r + 1) * k],
+                &want[..],
+                "{rows}x{k} row {r}: codes"
+            );
+            for c in 0..k / 128 {
+                let sum: i32 = want[c * 128..(c + 1) * 128]
+                    .iter()
+                    .map(|&v| i32::from(v))
+                    .sum();
+                assert_eq!(qsum[r * k / 128 + c], sum, "{rows}x{k} row {r} chunk {c}");
+            }
+        }
+    }
+}
+
 #[test]
 fn ternary_integer_sums_are_identical() {
     for dot4 in Dot4::ALL {
@@ -164,6 +203,10 @@ fn ternary_integer_sums_are_identical() {
             (768, 13, 5),
             (2560, 37, 9),
             (256, 100, 1),
+            // One token (the decode kernel): rows of 20 and 54 chunks
+            // (10 and 27 blocks), fewer than their power-of-two threads.
+            (2560, 37, 1),
+            (6912, 21, 1),
         ] {
             for kind in [0, 1, 3] {
                 if kind > 0 && k % 256 != 0 {
@@ -195,7 +238,9 @@ fn ternary_products_match() {
         (256, 9, 1),
         (640, 17, 6),
         (1280, 33, 4),
+        (1280, 33, 1),
         (2560, 70, 11),
+        (6912, 19, 1),
     ] {
         for kind in 0..5 {
             if kind > 0 && k % 256 != 0 {

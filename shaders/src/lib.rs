@@ -30,14 +30,16 @@ const fn shader(name: &'static str, src: &'static str, dot4: bool, f16: bool) ->
 /// f16 <-> f32 in integer operations (a prelude, not a shader).
 pub const F16: &str = include_str!("../wgsl/f16.wgsl");
 
-/// Per-token int8 activation quantization (entry `quantize`).
+/// Per-token int8 activation quantization, optionally after RMSNorm (entry
+/// `quantize`).
 pub const QUANT: Shader = shader(
     "quant.wgsl",
     include_str!("../wgsl/quant.wgsl"),
     false,
     false,
 );
-/// Ternary × int8 matrix product for I2_S, TQ2_0 and TQ1_0 (entry `matmul`).
+/// Ternary × int8 matrix product for I2_S, TQ2_0 and TQ1_0 (entries `matmul`,
+/// and `matvec` for one token).
 pub const TERNARY: Shader = shader(
     "ternary.wgsl",
     include_str!("../wgsl/ternary.wgsl"),
@@ -148,7 +150,7 @@ mod tests {
     fn entry_points_are_where_the_backend_looks() {
         let want: [(&str, &[&str]); 7] = [
             ("quant.wgsl", &["quantize"]),
-            ("ternary.wgsl", &["matmul"]),
+            ("ternary.wgsl", &["matmul", "matvec"]),
             ("norm.wgsl", &["rms_norm"]),
             ("rope.wgsl", &["rope"]),
             ("attention.wgsl", &["kv_store", "attend"]),

@@ -110,9 +110,22 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         let pos = t0 + lid;
         var s = NEG;
         if pos < n {
-            var dot = 0.0;
-            for (var d = 0u; d < hd; d++) {
-                dot += qh[d] * k_at(pos * p.kv_dim + kv0 + d);
+            // Eight independent loads per step (one at a time, each waits
+            // for the last: the kernel would be load latency, nothing else).
+            let kb = pos * p.kv_dim + kv0;
+            var s0 = vec4<f32>(0.0);
+            var s1 = vec4<f32>(0.0);
+            var d = 0u;
+            for (; d + 8u <= hd; d += 8u) {
+                s0 += vec4<f32>(qh[d], qh[d + 1u], qh[d + 2u], qh[d + 3u])
+                    * vec4<f32>(k_at(kb + d), k_at(kb + d + 1u), k_at(kb + d + 2u), k_at(kb + d + 3u));
+                s1 += vec4<f32>(qh[d + 4u], qh[d + 5u], qh[d + 6u], qh[d + 7u])
+                    * vec4<f32>(k_at(kb + d + 4u), k_at(kb + d + 5u), k_at(kb + d + 6u), k_at(kb + d + 7u));
+            }
+            let s2 = s0 + s1;
+            var dot = (s2.x + s2.y) + (s2.z + s2.w);
+            for (; d < hd; d++) {
+                dot += qh[d] * k_at(kb + d);
             }
             s = dot * p.scale;
         }
@@ -128,11 +141,20 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         for (var j = 0u; j < 4u; j++) {
             let d = lid + j * WG;
             if d < hd {
-                var a = acc[j] * factor;
-                for (var i = 0u; i < len; i++) {
-                    a += pr[i] * v_at((t0 + i) * p.kv_dim + kv0 + d);
+                let vb = t0 * p.kv_dim + kv0 + d;
+                let kd = p.kv_dim;
+                var a4 = vec4<f32>(0.0);
+                var i = 0u;
+                for (; i + 4u <= len; i += 4u) {
+                    a4 += vec4<f32>(pr[i], pr[i + 1u], pr[i + 2u], pr[i + 3u])
+                        * vec4<f32>(v_at(vb + i * kd), v_at(vb + (i + 1u) * kd),
+                                    v_at(vb + (i + 2u) * kd), v_at(vb + (i + 3u) * kd));
                 }
-                acc[j] = a;
+                var a = (a4.x + a4.y) + (a4.z + a4.w);
+                for (; i < len; i++) {
+                    a += pr[i] * v_at(vb + i * kd);
+                }
+                acc[j] = acc[j] * factor + a;
             }
         }
         m = m_new;

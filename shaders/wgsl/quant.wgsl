@@ -6,10 +6,18 @@
 // u32 (byte n of word i is element 4i + n), the sum of the codes of every
 // 128-element chunk (the ternary kernels subtract it to turn 2-bit codes
 // 0..2 into weights -1..1), and the scale.
+//
+// With `norm` = 1 the row is first RMS-normalised as norm.wgsl does
+// (x * (1 / sqrt(mean(x²) + eps)) * w, in that order), the normalised row
+// is written to `out`, and that is what gets quantized: every RMSNorm of a
+// BitNet layer feeds a BitLinear, and this saves a dispatch and a pass.
+// (Without `norm`, `weight` and `out` are bound to buffers it never uses.)
 
 struct Params {
     k: u32,     // elements per row, a multiple of 128
     rows: u32,
+    norm: u32,
+    eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -17,9 +25,14 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> q: array<u32>;       // [rows][k / 4]
 @group(0) @binding(3) var<storage, read_write> qsum: array<i32>;    // [rows][k / 128]
 @group(0) @binding(4) var<storage, read_write> qscale: array<f32>;  // [rows]
+@group(0) @binding(5) var<storage, read> weight: array<f32>;        // [k] (norm)
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;     // [rows][k] (norm)
 
 const WG: u32 = 256u;
+// Chunk sums are gathered for this many chunks at a time.
+const CHUNKS: u32 = 64u;
 var<workgroup> red: array<f32, 256>;
+var<workgroup> csum: array<atomic<i32>, 64>;
 
 // 127 / a, correctly rounded to nearest even (WGSL's `/` may be 2.5 ulp off,
 // and the scale must equal the CPU's). `a` is finite and >= 1e-5, so it is
@@ -63,6 +76,35 @@ fn recip127(a: f32) -> f32 {
     return bitcast<f32>((u32(e + 150) << 23u) | (mant & 0x7fffffu));
 }
 
+// The sum (or the max) of every thread's `v`.
+fn reduce(lid: u32, v: f32, is_max: bool) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            if is_max {
+                red[lid] = max(red[lid], red[lid + s]);
+            } else {
+                red[lid] += red[lid + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Element i of the row starting at x0: x, or x normalised.
+fn value(x0: u32, i: u32, inv: f32) -> f32 {
+    if p.norm == 1u {
+        return x[x0 + i] * inv * weight[i];
+    }
+    return x[x0 + i];
+}
+
+// Each thread takes whole words (four elements), word w = lid + WG * j, so
+// the 32 words of a chunk are handled by 32 threads at once.
 @compute @workgroup_size(256)
 fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
@@ -71,33 +113,53 @@ fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         return;
     }
     let x0 = row * p.k;
-    var amax = 0.0;
-    for (var i = lid; i < p.k; i += WG) {
-        amax = max(amax, abs(x[x0 + i]));
+    let words = p.k / 4u;
+    var inv = 1.0;
+    if p.norm == 1u {
+        var ss = 0.0;
+        for (var w = lid; w < words; w += WG) {
+            let a = x[x0 + 4u * w];
+            let b = x[x0 + 4u * w + 1u];
+            let c = x[x0 + 4u * w + 2u];
+            let d = x[x0 + 4u * w + 3u];
+            ss += a * a + b * b + c * c + d * d;
+        }
+        inv = 1.0 / sqrt(reduce(lid, ss, false) / f32(p.k) + p.eps);
     }
-    red[lid] = amax;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            red[lid] = max(red[lid], red[lid + s]);
+    var amax = 0.0;
+    for (var w = lid; w < words; w += WG) {
+        for (var n = 0u; n < 4u; n++) {
+            amax = max(amax, abs(value(x0, 4u * w + n, inv)));
+        }
+    }
+    let scale = recip127(max(reduce(lid, amax, true), 1e-5));
+    let chunks = p.k / 128u;
+    for (var c0 = 0u; c0 < chunks; c0 += CHUNKS) {
+        if lid < CHUNKS {
+            atomicStore(&csum[lid], 0);
         }
         workgroupBarrier();
-    }
-    let scale = recip127(max(red[0], 1e-5));
-    let chunks = p.k / 128u;
-    for (var c = lid; c < chunks; c += WG) {
-        var sum = 0;
-        for (var i = 0u; i < 32u; i++) {
-            let e = x0 + c * 128u + 4u * i;
+        let end = min(words, (c0 + CHUNKS) * 32u);
+        for (var w = c0 * 32u + lid; w < end; w += WG) {
             var word = 0u;
+            var sum = 0;
             for (var n = 0u; n < 4u; n++) {
-                let v = i32(clamp(round(x[e + n] * scale), -128.0, 127.0));
+                let y = value(x0, 4u * w + n, inv);
+                if p.norm == 1u {
+                    out[x0 + 4u * w + n] = y;
+                }
+                let v = i32(clamp(round(y * scale), -128.0, 127.0));
                 sum += v;
                 word |= (u32(v) & 0xffu) << (8u * n);
             }
-            q[row * (p.k / 4u) + c * 32u + i] = word;
+            q[row * words + w] = word;
+            atomicAdd(&csum[w / 32u - c0], sum);
         }
-        qsum[row * chunks + c] = sum;
+        workgroupBarrier();
+        if lid < min(CHUNKS, chunks - c0) {
+            qsum[row * chunks + c0 + lid] = atomicLoad(&csum[lid]);
+        }
+        workgroupBarrier();
     }
     if lid == 0u {
         qscale[row] = scale;

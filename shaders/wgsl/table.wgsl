@@ -52,6 +52,22 @@ const LANES: u32 = 8u;
 const TILE: u32 = 4u;
 var<workgroup> red: array<f32, 256>;
 
+// Adds word i of a 16-bit row (elements 2i, 2i + 1) times x to `acc`.
+fn half_pair(acc: ptr<function, array<f32, 4>>, word: u32, i: u32, t0: u32, nt: u32) {
+    var v0 = bitcast<f32>(word << 16u);
+    var v1 = bitcast<f32>(word & 0xffff0000u);
+    if p.ty == 1u {
+        v0 = f16_pair_at(word, 0u);
+        v1 = f16_pair_at(word, 1u);
+    }
+    for (var t = 0u; t < TILE; t++) {
+        if t < nt {
+            let xi = (p.xrow0 + t0 + t) * p.cols + 2u * i;
+            (*acc)[t] += x[xi] * v0 + x[xi + 1u] * v1;
+        }
+    }
+}
+
 @compute @workgroup_size(64)
 fn logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let r = wid.x * ROWS + lid / LANES;
@@ -62,20 +78,19 @@ fn logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if r < p.nrows {
         let base = r * p.cols;
         if p.ty != 0u {
-            for (var i = lane; i < p.cols / 2u; i += LANES) {
-                let word = table[base / 2u + i];
-                var v0 = bitcast<f32>(word << 16u);
-                var v1 = bitcast<f32>(word & 0xffff0000u);
-                if p.ty == 1u {
-                    v0 = f16_pair_at(word, 0u);
-                    v1 = f16_pair_at(word, 1u);
+            // Four consecutive words per lane and step (16 bytes: the
+            // loads of a step are in flight together), then the tail.
+            let words = p.cols / 2u;
+            let full = words / (4u * LANES) * (4u * LANES);
+            for (var i0 = 4u * lane; i0 < full; i0 += 4u * LANES) {
+                let w = vec4<u32>(table[base / 2u + i0], table[base / 2u + i0 + 1u],
+                                  table[base / 2u + i0 + 2u], table[base / 2u + i0 + 3u]);
+                for (var u = 0u; u < 4u; u++) {
+                    half_pair(&acc, w[u], i0 + u, t0, nt);
                 }
-                for (var t = 0u; t < TILE; t++) {
-                    if t < nt {
-                        let xi = (p.xrow0 + t0 + t) * p.cols + 2u * i;
-                        acc[t] += x[xi] * v0 + x[xi + 1u] * v1;
-                    }
-                }
+            }
+            for (var i = full + lane; i < words; i += LANES) {
+                half_pair(&acc, table[base / 2u + i], i, t0, nt);
             }
         } else {
             for (var i = lane; i < p.cols; i += LANES) {

@@ -20,8 +20,9 @@
 // CPU's within rounding (WGSL's `/` may be 2.5 ulp off, and kind 2 adds
 // its blocks in another order).
 //
-// A workgroup computes ROWS output features for TILE tokens; LANES threads
-// share one weight row and split its chunks (blocks), then add up.
+// `matmul` (several tokens): a workgroup computes ROWS output features for
+// TILE tokens; LANES threads share one weight row and split its chunks
+// (blocks), then add up. `matvec` (one token): see there.
 //
 // `mode` fuses the op that follows the product (fewer dispatches per token;
 // the formulas are the CPU's, applied to the same values):
@@ -40,6 +41,7 @@ struct Params {
     mode: u32,
     kind2: u32,   // of w2
     wscale2: f32, // of w2
+    seg: u32,     // matvec: threads per row
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -112,92 +114,128 @@ struct Partial {
     f: array<f32, 4>,
 }
 
-// This thread's share of weight row j (of w, or of w2 when `second`)
-// against tokens t0..t0+nt.
-fn partial(second: bool, kind: u32, j: u32, lane: u32, t0: u32, nt: u32) -> Partial {
+// One item of weight row j (of w, or of w2 when `second`) against tokens
+// t0..t0+nt: chunk c (128 weights) for I2_S, block c (256) for TQ2_0 and
+// TQ1_0. Integer sums, and for the per-block kinds the block-scaled sums.
+fn item(second: bool, kind: u32, j: u32, c: u32, t0: u32, nt: u32) -> Partial {
     let kw = p.k / 4u;
     let chunks = p.k / 128u;
     var r: Partial;
     var wv: array<u32, 8>;
     if kind == 0u {
-        for (var c = lane; c < chunks; c += LANES) {
-            let w0 = j * (p.k / 16u) + c * 8u;
-            for (var i = 0u; i < 8u; i++) {
-                wv[i] = wload(second, w0 + i);
+        let w0 = j * (p.k / 16u) + c * 8u;
+        for (var i = 0u; i < 8u; i++) {
+            wv[i] = wload(second, w0 + i);
+        }
+        // Constant trip counts (TILE, not nt) keep the accumulators in
+        // registers; the guard skips tokens past the end.
+        for (var t = 0u; t < TILE; t++) {
+            if t < nt {
+                let row = t0 + t;
+                r.i[t] = chunk_dot(&wv, row * kw + c * 32u, true) - qsum[row * chunks + c];
             }
-            // Constant trip counts (TILE, not nt) keep the accumulators in
-            // registers; the guard skips tokens past the end.
+        }
+        return r;
+    }
+    let nb = p.k / 256u;
+    var bs = array<i32, 4>(0, 0, 0, 0);
+    var d: f32;
+    if kind >= 3u {
+        let base = (j * nb + c) * 54u;
+        for (var g = 0u; g < 64u; g++) {
+            let i = 4u * g;
+            var at = 48u;
+            var n = (i - 240u) / 4u;
+            if i < 160u {
+                at = i % 32u;
+                n = i / 32u;
+            } else if i < 240u {
+                at = 32u + (i - 160u) % 16u;
+                n = (i - 160u) / 16u;
+            }
+            let codes = trits(word_at(second, base + at), n);
             for (var t = 0u; t < TILE; t++) {
                 if t < nt {
-                    let row = t0 + t;
-                    r.i[t] += chunk_dot(&wv, row * kw + c * 32u, true) - qsum[row * chunks + c];
+                    bs[t] += dot4(codes, q[(t0 + t) * kw + c * 64u + g]);
                 }
             }
         }
-    } else if kind >= 3u {
-        let nb = p.k / 256u;
-        for (var b = lane; b < nb; b += LANES) {
-            let base = (j * nb + b) * 54u;
-            var bs = array<i32, 4>(0, 0, 0, 0);
-            for (var g = 0u; g < 64u; g++) {
-                let i = 4u * g;
-                var at = 48u;
-                var n = (i - 240u) / 4u;
-                if i < 160u {
-                    at = i % 32u;
-                    n = i / 32u;
-                } else if i < 240u {
-                    at = 32u + (i - 160u) % 16u;
-                    n = (i - 160u) / 16u;
-                }
-                let codes = trits(word_at(second, base + at), n);
-                for (var t = 0u; t < TILE; t++) {
-                    if t < nt {
-                        bs[t] += dot4(codes, q[(t0 + t) * kw + b * 64u + g]);
-                    }
-                }
-            }
-            for (var t = 0u; t < TILE; t++) {
-                if t < nt {
-                    let row = t0 + t;
-                    bs[t] -= qsum[row * chunks + 2u * b] + qsum[row * chunks + 2u * b + 1u];
-                }
-            }
-            let d = f16_to_f32(word_at(second, base + 52u) & 0xffffu);
-            for (var t = 0u; t < TILE; t++) {
-                r.i[t] += bs[t];
-                r.f[t] += f32(bs[t]) * d;
+        for (var t = 0u; t < TILE; t++) {
+            if t < nt {
+                let row = t0 + t;
+                bs[t] -= qsum[row * chunks + 2u * c] + qsum[row * chunks + 2u * c + 1u];
             }
         }
+        d = f16_to_f32(word_at(second, base + 52u) & 0xffffu);
     } else {
-        let nb = p.k / 256u;
-        for (var b = lane; b < nb; b += LANES) {
-            let base = (j * nb + b) * 66u;
-            var bs = array<i32, 4>(0, 0, 0, 0);
-            for (var h = 0u; h < 2u; h++) {
-                let c = 2u * b + h;
-                for (var i = 0u; i < 8u; i++) {
-                    wv[i] = word_at(second, base + 32u * h + 4u * i);
-                }
-                for (var t = 0u; t < TILE; t++) {
-                    if t < nt {
-                        let row = t0 + t;
-                        bs[t] += chunk_dot(&wv, row * kw + c * 32u, false) - qsum[row * chunks + c];
-                    }
-                }
+        let base = (j * nb + c) * 66u;
+        for (var h = 0u; h < 2u; h++) {
+            let ch = 2u * c + h;
+            for (var i = 0u; i < 8u; i++) {
+                wv[i] = word_at(second, base + 32u * h + 4u * i);
             }
-            let d = f16_to_f32(word_at(second, base + 64u) & 0xffffu);
             for (var t = 0u; t < TILE; t++) {
-                r.i[t] += bs[t];
-                r.f[t] += f32(bs[t]) * d;
+                if t < nt {
+                    let row = t0 + t;
+                    bs[t] += chunk_dot(&wv, row * kw + ch * 32u, false) - qsum[row * chunks + ch];
+                }
             }
+        }
+        d = f16_to_f32(word_at(second, base + 64u) & 0xffffu);
+    }
+    for (var t = 0u; t < TILE; t++) {
+        r.i[t] = bs[t];
+        r.f[t] = f32(bs[t]) * d;
+    }
+    return r;
+}
+
+// Items per weight row: chunks (I2_S) or blocks.
+fn items(kind: u32) -> u32 {
+    return select(p.k / 256u, p.k / 128u, kind == 0u);
+}
+
+// This thread's share of weight row j: items lane, lane + LANES, ...
+fn partial(second: bool, kind: u32, j: u32, lane: u32, t0: u32, nt: u32) -> Partial {
+    var r: Partial;
+    for (var c = lane; c < items(kind); c += LANES) {
+        let x = item(second, kind, j, c, t0, nt);
+        for (var t = 0u; t < TILE; t++) {
+            r.i[t] += x.i[t];
+            r.f[t] += x.f[t];
         }
     }
     return r;
 }
 
+// The rescale of a finished row sum, as the CPU does it.
+fn rescale(kind: u32, wscale: f32, isum: i32, fsum: f32, row: u32) -> f32 {
+    if kind == 2u || kind == 4u {
+        return fsum / qscale[row];
+    }
+    return f32(isum) * wscale / qscale[row];
+}
+
+// Writes product y (and y2, the product with w2) at `at` as `mode` says.
+fn store(at: u32, y: f32, y2: f32) {
+    if p.mode == 0u {
+        out[at] = y;
+    } else if p.mode == 1u {
+        out[at] = out[at] + y;
+    } else {
+        var act: f32;
+        if p.mode == 2u {
+            let r = max(y, 0.0);
+            act = r * r;
+        } else {
+            act = y / (1.0 + exp(-y));
+        }
+        out[at] = act * y2;
+    }
+}
+
 // The finished product for token `row` from the lanes' sums starting at
-// thread `lid` (lane 0 of its weight row), rescaled as the CPU does.
+// thread `lid` (lane 0 of its weight row).
 fn finish(second: bool, kind: u32, wscale: f32, lid: u32, t: u32, row: u32) -> f32 {
     var isum = 0;
     var fsum = 0.0;
@@ -211,10 +249,7 @@ fn finish(second: bool, kind: u32, wscale: f32, lid: u32, t: u32, row: u32) -> f
             fsum += red_f[at];
         }
     }
-    if kind == 2u || kind == 4u {
-        return fsum / qscale[row];
-    }
-    return f32(isum) * wscale / qscale[row];
+    return rescale(kind, wscale, isum, fsum, row);
 }
 
 @compute @workgroup_size(64)
@@ -242,23 +277,56 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if lane == 0u && j < p.m {
         for (var t = 0u; t < nt; t++) {
             let row = t0 + t;
-            let at = row * p.m + j;
             let y = finish(false, p.kind, p.wscale, lid, t, row);
-            if p.mode == 0u {
-                out[at] = y;
-            } else if p.mode == 1u {
-                out[at] = out[at] + y;
-            } else {
-                let up = finish(true, p.kind2, p.wscale2, lid, t, row);
-                var act: f32;
-                if p.mode == 2u {
-                    let r = max(y, 0.0);
-                    act = r * r;
-                } else {
-                    act = y / (1.0 + exp(-y));
-                }
-                out[at] = act * up;
+            var y2 = 0.0;
+            if glu {
+                y2 = finish(true, p.kind2, p.wscale2, lid, t, row);
             }
+            store(row * p.m + j, y, y2);
         }
+    }
+}
+
+// One token (decode): every item of a row gets a thread of its own, so all
+// of a matrix's weight loads are in flight at once. A workgroup of 256
+// takes 256 / seg rows, `seg` threads per row (a power of two, at least
+// the row's items, at most 256), and each row's threads add up in a tree.
+@compute @workgroup_size(256)
+fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let seg = p.seg;
+    let c = lid % seg;
+    let j = wid.x * (256u / seg) + lid / seg;
+    let glu = p.mode >= 2u;
+    var a: Partial;
+    var b: Partial;
+    if j < p.m {
+        if c < items(p.kind) {
+            a = item(false, p.kind, j, c, 0u, 1u);
+        }
+        if glu && c < items(p.kind2) {
+            b = item(true, p.kind2, j, c, 0u, 1u);
+        }
+    }
+    red_i[lid] = a.i[0];
+    red_f[lid] = a.f[0];
+    red_i2[lid] = b.i[0];
+    red_f2[lid] = b.f[0];
+    workgroupBarrier();
+    for (var s = seg / 2u; s > 0u; s >>= 1u) {
+        if c < s {
+            red_i[lid] += red_i[lid + s];
+            red_f[lid] += red_f[lid + s];
+            red_i2[lid] += red_i2[lid + s];
+            red_f2[lid] += red_f2[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if c == 0u && j < p.m {
+        let y = rescale(p.kind, p.wscale, red_i[lid], red_f[lid], 0u);
+        var y2 = 0.0;
+        if glu {
+            y2 = rescale(p.kind2, p.wscale2, red_i2[lid], red_f2[lid], 0u);
+        }
+        store(j, y, y2);
     }
 }

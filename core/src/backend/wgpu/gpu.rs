@@ -55,6 +55,7 @@ pub type GpuBuf = Arc<Buf>;
 pub enum Op {
     Quantize,
     Matmul,
+    Matvec,
     RmsNorm,
     Rope,
     KvStore,
@@ -74,9 +75,10 @@ enum Access {
 use Access::{Read, Write};
 
 impl Op {
-    const ALL: [Op; 10] = [
+    const ALL: [Op; 11] = [
         Op::Quantize,
         Op::Matmul,
+        Op::Matvec,
         Op::RmsNorm,
         Op::Rope,
         Op::KvStore,
@@ -92,6 +94,7 @@ impl Op {
         match self {
             Op::Quantize => (s::QUANT, "quantize"),
             Op::Matmul => (s::TERNARY, "matmul"),
+            Op::Matvec => (s::TERNARY, "matvec"),
             Op::RmsNorm => (s::NORM, "rms_norm"),
             Op::Rope => (s::ROPE, "rope"),
             Op::KvStore => (s::ATTENTION, "kv_store"),
@@ -107,8 +110,15 @@ impl Op {
     /// takes its buffers (binding 0 is always the parameters).
     fn bindings(self) -> &'static [(u32, Access)] {
         match self {
-            Op::Quantize => &[(1, Read), (2, Write), (3, Write), (4, Write)],
-            Op::Matmul => &[
+            Op::Quantize => &[
+                (1, Read),
+                (2, Write),
+                (3, Write),
+                (4, Write),
+                (5, Read),
+                (6, Write),
+            ],
+            Op::Matmul | Op::Matvec => &[
                 (1, Read),
                 (2, Read),
                 (3, Read),

@@ -324,8 +324,21 @@ impl WgpuBackend {
         debug_assert_eq!(x.cols, w.k);
         let (q, qsum, qscale) = self.quantize(x);
         let second = w2.unwrap_or(w);
+        // One token: `matvec`, a thread per chunk (block) of every row, as
+        // many threads per row as the next power of two.
+        let items = |l: &GpuLinear| if l.kind == 0 { l.k / 128 } else { l.k / 256 };
+        let seg = items(w).max(items(second)).next_power_of_two();
+        let vec_groups = w.m.div_ceil(256 / seg.min(256));
+        let (op, groups) = if x.rows == 1 && seg <= 256 && vec_groups <= 65535 {
+            (Op::Matvec, [vec_groups as u32, 1, 1])
+        } else {
+            (
+                Op::Matmul,
+                [w.m.div_ceil(8) as u32, x.rows.div_ceil(4) as u32, 1],
+            )
+        };
         self.gpu.dispatch(
-            Op::Matmul,
+            op,
             &[
                 w.k as u32,
                 w.m as u32,
@@ -335,9 +348,10 @@ impl WgpuBackend {
                 mode,
                 second.kind,
                 second.scale.to_bits(),
+                seg as u32,
             ],
             &[&w.w, &q, &qsum, &qscale, out.buf(), &second.w],
-            [w.m.div_ceil(8) as u32, x.rows.div_ceil(4) as u32, 1],
+            groups,
         );
     }
 
@@ -351,29 +365,58 @@ impl WgpuBackend {
         if let Some(c) = cache.as_ref().filter(|c| c.gen == x.gen && c.k == x.cols) {
             return (c.q.clone(), c.qsum.clone(), c.qscale.clone());
         }
+        let (q, qsum, qscale) = self.quantize_into(x, None);
+        Self::remember(&mut cache, x, &q, &qsum, &qscale);
+        drop(cache);
+        (q, qsum, qscale)
+    }
+
+    /// Records the quantization of `x`, or with `norm` (weight, eps, out)
+    /// of its RMSNorm, written to `out` (quant.wgsl does both in one pass).
+    fn quantize_into(
+        &self,
+        x: &GpuTensor,
+        norm: Option<(&GpuVector, f32, &GpuTensor)>,
+    ) -> (GpuBuf, GpuBuf, GpuBuf) {
         let (rows, k) = (x.rows, x.cols);
         let q = self.gpu.scratch((rows * k) as u64);
         let qsum = self.gpu.scratch((rows * k / 128 * 4) as u64);
         let qscale = self.gpu.scratch((rows * 4) as u64);
+        let (flag, eps, weight, out) = match norm {
+            Some((w, eps, out)) => (1, eps, &w.buf, out.buf()),
+            // Bound but never touched.
+            None => (0, 0.0, x.buf(), &qscale),
+        };
         self.gpu.dispatch(
             Op::Quantize,
-            &[k as u32, rows as u32],
-            &[x.buf(), &q, &qsum, &qscale],
+            &[k as u32, rows as u32, flag, eps.to_bits()],
+            &[x.buf(), &q, &qsum, &qscale, weight, out],
             grid(rows),
         );
+        (q, qsum, qscale)
+    }
+
+    /// Keeps `x`'s quantization for the next BitLinear on it.
+    fn remember(
+        cache: &mut Option<Quantized>,
+        x: &GpuTensor,
+        q: &GpuBuf,
+        qsum: &GpuBuf,
+        qscale: &GpuBuf,
+    ) {
+        let (q, qsum, qscale) = (q.clone(), qsum.clone(), qscale.clone());
         let old = cache.replace(Quantized {
             gen: x.gen,
-            k,
-            q: q.clone(),
-            qsum: qsum.clone(),
-            qscale: qscale.clone(),
+            k: x.cols,
+            q,
+            qsum,
+            qscale,
         });
         if let Some(o) = old {
             for b in [&o.q, &o.qsum, &o.qscale] {
-                self.gpu.recycle(b);
+                x.gpu.recycle(b);
             }
         }
-        (q, qsum, qscale)
     }
 }
 
@@ -584,6 +627,18 @@ impl Backend for WgpuBackend {
 
     fn rms_norm(&self, x: &GpuTensor, weight: &GpuVector, eps: f32) -> GpuTensor {
         let out = self.tensor(x.rows, x.cols);
+        if x.cols % 128 == 0 {
+            // Quantized in the same pass: the BitLinear that follows every
+            // RMSNorm of a layer finds it done.
+            let mut cache = self
+                .state
+                .quantized
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let (q, qsum, qscale) = self.quantize_into(x, Some((weight, eps, &out)));
+            Self::remember(&mut cache, &out, &q, &qsum, &qscale);
+            return out;
+        }
         self.gpu.dispatch(
             Op::RmsNorm,
             &[x.cols as u32, x.rows as u32, eps.to_bits()],
