@@ -50,7 +50,8 @@ pub const TERNARY: Shader = shader(
 pub const NORM: Shader = shader("norm.wgsl", include_str!("../wgsl/norm.wgsl"), false, false);
 /// Rotary embedding (entry `rope`).
 pub const ROPE: Shader = shader("rope.wgsl", include_str!("../wgsl/rope.wgsl"), false, false);
-/// KV-cache store and attention (entries `kv_store`, `attend`).
+/// Attention over the KV cache, storing the new keys and values (entry
+/// `attend`).
 pub const ATTENTION: Shader = shader(
     "attention.wgsl",
     include_str!("../wgsl/attention.wgsl"),
@@ -153,7 +154,7 @@ mod tests {
             ("ternary.wgsl", &["matmul", "matvec"]),
             ("norm.wgsl", &["rms_norm"]),
             ("rope.wgsl", &["rope"]),
-            ("attention.wgsl", &["kv_store", "attend"]),
+            ("attention.wgsl", &["attend"]),
             ("elementwise.wgsl", &["glu", "add"]),
             ("table.wgsl", &["embed", "logits"]),
         ];

@@ -1,13 +1,18 @@
-// The KV cache and causal grouped-query attention over it (needs the
-// f16.wgsl prelude; f16 is rounded exactly as the CPU's cache rounds it).
+// Causal grouped-query attention over the KV cache, storing this batch's
+// keys and values into it on the way (needs the f16.wgsl prelude; f16 is
+// rounded exactly as the CPU's cache rounds it).
 //
 // The cache of one layer is [max_seq][kv_dim] values, f32 (stored as their
-// bits) or f16 (two per u32, element 2i in the low half).
-//   kv_store: writes this batch's K and V rows at positions pos0...
-//   attend:   one workgroup per (head, query row): scores over positions
-//             0..=pos0+row, softmax, weighted sum of V. Positions go in
-//             tiles of 64 with a running max and sum (online softmax), so
-//             any context length works in fixed workgroup memory.
+// bits) or f16 (two per u32, element 2i in the low half; head_dim is even,
+// so no word holds two heads).
+//
+// One workgroup per (head, query row): scores over positions 0..=pos0+row,
+// softmax, weighted sum of V. Positions go in tiles of 64 with a running
+// max and sum (online softmax), so any context length works in fixed
+// workgroup memory. The workgroups of the first query head of each KV head
+// write their row's K and V into the cache; every workgroup reads
+// positions pos0.. from `k_new` / `v_new` (as the cache would hold them),
+// since other workgroups' writes are not visible within the dispatch.
 
 struct Params {
     rows: u32,
@@ -31,24 +36,40 @@ struct Params {
 const WG: u32 = 64u;
 const NEG: f32 = -3.0e38;
 
-@compute @workgroup_size(64)
-fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-            @builtin(local_invocation_index) lid: u32) {
-    let idx = (wid.x + wid.y * nwg.x) * WG + lid;
-    let base = p.pos0 * p.kv_dim;
+// Element e (0..kv_dim) of the key (or value) at position `pos`.
+fn kv(is_v: bool, pos: u32, e: u32) -> f32 {
+    if pos >= p.pos0 {
+        let i = (pos - p.pos0) * p.kv_dim + e;
+        var x = k_new[i];
+        if is_v {
+            x = v_new[i];
+        }
+        if p.f16 == 1u {
+            return f16_to_f32(f32_to_f16(x));
+        }
+        return x;
+    }
+    let i = pos * p.kv_dim + e;
+    if is_v {
+        return v_at(i);
+    }
+    return k_at(i);
+}
+
+// Writes row `row` of k_new / v_new, elements kv0..kv0+hd, into the cache.
+fn store(row: u32, kv0: u32, lid: u32) {
+    let src = row * p.kv_dim + kv0;
+    let dst = (p.pos0 + row) * p.kv_dim + kv0;
     if p.f16 == 1u {
-        let e = 2u * idx;
-        if e >= p.rows * p.kv_dim {
-            return;
+        for (var e = 2u * lid; e < p.head_dim; e += 2u * WG) {
+            kc[(dst + e) / 2u] = f32_to_f16(k_new[src + e]) | (f32_to_f16(k_new[src + e + 1u]) << 16u);
+            vc[(dst + e) / 2u] = f32_to_f16(v_new[src + e]) | (f32_to_f16(v_new[src + e + 1u]) << 16u);
         }
-        kc[(base + e) / 2u] = f32_to_f16(k_new[e]) | (f32_to_f16(k_new[e + 1u]) << 16u);
-        vc[(base + e) / 2u] = f32_to_f16(v_new[e]) | (f32_to_f16(v_new[e + 1u]) << 16u);
     } else {
-        if idx >= p.rows * p.kv_dim {
-            return;
+        for (var e = lid; e < p.head_dim; e += WG) {
+            kc[dst + e] = bitcast<u32>(k_new[src + e]);
+            vc[dst + e] = bitcast<u32>(v_new[src + e]);
         }
-        kc[base + idx] = bitcast<u32>(k_new[idx]);
-        vc[base + idx] = bitcast<u32>(v_new[idx]);
     }
 }
 
@@ -98,6 +119,9 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     let hd = p.head_dim;
     let q_cols = p.n_head * hd;
     let kv0 = (h / p.group) * hd;
+    if h % p.group == 0u {
+        store(row, kv0, lid);
+    }
     for (var d = lid; d < hd; d += WG) {
         qh[d] = q[row * q_cols + h * hd + d];
     }
@@ -112,20 +136,22 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         if pos < n {
             // Eight independent loads per step (one at a time, each waits
             // for the last: the kernel would be load latency, nothing else).
-            let kb = pos * p.kv_dim + kv0;
             var s0 = vec4<f32>(0.0);
             var s1 = vec4<f32>(0.0);
             var d = 0u;
             for (; d + 8u <= hd; d += 8u) {
+                let e = kv0 + d;
                 s0 += vec4<f32>(qh[d], qh[d + 1u], qh[d + 2u], qh[d + 3u])
-                    * vec4<f32>(k_at(kb + d), k_at(kb + d + 1u), k_at(kb + d + 2u), k_at(kb + d + 3u));
+                    * vec4<f32>(kv(false, pos, e), kv(false, pos, e + 1u),
+                                kv(false, pos, e + 2u), kv(false, pos, e + 3u));
                 s1 += vec4<f32>(qh[d + 4u], qh[d + 5u], qh[d + 6u], qh[d + 7u])
-                    * vec4<f32>(k_at(kb + d + 4u), k_at(kb + d + 5u), k_at(kb + d + 6u), k_at(kb + d + 7u));
+                    * vec4<f32>(kv(false, pos, e + 4u), kv(false, pos, e + 5u),
+                                kv(false, pos, e + 6u), kv(false, pos, e + 7u));
             }
             let s2 = s0 + s1;
             var dot = (s2.x + s2.y) + (s2.z + s2.w);
             for (; d < hd; d++) {
-                dot += qh[d] * k_at(kb + d);
+                dot += qh[d] * kv(false, pos, kv0 + d);
             }
             s = dot * p.scale;
         }
@@ -141,18 +167,18 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         for (var j = 0u; j < 4u; j++) {
             let d = lid + j * WG;
             if d < hd {
-                let vb = t0 * p.kv_dim + kv0 + d;
-                let kd = p.kv_dim;
+                let e = kv0 + d;
                 var a4 = vec4<f32>(0.0);
                 var i = 0u;
                 for (; i + 4u <= len; i += 4u) {
+                    let t = t0 + i;
                     a4 += vec4<f32>(pr[i], pr[i + 1u], pr[i + 2u], pr[i + 3u])
-                        * vec4<f32>(v_at(vb + i * kd), v_at(vb + (i + 1u) * kd),
-                                    v_at(vb + (i + 2u) * kd), v_at(vb + (i + 3u) * kd));
+                        * vec4<f32>(kv(true, t, e), kv(true, t + 1u, e),
+                                    kv(true, t + 2u, e), kv(true, t + 3u, e));
                 }
                 var a = (a4.x + a4.y) + (a4.z + a4.w);
                 for (; i < len; i++) {
-                    a += pr[i] * v_at(vb + i * kd);
+                    a += pr[i] * kv(true, t0 + i, e);
                 }
                 acc[j] = acc[j] * factor + a;
             }

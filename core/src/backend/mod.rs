@@ -155,6 +155,12 @@ pub trait Backend: Send + Sync {
     /// Rotary embedding in place, in the model's pairing (`cfg.rope_style`),
     /// on every head of width `cfg.head_dim`; row r is at position `pos0 + r`.
     fn rope(&self, x: &mut Self::Tensor, pos0: usize, cfg: &BitNetConfig);
+    /// RoPE on the queries and the keys of one layer (a backend may do
+    /// both in one step); the same as two `rope` calls.
+    fn rope_qk(&self, q: &mut Self::Tensor, k: &mut Self::Tensor, pos0: usize, cfg: &BitNetConfig) {
+        self.rope(q, pos0, cfg);
+        self.rope(k, pos0, cfg);
+    }
     /// Stores k, v at positions `pos0..` of `layer` and returns causal GQA
     /// attention of `q` over positions `0..pos0 + rows`.
     #[allow(clippy::too_many_arguments)]

@@ -254,8 +254,7 @@ impl<B: Backend> BitNet<B> {
                 // Attention block.
                 let h = b.rms_norm(&x, &l.attn_norm, c.rms_eps);
                 let [mut q, mut k, v] = b.bitlinear_many(&h, [&l.wq, &l.wk, &l.wv]);
-                b.rope(&mut q, pos0, c);
-                b.rope(&mut k, pos0, c);
+                b.rope_qk(&mut q, &mut k, pos0, c);
                 let mut a = b.attention(&q, &k, &v, &mut s.cache, i, pos0, c);
                 if let Some(w) = &l.attn_sub_norm {
                     a = b.rms_norm(&a, w, c.rms_eps);

@@ -191,6 +191,30 @@ pub async fn check_norm_rope_glu_add(g: &WgpuBackend) {
             let e = nmse(&want.data, &read(g, &got).await);
             assert!(e <= 1e-7, "rope {style:?} rows={rows} pos0={pos0}: {e}");
         }
+        // Queries and keys (fewer heads) in one step.
+        for (rows, heads, kv_heads, pos0) in [(1, 4, 1, 9), (5, 6, 2, 30)] {
+            let hd = cfg.head_dim as usize;
+            let (xq, xk) = (
+                rng.vec(rows * heads * hd, 2.0),
+                rng.vec(rows * kv_heads * hd, 2.0),
+            );
+            let (mut wq, mut wk) = (
+                cpu_tensor(rows, heads * hd, &xq),
+                cpu_tensor(rows, kv_heads * hd, &xk),
+            );
+            cpu.rope_qk(&mut wq, &mut wk, pos0, &cfg);
+            let mut gq = g.upload_tensor(rows, heads * hd, &xq);
+            let mut gk = g.upload_tensor(rows, kv_heads * hd, &xk);
+            g.rope_qk(&mut gq, &mut gk, pos0, &cfg);
+            let (eq, ek) = (
+                nmse(&wq.data, &read(g, &gq).await),
+                nmse(&wk.data, &read(g, &gk).await),
+            );
+            assert!(
+                eq <= 1e-7 && ek <= 1e-7,
+                "rope_qk {style:?} rows={rows}: {eq} {ek}"
+            );
+        }
     }
 }
 

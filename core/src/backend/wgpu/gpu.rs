@@ -58,7 +58,6 @@ pub enum Op {
     Matvec,
     RmsNorm,
     Rope,
-    KvStore,
     Attend,
     Glu,
     Add,
@@ -75,13 +74,12 @@ enum Access {
 use Access::{Read, Write};
 
 impl Op {
-    const ALL: [Op; 11] = [
+    const ALL: [Op; 10] = [
         Op::Quantize,
         Op::Matmul,
         Op::Matvec,
         Op::RmsNorm,
         Op::Rope,
-        Op::KvStore,
         Op::Attend,
         Op::Glu,
         Op::Add,
@@ -97,7 +95,6 @@ impl Op {
             Op::Matvec => (s::TERNARY, "matvec"),
             Op::RmsNorm => (s::NORM, "rms_norm"),
             Op::Rope => (s::ROPE, "rope"),
-            Op::KvStore => (s::ATTENTION, "kv_store"),
             Op::Attend => (s::ATTENTION, "attend"),
             Op::Glu => (s::ELEMENTWISE, "glu"),
             Op::Add => (s::ELEMENTWISE, "add"),
@@ -127,9 +124,15 @@ impl Op {
                 (6, Read),
             ],
             Op::RmsNorm => &[(1, Read), (2, Read), (3, Write)],
-            Op::Rope => &[(1, Write), (2, Read)],
-            Op::KvStore => &[(1, Read), (2, Read), (3, Write), (4, Write)],
-            Op::Attend => &[(3, Write), (4, Write), (5, Read), (6, Write)],
+            Op::Rope => &[(1, Write), (2, Read), (3, Write)],
+            Op::Attend => &[
+                (1, Read),
+                (2, Read),
+                (3, Write),
+                (4, Write),
+                (5, Read),
+                (6, Write),
+            ],
             Op::Glu => &[(1, Read), (2, Read), (3, Write)],
             Op::Add => &[(1, Read), (3, Write)],
             Op::Embed => &[(1, Read), (2, Read), (3, Write)],
@@ -286,6 +289,12 @@ impl Gpu {
             params,
             slots: opts
                 .max_dispatches
+                .or_else(|| {
+                    std::env::var("BITNET_WGPU_SUBMIT_EVERY")
+                        .ok()?
+                        .parse()
+                        .ok()
+                })
                 .unwrap_or(PARAM_SLOTS)
                 .clamp(1, PARAM_SLOTS),
             rec: Mutex::new(Recorder::default()),

@@ -146,7 +146,8 @@ pub struct WgpuOptions {
     /// device allows more (tests use it to split small tables).
     pub max_binding: Option<u64>,
     /// Submit after at most this many recorded dispatches (default and
-    /// maximum 4096; tests use a small number to check early submits).
+    /// maximum 4096, or `BITNET_WGPU_SUBMIT_EVERY`; tests use a small
+    /// number to check early submits).
     pub max_dispatches: Option<usize>,
 }
 
@@ -355,6 +356,47 @@ impl WgpuBackend {
         );
     }
 
+    /// RoPE on `x`, and on `x2` (same rows) in the same dispatch.
+    fn rope_dispatch(
+        &self,
+        x: &mut GpuTensor,
+        mut x2: Option<&mut GpuTensor>,
+        pos0: usize,
+        cfg: &BitNetConfig,
+    ) {
+        let table = match self.rope_table(cfg, pos0 + x.rows) {
+            Ok(t) => t,
+            Err(e) => return self.gpu.fail(e.to_string()),
+        };
+        let (hd, half) = (cfg.head_dim as usize, cfg.rope_dim as usize / 2);
+        let cols2 = x2.as_ref().map_or(0, |t| t.cols);
+        debug_assert!(x2.as_ref().is_none_or(|t| t.rows == x.rows));
+        let n = x.rows * (x.cols + cols2) / hd * half;
+        let style = match cfg.rope_style {
+            RopeStyle::Neox => 0,
+            RopeStyle::Norm => 1,
+        };
+        let second = x2.as_ref().map_or(x.buf(), |t| t.buf()).clone();
+        self.gpu.dispatch(
+            Op::Rope,
+            &[
+                x.rows as u32,
+                x.cols as u32,
+                hd as u32,
+                half as u32,
+                pos0 as u32,
+                style,
+                cols2 as u32,
+            ],
+            &[x.buf(), &table, &second],
+            grid(n.div_ceil(64)),
+        );
+        x.gen = next_gen();
+        if let Some(t) = x2.as_mut() {
+            t.gen = next_gen();
+        }
+    }
+
     /// Quantizes `x` (or finds it already quantized).
     fn quantize(&self, x: &GpuTensor) -> (GpuBuf, GpuBuf, GpuBuf) {
         let mut cache = self
@@ -552,9 +594,10 @@ impl Backend for WgpuBackend {
         };
         let bytes = (max_seq * kv_dim * if f16 { 2 } else { 4 }) as u64;
         let made = (|| -> Result<(), BackendError> {
-            if f16 && kv_dim % 2 == 1 {
+            if f16 && cfg.head_dim % 2 == 1 {
                 return Err(BackendError::Unsupported(format!(
-                    "an f16 KV cache of odd width {kv_dim} (use f32)"
+                    "an f16 KV cache with an odd head size {} (use f32)",
+                    cfg.head_dim
                 )));
             }
             if cfg.head_dim > 256 {
@@ -678,30 +721,11 @@ impl Backend for WgpuBackend {
     }
 
     fn rope(&self, x: &mut GpuTensor, pos0: usize, cfg: &BitNetConfig) {
-        let table = match self.rope_table(cfg, pos0 + x.rows) {
-            Ok(t) => t,
-            Err(e) => return self.gpu.fail(e.to_string()),
-        };
-        let (hd, half) = (cfg.head_dim as usize, cfg.rope_dim as usize / 2);
-        let n = x.rows * (x.cols / hd) * half;
-        let style = match cfg.rope_style {
-            RopeStyle::Neox => 0,
-            RopeStyle::Norm => 1,
-        };
-        self.gpu.dispatch(
-            Op::Rope,
-            &[
-                x.rows as u32,
-                x.cols as u32,
-                hd as u32,
-                half as u32,
-                pos0 as u32,
-                style,
-            ],
-            &[x.buf(), &table],
-            grid(n.div_ceil(64)),
-        );
-        x.gen = next_gen();
+        self.rope_dispatch(x, None, pos0, cfg);
+    }
+
+    fn rope_qk(&self, q: &mut GpuTensor, k: &mut GpuTensor, pos0: usize, cfg: &BitNetConfig) {
+        self.rope_dispatch(q, Some(k), pos0, cfg);
     }
 
     fn attention(
@@ -731,17 +755,11 @@ impl Backend for WgpuBackend {
             (1.0 / (hd as f32).sqrt()).to_bits(),
         ];
         let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
-        let n = k.rows * cache.kv_dim / if cache.f16 { 2 } else { 1 };
-        self.gpu.dispatch(
-            Op::KvStore,
-            &params,
-            &[k.buf(), v.buf(), kc, vc],
-            grid(n.div_ceil(64)),
-        );
+        // Also stores k and v (see attention.wgsl).
         self.gpu.dispatch(
             Op::Attend,
             &params,
-            &[kc, vc, q.buf(), out.buf()],
+            &[k.buf(), v.buf(), kc, vc, q.buf(), out.buf()],
             [cfg.n_head as u32, q.rows as u32, 1],
         );
         out
