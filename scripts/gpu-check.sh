@@ -59,7 +59,7 @@ s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True
 ts = []
 for _ in range(10):
     s.record(); b.copy_(a); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
-ts.sort(); print(f"copy 2 GiB: median {ts[5]:.3f} ms -> {2 * n / ts[5] / 1e9:.0f} GB/s (read+write)")
+ts.sort(); print(f"copy 2 GiB: median {ts[5]:.3f} ms -> {2 * n / ts[5] / 1e6:.0f} GB/s (read+write)")
 EOF
 
 echo "== parity tests (wgpu vs CPU) on the GPU"
@@ -72,6 +72,14 @@ RUST_LOG=debug timeout 60 $BIN inference -m "$M" -p "Hello" -n 4 --device wgpu 2
 echo "-- benchmark"
 timeout 240 $BIN benchmark -m "$M" -p 128,512 -n 128 -r 3 --device wgpu,cpu --compare \
     --output "$OUT/bench-2b4t.md" | tee "$OUT/bench-2b4t.txt"
+echo "-- submitting every N dispatches (default: once per token)"
+for n in 64 128 256; do
+    BITNET_WGPU_SUBMIT_EVERY=$n timeout 60 $BIN benchmark -m "$M" -p 0 -n 128 -r 3 --device wgpu 2>&1 | grep "^wgpu" | sed "s/^/every $n: /"
+done
+echo "-- TQ2_0"
+M2=/tmp/2b4t-tq2.gguf
+$BIN gen-fixture --preset 2b4t --type tq2_0 -o "$M2" >/dev/null
+timeout 60 $BIN benchmark -m "$M2" -p 128 -n 128 -r 3 --device wgpu 2>&1 | grep "^wgpu"
 echo "-- where a token goes (host split, then per-op device time)"
 BITNET_WGPU_PROFILE=host timeout 60 $BIN benchmark -m "$M" -p 0 -n 64 -r 1 --device wgpu 2>&1 | grep -v "^|" | tee "$OUT/profile-host.txt"
 BITNET_WGPU_PROFILE=gpu timeout 60 $BIN benchmark -m "$M" -p 128 -n 32 -r 1 --device wgpu 2>&1 | grep -v "^|" | head -60 | tee "$OUT/profile-gpu.txt"

@@ -33,7 +33,10 @@ struct Params {
 @group(0) @binding(5) var<storage, read> q: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
-const WG: u32 = 64u;
+const WG: u32 = 256u;
+// Positions per tile, and threads per position in the scores.
+const TILE: u32 = 64u;
+const SUBS: u32 = 4u;
 const NEG: f32 = -3.0e38;
 
 // Element e (0..kv_dim) of the key (or value) at position `pos`.
@@ -88,28 +91,34 @@ fn v_at(i: u32) -> f32 {
 }
 
 var<workgroup> qh: array<f32, 256>;   // this head's query (head_dim <= 256)
+var<workgroup> sc: array<f32, 64>;    // this tile's scores
 var<workgroup> pr: array<f32, 64>;    // this tile's exp(score - max)
-var<workgroup> red: array<f32, 64>;
+var<workgroup> part: array<f32, 256>; // partial dot products / outputs
 
-fn reduce(lid: u32, v: f32, is_max: bool) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            if is_max {
-                red[lid] = max(red[lid], red[lid + s]);
-            } else {
-                red[lid] += red[lid + s];
-            }
-        }
-        workgroupBarrier();
+// The max of the tile's `len` scores, or the sum of its weights; every
+// thread reads the same values in the same order, so all get the same.
+fn tile_max(len: u32) -> f32 {
+    var r = NEG;
+    for (var i = 0u; i < len; i++) {
+        r = max(r, sc[i]);
     }
-    let r = red[0];
-    workgroupBarrier();
     return r;
 }
 
-@compute @workgroup_size(64)
+fn tile_sum(len: u32) -> f32 {
+    var r = 0.0;
+    for (var i = 0u; i < len; i++) {
+        r += pr[i];
+    }
+    return r;
+}
+
+// Scores: SUBS threads per position, each taking every SUBS-th element
+// (neighbouring threads read neighbouring elements), eight loads per step.
+// Weighted values: thread (g, d) takes dimension d of the positions
+// g, g + groups, ... of the tile, groups = WG / head_dim; the groups' sums
+// are added at the end.
+@compute @workgroup_size(256)
 fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
     let row = wid.y;
@@ -127,69 +136,78 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     }
     workgroupBarrier();
     let n = p.pos0 + row + 1u;
+    let pp = lid / SUBS;
+    let sub = lid % SUBS;
+    let groups = WG / hd;
+    let g = lid / hd;
+    let d = lid % hd;
     var m = NEG;
     var l = 0.0;
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    for (var t0 = 0u; t0 < n; t0 += WG) {
-        let pos = t0 + lid;
-        var s = NEG;
+    var acc = 0.0;
+    for (var t0 = 0u; t0 < n; t0 += TILE) {
+        let pos = t0 + pp;
+        let len = min(TILE, n - t0);
+        var dot = 0.0;
         if pos < n {
-            // Eight independent loads per step (one at a time, each waits
-            // for the last: the kernel would be load latency, nothing else).
-            var s0 = vec4<f32>(0.0);
-            var s1 = vec4<f32>(0.0);
-            var d = 0u;
-            for (; d + 8u <= hd; d += 8u) {
-                let e = kv0 + d;
-                s0 += vec4<f32>(qh[d], qh[d + 1u], qh[d + 2u], qh[d + 3u])
-                    * vec4<f32>(kv(false, pos, e), kv(false, pos, e + 1u),
-                                kv(false, pos, e + 2u), kv(false, pos, e + 3u));
-                s1 += vec4<f32>(qh[d + 4u], qh[d + 5u], qh[d + 6u], qh[d + 7u])
-                    * vec4<f32>(kv(false, pos, e + 4u), kv(false, pos, e + 5u),
-                                kv(false, pos, e + 6u), kv(false, pos, e + 7u));
+            for (var i0 = sub; i0 < hd; i0 += 8u * SUBS) {
+                var kq = array<f32, 8>();
+                var qq = array<f32, 8>();
+                for (var u = 0u; u < 8u; u++) {
+                    let e = i0 + u * SUBS;
+                    if e < hd {
+                        kq[u] = kv(false, pos, kv0 + e);
+                        qq[u] = qh[e];
+                    }
+                }
+                for (var u = 0u; u < 8u; u++) {
+                    dot += qq[u] * kq[u];
+                }
             }
-            let s2 = s0 + s1;
-            var dot = (s2.x + s2.y) + (s2.z + s2.w);
-            for (; d < hd; d++) {
-                dot += qh[d] * kv(false, pos, kv0 + d);
+        }
+        part[lid] = dot;
+        workgroupBarrier();
+        if sub == 0u && pos < n {
+            var s = 0.0;
+            for (var j = 0u; j < SUBS; j++) {
+                s += part[lid + j];
             }
-            s = dot * p.scale;
+            sc[pp] = s * p.scale;
         }
-        let m_new = max(m, reduce(lid, s, true));
-        var e = 0.0;
-        if pos < n {
-            e = exp(s - m_new);
+        workgroupBarrier();
+        let m_new = max(m, tile_max(len));
+        if lid < len {
+            pr[lid] = exp(sc[lid] - m_new);
         }
-        pr[lid] = e;
+        workgroupBarrier();
         let factor = exp(m - m_new);
-        l = l * factor + reduce(lid, e, false);
-        let len = min(WG, n - t0);
-        for (var j = 0u; j < 4u; j++) {
-            let d = lid + j * WG;
-            if d < hd {
-                let e = kv0 + d;
-                var a4 = vec4<f32>(0.0);
-                var i = 0u;
-                for (; i + 4u <= len; i += 4u) {
-                    let t = t0 + i;
-                    a4 += vec4<f32>(pr[i], pr[i + 1u], pr[i + 2u], pr[i + 3u])
-                        * vec4<f32>(kv(true, t, e), kv(true, t + 1u, e),
-                                    kv(true, t + 2u, e), kv(true, t + 3u, e));
-                }
-                var a = (a4.x + a4.y) + (a4.z + a4.w);
-                for (; i < len; i++) {
-                    a += pr[i] * kv(true, t0 + i, e);
-                }
-                acc[j] = acc[j] * factor + a;
+        l = l * factor + tile_sum(len);
+        if g < groups {
+            let e = kv0 + d;
+            var a4 = vec4<f32>(0.0);
+            var i = g;
+            let st = groups;
+            for (; i + 3u * st < len; i += 4u * st) {
+                let t = t0 + i;
+                a4 += vec4<f32>(pr[i], pr[i + st], pr[i + 2u * st], pr[i + 3u * st])
+                    * vec4<f32>(kv(true, t, e), kv(true, t + st, e),
+                                kv(true, t + 2u * st, e), kv(true, t + 3u * st, e));
             }
+            var a = (a4.x + a4.y) + (a4.z + a4.w);
+            for (; i < len; i += st) {
+                a += pr[i] * kv(true, t0 + i, e);
+            }
+            acc = acc * factor + a;
         }
         m = m_new;
         workgroupBarrier();
     }
-    for (var j = 0u; j < 4u; j++) {
-        let d = lid + j * WG;
-        if d < hd {
-            out[row * q_cols + h * hd + d] = acc[j] / l;
+    part[lid] = acc;
+    workgroupBarrier();
+    if g == 0u {
+        var total = 0.0;
+        for (var j = 0u; j < groups; j++) {
+            total += part[j * hd + d];
         }
+        out[row * q_cols + h * hd + d] = total / l;
     }
 }

@@ -95,16 +95,21 @@ fn reduce(lid: u32, v: f32, is_max: bool) -> f32 {
     return r;
 }
 
-// Element i of the row starting at x0: x, or x normalised.
-fn value(x0: u32, i: u32, inv: f32) -> f32 {
-    if p.norm == 1u {
-        return x[x0 + i] * inv * weight[i];
+// Word w (elements 4w..4w+3) of the row starting at x0: x, or (`normed`
+// and p.norm) x normalised.
+fn word4(x0: u32, w: u32, normed: bool, inv: f32) -> vec4<f32> {
+    let i = x0 + 4u * w;
+    let v = vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+    if normed && p.norm == 1u {
+        let g = vec4<f32>(weight[4u * w], weight[4u * w + 1u], weight[4u * w + 2u], weight[4u * w + 3u]);
+        return v * inv * g;
     }
-    return x[x0 + i];
+    return v;
 }
 
 // Each thread takes whole words (four elements), word w = lid + WG * j, so
-// the 32 words of a chunk are handled by 32 threads at once.
+// the 32 words of a chunk are handled by 32 threads at once. The loops go
+// four words per step, all loaded before any is used.
 @compute @workgroup_size(256)
 fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
@@ -117,22 +122,32 @@ fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     var inv = 1.0;
     if p.norm == 1u {
         var ss = 0.0;
-        for (var w = lid; w < words; w += WG) {
-            let a = x[x0 + 4u * w];
-            let b = x[x0 + 4u * w + 1u];
-            let c = x[x0 + 4u * w + 2u];
-            let d = x[x0 + 4u * w + 3u];
-            ss += a * a + b * b + c * c + d * d;
+        for (var w0 = lid; w0 < words; w0 += 4u * WG) {
+            var v = array<vec4<f32>, 4>();
+            for (var u = 0u; u < 4u; u++) {
+                if w0 + u * WG < words {
+                    v[u] = word4(x0, w0 + u * WG, false, inv);
+                }
+            }
+            for (var u = 0u; u < 4u; u++) {
+                ss += dot(v[u], v[u]);
+            }
         }
         inv = 1.0 / sqrt(reduce(lid, ss, false) / f32(p.k) + p.eps);
     }
-    var amax = 0.0;
-    for (var w = lid; w < words; w += WG) {
-        for (var n = 0u; n < 4u; n++) {
-            amax = max(amax, abs(value(x0, 4u * w + n, inv)));
+    var amax = vec4<f32>(0.0);
+    for (var w0 = lid; w0 < words; w0 += 4u * WG) {
+        var v = array<vec4<f32>, 4>();
+        for (var u = 0u; u < 4u; u++) {
+            if w0 + u * WG < words {
+                v[u] = word4(x0, w0 + u * WG, true, inv);
+            }
+        }
+        for (var u = 0u; u < 4u; u++) {
+            amax = max(amax, abs(v[u]));
         }
     }
-    let scale = recip127(max(reduce(lid, amax, true), 1e-5));
+    let scale = recip127(max(reduce(lid, max(max(amax.x, amax.y), max(amax.z, amax.w)), true), 1e-5));
     let chunks = p.k / 128u;
     for (var c0 = 0u; c0 < chunks; c0 += CHUNKS) {
         if lid < CHUNKS {
@@ -140,20 +155,34 @@ fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         }
         workgroupBarrier();
         let end = min(words, (c0 + CHUNKS) * 32u);
-        for (var w = c0 * 32u + lid; w < end; w += WG) {
-            var word = 0u;
-            var sum = 0;
-            for (var n = 0u; n < 4u; n++) {
-                let y = value(x0, 4u * w + n, inv);
-                if p.norm == 1u {
-                    out[x0 + 4u * w + n] = y;
+        for (var w0 = c0 * 32u + lid; w0 < end; w0 += 4u * WG) {
+            var v = array<vec4<f32>, 4>();
+            for (var u = 0u; u < 4u; u++) {
+                if w0 + u * WG < end {
+                    v[u] = word4(x0, w0 + u * WG, true, inv);
                 }
-                let v = i32(clamp(round(y * scale), -128.0, 127.0));
-                sum += v;
-                word |= (u32(v) & 0xffu) << (8u * n);
             }
-            q[row * words + w] = word;
-            atomicAdd(&csum[w / 32u - c0], sum);
+            for (var u = 0u; u < 4u; u++) {
+                let w = w0 + u * WG;
+                if w < end {
+                    var word = 0u;
+                    var sum = 0;
+                    for (var n = 0u; n < 4u; n++) {
+                        let c = i32(clamp(round(v[u][n] * scale), -128.0, 127.0));
+                        sum += c;
+                        word |= (u32(c) & 0xffu) << (8u * n);
+                    }
+                    if p.norm == 1u {
+                        let o = x0 + 4u * w;
+                        out[o] = v[u].x;
+                        out[o + 1u] = v[u].y;
+                        out[o + 2u] = v[u].z;
+                        out[o + 3u] = v[u].w;
+                    }
+                    q[row * words + w] = word;
+                    atomicAdd(&csum[w / 32u - c0], sum);
+                }
+            }
         }
         workgroupBarrier();
         if lid < min(CHUNKS, chunks - c0) {

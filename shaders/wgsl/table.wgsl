@@ -47,10 +47,12 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
 }
 
+// logits: a workgroup of 256 takes ROWS rows for TILE tokens, LANES
+// threads (a warp on most GPUs) per row.
 const ROWS: u32 = 8u;
-const LANES: u32 = 8u;
+const LANES: u32 = 32u;
 const TILE: u32 = 4u;
-var<workgroup> red: array<f32, 256>;
+var<workgroup> red: array<f32, 1024>;
 
 // Adds word i of a 16-bit row (elements 2i, 2i + 1) times x to `acc`.
 fn half_pair(acc: ptr<function, array<f32, 4>>, word: u32, i: u32, t0: u32, nt: u32) {
@@ -68,7 +70,7 @@ fn half_pair(acc: ptr<function, array<f32, 4>>, word: u32, i: u32, t0: u32, nt: 
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let r = wid.x * ROWS + lid / LANES;
     let lane = lid % LANES;
@@ -78,15 +80,15 @@ fn logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if r < p.nrows {
         let base = r * p.cols;
         if p.ty != 0u {
-            // Four consecutive words per lane and step (16 bytes: the
-            // loads of a step are in flight together), then the tail.
+            // Four words per lane and step, loaded before they are used;
+            // the lanes of a row read neighbouring words. Then the tail.
             let words = p.cols / 2u;
             let full = words / (4u * LANES) * (4u * LANES);
-            for (var i0 = 4u * lane; i0 < full; i0 += 4u * LANES) {
-                let w = vec4<u32>(table[base / 2u + i0], table[base / 2u + i0 + 1u],
-                                  table[base / 2u + i0 + 2u], table[base / 2u + i0 + 3u]);
+            for (var i0 = lane; i0 < full; i0 += 4u * LANES) {
+                let w = vec4<u32>(table[base / 2u + i0], table[base / 2u + i0 + LANES],
+                                  table[base / 2u + i0 + 2u * LANES], table[base / 2u + i0 + 3u * LANES]);
                 for (var u = 0u; u < 4u; u++) {
-                    half_pair(&acc, w[u], i0 + u, t0, nt);
+                    half_pair(&acc, w[u], i0 + u * LANES, t0, nt);
                 }
             }
             for (var i = full + lane; i < words; i += LANES) {

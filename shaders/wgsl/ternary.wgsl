@@ -287,30 +287,109 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     }
 }
 
-// One token (decode): every item of a row gets a thread of its own, so all
-// of a matrix's weight loads are in flight at once. A workgroup of 256
-// takes 256 / seg rows, `seg` threads per row (a power of two, at least
-// the row's items, at most 256), and each row's threads add up in a tree.
+// Word u (16 weights) of packed row j (kinds 0-2): its byte offset. Word u
+// is word u % 8 of chunk u / 8 (for TQ2_0, of half u % 16 / 8 of block
+// u / 16; the chunk's index is u / 8 either way).
+fn word_byte(kind: u32, j: u32, u: u32) -> u32 {
+    if kind == 0u {
+        return j * (p.k / 4u) + 4u * u;
+    }
+    let b = j * (p.k / 256u) + u / 16u;
+    return b * 66u + 4u * (u % 16u);
+}
+
+struct Sums {
+    i: i32,
+    f: f32,
+}
+
+// Word u of packed row j, holding `wv`, against the one token: sum(code *
+// q) over its 16 weights, less the chunk's sum of q on the chunk's first
+// word; kind 2 also scaled by its block's d.
+fn word_dot(second: bool, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
+    let ch = u / 8u;
+    let qw = ch * 32u + u % 8u;
+    var s = 0;
+    for (var l = 0u; l < 4u; l++) {
+        let sh = select(2u * l, 6u - 2u * l, kind == 0u);
+        s += dot4((wv >> sh) & MASK, q[qw + 8u * l]);
+    }
+    if u % 8u == 0u {
+        s -= qsum[ch];
+    }
+    var r: Sums;
+    r.i = s;
+    if kind == 2u {
+        let b = j * (p.k / 256u) + u / 16u;
+        r.f = f32(s) * f16_to_f32(word_at(second, b * 66u + 64u) & 0xffffu);
+    }
+    return r;
+}
+
+// Lane `lane` of `seg` threads of packed row j: words lane, lane + seg, ...
+// Neighbouring lanes read neighbouring words (weights and activations
+// alike), four words per step, loaded before they are used.
+fn packed_row(second: bool, kind: u32, j: u32, lane: u32, seg: u32) -> Sums {
+    let words = p.k / 16u;
+    var r: Sums;
+    for (var u0 = lane; u0 < words; u0 += 4u * seg) {
+        var wv = array<u32, 4>(0u, 0u, 0u, 0u);
+        for (var v = 0u; v < 4u; v++) {
+            let u = u0 + v * seg;
+            if u < words {
+                wv[v] = word_at(second, word_byte(kind, j, u));
+            }
+        }
+        for (var v = 0u; v < 4u; v++) {
+            let u = u0 + v * seg;
+            if u < words {
+                let x = word_dot(second, kind, j, u, wv[v]);
+                r.i += x.i;
+                r.f += x.f;
+            }
+        }
+    }
+    return r;
+}
+
+// Lane `lane` of row j of w (or w2): packed words, or TQ1_0 blocks.
+fn row_share(second: bool, kind: u32, j: u32, lane: u32, seg: u32) -> Sums {
+    if kind < 3u {
+        return packed_row(second, kind, j, lane, seg);
+    }
+    var r: Sums;
+    for (var c = lane; c < p.k / 256u; c += seg) {
+        let x = item(second, kind, j, c, 0u, 1u);
+        r.i += x.i[0];
+        r.f += x.f[0];
+    }
+    return r;
+}
+
+// One token (decode). A workgroup of 256 takes 256 / seg rows, `seg`
+// threads per row (a power of two), and each row's threads add up in a
+// tree. Packed rows are read in words, neighbouring threads neighbouring
+// words, so that each load of a warp is one contiguous run of weights and
+// one of activations (a thread per 128-weight chunk made every activation
+// load touch 32 cache lines).
 @compute @workgroup_size(256)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let seg = p.seg;
     let c = lid % seg;
     let j = wid.x * (256u / seg) + lid / seg;
     let glu = p.mode >= 2u;
-    var a: Partial;
-    var b: Partial;
+    var a: Sums;
+    var b: Sums;
     if j < p.m {
-        if c < items(p.kind) {
-            a = item(false, p.kind, j, c, 0u, 1u);
-        }
-        if glu && c < items(p.kind2) {
-            b = item(true, p.kind2, j, c, 0u, 1u);
+        a = row_share(false, p.kind, j, c, seg);
+        if glu {
+            b = row_share(true, p.kind2, j, c, seg);
         }
     }
-    red_i[lid] = a.i[0];
-    red_f[lid] = a.f[0];
-    red_i2[lid] = b.i[0];
-    red_f2[lid] = b.f[0];
+    red_i[lid] = a.i;
+    red_f[lid] = a.f;
+    red_i2[lid] = b.i;
+    red_f2[lid] = b.f;
     workgroupBarrier();
     for (var s = seg / 2u; s > 0u; s >>= 1u) {
         if c < s {

@@ -289,12 +289,7 @@ impl Gpu {
             params,
             slots: opts
                 .max_dispatches
-                .or_else(|| {
-                    std::env::var("BITNET_WGPU_SUBMIT_EVERY")
-                        .ok()?
-                        .parse()
-                        .ok()
-                })
+                .or_else(|| std::env::var("BITNET_WGPU_SUBMIT_EVERY").ok()?.parse().ok())
                 .unwrap_or(PARAM_SLOTS)
                 .clamp(1, PARAM_SLOTS),
             rec: Mutex::new(Recorder::default()),

@@ -325,12 +325,22 @@ impl WgpuBackend {
         debug_assert_eq!(x.cols, w.k);
         let (q, qsum, qscale) = self.quantize(x);
         let second = w2.unwrap_or(w);
-        // One token: `matvec`, a thread per chunk (block) of every row, as
-        // many threads per row as the next power of two.
-        let items = |l: &GpuLinear| if l.kind == 0 { l.k / 128 } else { l.k / 256 };
-        let seg = items(w).max(items(second)).next_power_of_two();
-        let vec_groups = w.m.div_ceil(256 / seg.min(256));
-        let (op, groups) = if x.rows == 1 && seg <= 256 && vec_groups <= 65535 {
+        // One token: `matvec`. Threads per row: enough for four packed
+        // words (16 weights each) per thread, or a TQ1_0 block (256) per
+        // thread; a power of two from 32 to 256.
+        let lanes = |l: &GpuLinear| {
+            if l.kind >= 3 {
+                l.k / 256
+            } else {
+                (l.k / 16).div_ceil(4)
+            }
+        };
+        let seg = lanes(w)
+            .max(lanes(second))
+            .next_power_of_two()
+            .clamp(32, 256);
+        let vec_groups = w.m.div_ceil(256 / seg);
+        let (op, groups) = if x.rows == 1 && vec_groups <= 65535 {
             (Op::Matvec, [vec_groups as u32, 1, 1])
         } else {
             (
