@@ -70,8 +70,11 @@ M=/tmp/2b4t-i2s.gguf
 time $BIN gen-fixture --preset 2b4t --type i2_s -o "$M"
 RUST_LOG=debug timeout 60 $BIN inference -m "$M" -p "Hello" -n 4 --device wgpu 2>&1 | grep -i "wgpu\|variant\|dot" | head -10
 echo "-- benchmark"
-timeout 240 $BIN benchmark -m "$M" -p 128,512 -n 128 -r 3 --device wgpu,cpu --compare \
+# QUICK=1: the GPU alone, no sweeps (for checking a change)
+DEVICES=wgpu,cpu; [ -n "${QUICK:-}" ] && DEVICES=wgpu
+timeout 240 $BIN benchmark -m "$M" -p 128,512 -n 128 -r 3 --device $DEVICES --compare \
     --output "$OUT/bench-2b4t.md" | tee "$OUT/bench-2b4t.txt"
+if [ -z "${QUICK:-}" ]; then
 echo "-- submitting every N dispatches (default: once per token)"
 for n in 64 128 256; do
     BITNET_WGPU_SUBMIT_EVERY=$n timeout 60 $BIN benchmark -m "$M" -p 0 -n 128 -r 3 --device wgpu 2>&1 | grep "^wgpu" | sed "s/^/every $n: /"
@@ -80,6 +83,7 @@ echo "-- TQ2_0"
 M2=/tmp/2b4t-tq2.gguf
 $BIN gen-fixture --preset 2b4t --type tq2_0 -o "$M2" >/dev/null
 timeout 60 $BIN benchmark -m "$M2" -p 128 -n 128 -r 3 --device wgpu 2>&1 | grep "^wgpu"
+fi
 echo "-- where a token goes (host split, then per-op device time)"
 BITNET_WGPU_PROFILE=host timeout 60 $BIN benchmark -m "$M" -p 0 -n 64 -r 1 --device wgpu 2>&1 | grep -v "^|" | tee "$OUT/profile-host.txt"
 BITNET_WGPU_PROFILE=gpu timeout 60 $BIN benchmark -m "$M" -p 128 -n 32 -r 1 --device wgpu 2>&1 | grep -v "^|" | head -60 | tee "$OUT/profile-gpu.txt"
