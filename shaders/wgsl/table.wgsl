@@ -79,7 +79,26 @@ fn logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     if r < p.nrows {
         let base = r * p.cols;
-        if p.ty != 0u {
+        if p.ty == 1u && p.n == 1u {
+            // One token (decode) from F16: no token loop.
+            let words = p.cols / 2u;
+            let full = words / (4u * LANES) * (4u * LANES);
+            let xw = p.xrow0 * p.cols;
+            var s = 0.0;
+            for (var i0 = lane; i0 < full; i0 += 4u * LANES) {
+                let w = vec4<u32>(table[base / 2u + i0], table[base / 2u + i0 + LANES],
+                                  table[base / 2u + i0 + 2u * LANES], table[base / 2u + i0 + 3u * LANES]);
+                for (var u = 0u; u < 4u; u++) {
+                    let i = i0 + u * LANES;
+                    s += x[xw + 2u * i] * f16_pair_at(w[u], 0u) + x[xw + 2u * i + 1u] * f16_pair_at(w[u], 1u);
+                }
+            }
+            for (var i = full + lane; i < words; i += LANES) {
+                let w = table[base / 2u + i];
+                s += x[xw + 2u * i] * f16_pair_at(w, 0u) + x[xw + 2u * i + 1u] * f16_pair_at(w, 1u);
+            }
+            acc[0] = s;
+        } else if p.ty != 0u {
             // Four words per lane and step, loaded before they are used;
             // the lanes of a row read neighbouring words. Then the tail.
             let words = p.cols / 2u;

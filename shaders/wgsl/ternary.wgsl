@@ -326,77 +326,84 @@ fn word_dot(second: bool, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
     return r;
 }
 
-// Lane `lane` of `seg` threads of packed row j: words lane, lane + seg, ...
-// Neighbouring lanes read neighbouring words (weights and activations
-// alike), four words per step, loaded before they are used.
-fn packed_row(second: bool, kind: u32, j: u32, lane: u32, seg: u32) -> Sums {
+// Lane `lane` of `seg` threads of packed row j of w, and of w2 with `glu`:
+// words lane, lane + seg, ... Neighbouring lanes read neighbouring words
+// (weights and activations alike), eight words of each matrix per step,
+// all loaded before any is used.
+fn packed_rows(glu: bool, j: u32, lane: u32, seg: u32, a: ptr<function, Sums>, b: ptr<function, Sums>) {
     let words = p.k / 16u;
-    var r: Sums;
-    for (var u0 = lane; u0 < words; u0 += 4u * seg) {
-        var wv = array<u32, 4>(0u, 0u, 0u, 0u);
-        for (var v = 0u; v < 4u; v++) {
+    for (var u0 = lane; u0 < words; u0 += 8u * seg) {
+        var wa = array<u32, 8>();
+        var wb = array<u32, 8>();
+        for (var v = 0u; v < 8u; v++) {
             let u = u0 + v * seg;
             if u < words {
-                wv[v] = word_at(second, word_byte(kind, j, u));
+                wa[v] = word_at(false, word_byte(p.kind, j, u));
+                if glu {
+                    wb[v] = word_at(true, word_byte(p.kind2, j, u));
+                }
             }
         }
-        for (var v = 0u; v < 4u; v++) {
+        for (var v = 0u; v < 8u; v++) {
             let u = u0 + v * seg;
             if u < words {
-                let x = word_dot(second, kind, j, u, wv[v]);
-                r.i += x.i;
-                r.f += x.f;
+                let x = word_dot(false, p.kind, j, u, wa[v]);
+                (*a).i += x.i;
+                (*a).f += x.f;
+                if glu {
+                    let y = word_dot(true, p.kind2, j, u, wb[v]);
+                    (*b).i += y.i;
+                    (*b).f += y.f;
+                }
             }
         }
     }
-    return r;
 }
 
-// Lane `lane` of row j of w (or w2): packed words, or TQ1_0 blocks.
-fn row_share(second: bool, kind: u32, j: u32, lane: u32, seg: u32) -> Sums {
-    if kind < 3u {
-        return packed_row(second, kind, j, lane, seg);
-    }
-    var r: Sums;
-    for (var c = lane; c < p.k / 256u; c += seg) {
-        let x = item(second, kind, j, c, 0u, 1u);
-        r.i += x.i[0];
-        r.f += x.f[0];
-    }
-    return r;
-}
-
-// One token (decode). A workgroup of 256 takes 256 / seg rows, `seg`
-// threads per row (a power of two), and each row's threads add up in a
-// tree. Packed rows are read in words, neighbouring threads neighbouring
-// words, so that each load of a warp is one contiguous run of weights and
-// one of activations (a thread per 128-weight chunk made every activation
-// load touch 32 cache lines).
+// One token (decode), packed weights (I2_S, TQ2_0; the host sends TQ1_0
+// to `matmul`). A workgroup of 256 takes 256 / seg rows, `seg` threads
+// per row (a power of two), and each row's threads add up in a tree. Rows
+// are read in words, neighbouring threads on neighbouring words, so that
+// each load of a warp is one contiguous run of weights and one of
+// activations (a thread per 128-weight chunk made every activation load
+// touch 32 cache lines).
 @compute @workgroup_size(256)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let seg = p.seg;
     let c = lid % seg;
     let j = wid.x * (256u / seg) + lid / seg;
     let glu = p.mode >= 2u;
+    // Float sums only for per-block scales.
+    let fa = p.kind == 2u;
+    let fb = glu && p.kind2 == 2u;
     var a: Sums;
     var b: Sums;
     if j < p.m {
-        a = row_share(false, p.kind, j, c, seg);
-        if glu {
-            b = row_share(true, p.kind2, j, c, seg);
-        }
+        packed_rows(glu, j, c, seg, &a, &b);
     }
     red_i[lid] = a.i;
-    red_f[lid] = a.f;
-    red_i2[lid] = b.i;
-    red_f2[lid] = b.f;
+    if fa {
+        red_f[lid] = a.f;
+    }
+    if glu {
+        red_i2[lid] = b.i;
+        if fb {
+            red_f2[lid] = b.f;
+        }
+    }
     workgroupBarrier();
     for (var s = seg / 2u; s > 0u; s >>= 1u) {
         if c < s {
             red_i[lid] += red_i[lid + s];
-            red_f[lid] += red_f[lid + s];
-            red_i2[lid] += red_i2[lid + s];
-            red_f2[lid] += red_f2[lid + s];
+            if fa {
+                red_f[lid] += red_f[lid + s];
+            }
+            if glu {
+                red_i2[lid] += red_i2[lid + s];
+                if fb {
+                    red_f2[lid] += red_f2[lid + s];
+                }
+            }
         }
         workgroupBarrier();
     }

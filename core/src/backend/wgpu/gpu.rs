@@ -21,9 +21,14 @@ use super::profile::{self, Stats, Timer};
 use super::WgpuOptions;
 use crate::backend::BackendError;
 
-/// Parameter slots per submission (a forward pass of a 30-layer model
-/// records about 530 dispatches; more than this submits early).
+/// Parameter slots per submission at most.
 const PARAM_SLOTS: usize = 4096;
+/// Dispatches per submission by default. A 2B4T token records about 360;
+/// submitting every 64 lets the GPU start on the first layers while the
+/// host still records and encodes the rest (on an H100, 122 against 106
+/// tokens/s with one submission per token; docs/perf.md).
+/// `BITNET_WGPU_SUBMIT_EVERY` overrides it (4096: one per token).
+const SUBMIT_EVERY: usize = 64;
 /// Bytes of one parameter slot: every shader's `Params` fits, and it is the
 /// largest `min_uniform_buffer_offset_alignment` WebGPU allows.
 const SLOT: usize = 256;
@@ -290,7 +295,7 @@ impl Gpu {
             slots: opts
                 .max_dispatches
                 .or_else(|| std::env::var("BITNET_WGPU_SUBMIT_EVERY").ok()?.parse().ok())
-                .unwrap_or(PARAM_SLOTS)
+                .unwrap_or(SUBMIT_EVERY)
                 .clamp(1, PARAM_SLOTS),
             rec: Mutex::new(Recorder::default()),
             next_id: AtomicU64::new(1),

@@ -145,9 +145,9 @@ pub struct WgpuOptions {
     /// Use at most this many bytes per storage binding even where the
     /// device allows more (tests use it to split small tables).
     pub max_binding: Option<u64>,
-    /// Submit after at most this many recorded dispatches (default and
-    /// maximum 4096, or `BITNET_WGPU_SUBMIT_EVERY`; tests use a small
-    /// number to check early submits).
+    /// Submit after at most this many recorded dispatches (default 64, or
+    /// `BITNET_WGPU_SUBMIT_EVERY`; at most 4096; tests use a small number
+    /// to check early submits).
     pub max_dispatches: Option<usize>,
 }
 
@@ -325,22 +325,13 @@ impl WgpuBackend {
         debug_assert_eq!(x.cols, w.k);
         let (q, qsum, qscale) = self.quantize(x);
         let second = w2.unwrap_or(w);
-        // One token: `matvec`. Threads per row: enough for four packed
-        // words (16 weights each) per thread, or a TQ1_0 block (256) per
-        // thread; a power of two from 32 to 256.
-        let lanes = |l: &GpuLinear| {
-            if l.kind >= 3 {
-                l.k / 256
-            } else {
-                (l.k / 16).div_ceil(4)
-            }
-        };
-        let seg = lanes(w)
-            .max(lanes(second))
-            .next_power_of_two()
-            .clamp(32, 256);
+        // One token, packed weights (I2_S, TQ2_0): `matvec`, with threads
+        // per row for eight words (128 weights) each, a power of two from
+        // 32 to 256. TQ1_0 (kinds 3, 4) always goes to `matmul`.
+        let seg = (w.k / 16).div_ceil(8).next_power_of_two().clamp(32, 256);
         let vec_groups = w.m.div_ceil(256 / seg);
-        let (op, groups) = if x.rows == 1 && vec_groups <= 65535 {
+        let packed = w.kind < 3 && second.kind < 3;
+        let (op, groups) = if x.rows == 1 && packed && vec_groups <= 65535 {
             (Op::Matvec, [vec_groups as u32, 1, 1])
         } else {
             (
