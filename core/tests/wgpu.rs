@@ -269,6 +269,48 @@ fn ternary_products_match() {
     }
 }
 
+/// q, k and v of one token in one step (`bitlinear_many` with three
+/// matrices: one `matvec3` dispatch where the device allows it) equal the
+/// CPU's three products; with several tokens, the unfused path.
+#[test]
+fn three_projections_at_once_match() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(23);
+    let cpu = CpuBackend::new();
+    for (k, rows) in [(2560, 1), (256, 1), (512, 3)] {
+        for kind in [0, 1, 2] {
+            if kind > 0 && k % 256 != 0 {
+                continue;
+            }
+            let ms = [70, 19, 33];
+            let mut tensors = Vec::new();
+            for (i, &m) in ms.iter().enumerate() {
+                let (ty, w) = ternary(kind, k, m, 0.3 + 0.2 * i as f32, &mut rng);
+                tensors.push((["q", "k", "v"][i], vec![k as u64, m as u64], ty, w));
+            }
+            let f = file(tensors);
+            let load = |n: &str| {
+                (
+                    cpu.load_linear(&f, n).unwrap(),
+                    g.load_linear(&f, n).unwrap(),
+                )
+            };
+            let (q, kk, v) = (load("q"), load("k"), load("v"));
+            let x = rng.vec(rows * k, 3.0);
+            let want = cpu.bitlinear_many(&cpu_tensor(rows, k, &x), [&q.0, &kk.0, &v.0]);
+            let got = g.bitlinear_many(&g.upload_tensor(rows, k, &x), [&q.1, &kk.1, &v.1]);
+            for (i, (w, t)) in want.iter().zip(&got).enumerate() {
+                let e = nmse(&w.data, &g.read(t).unwrap());
+                let tol = if kind == 2 { 5e-4 } else { 1e-12 };
+                assert!(
+                    e <= tol,
+                    "matrix {i} kind {kind} k={k} rows={rows}: NMSE {e}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn norm_rope_glu_add_match() {
     let Some(g) = gpu() else { return };

@@ -16,6 +16,8 @@ pub struct Shader {
     pub dot4: bool,
     /// Calls the f16 conversions of [`F16`].
     pub f16: bool,
+    /// Calls `w3_word` and `put` ([`THIRD`] or [`NO_THIRD`]).
+    pub third: bool,
 }
 
 const fn shader(name: &'static str, src: &'static str, dot4: bool, f16: bool) -> Shader {
@@ -24,11 +26,33 @@ const fn shader(name: &'static str, src: &'static str, dot4: bool, f16: bool) ->
         src,
         dot4,
         f16,
+        third: false,
     }
 }
 
 /// f16 <-> f32 in integer operations (a prelude, not a shader).
 pub const F16: &str = include_str!("../wgsl/f16.wgsl");
+
+/// ternary.wgsl's third matrix and its two extra outputs, for `matvec3`
+/// (a prelude: that entry point needs nine storage bindings, which not
+/// every device has, so the other entry points are built without them).
+pub const THIRD: &str = "@group(0) @binding(7) var<storage, read> w3: array<u32>;
+@group(0) @binding(8) var<storage, read_write> out2: array<f32>;
+@group(0) @binding(9) var<storage, read_write> out3: array<f32>;
+fn w3_word(i: u32) -> u32 { return w3[i]; }
+fn put(which: u32, at: u32, y: f32) {
+    if which == 1u {
+        out2[at] = y;
+    } else {
+        out3[at] = y;
+    }
+}
+";
+
+/// [`THIRD`] for the module of the other entry points: no bindings.
+pub const NO_THIRD: &str = "fn w3_word(i: u32) -> u32 { return 0u; }
+fn put(which: u32, at: u32, y: f32) {}
+";
 
 /// Per-token int8 activation quantization, optionally after RMSNorm (entry
 /// `quantize`).
@@ -39,13 +63,16 @@ pub const QUANT: Shader = shader(
     false,
 );
 /// Ternary × int8 matrix product for I2_S, TQ2_0 and TQ1_0 (entries `matmul`,
-/// and `matvec` for one token).
-pub const TERNARY: Shader = shader(
-    "ternary.wgsl",
-    include_str!("../wgsl/ternary.wgsl"),
-    true,
-    true,
-);
+/// and `matvec` / `matvec3` for one token).
+pub const TERNARY: Shader = Shader {
+    third: true,
+    ..shader(
+        "ternary.wgsl",
+        include_str!("../wgsl/ternary.wgsl"),
+        true,
+        true,
+    )
+};
 /// RMSNorm (entry `rms_norm`).
 pub const NORM: Shader = shader("norm.wgsl", include_str!("../wgsl/norm.wgsl"), false, false);
 /// Rotary embedding (entry `rope`).
@@ -79,12 +106,21 @@ pub const ALL: [Shader; 7] = [QUANT, TERNARY, NORM, ROPE, ATTENTION, ELEMENTWISE
 impl Shader {
     /// The full source as the backend compiles it: preludes, then the file.
     pub fn source(&self, dot4: Dot4) -> String {
+        self.source_with(dot4, false)
+    }
+
+    /// [`Shader::source`], with the [`THIRD`] prelude where `three` (the
+    /// module of `matvec3`).
+    pub fn source_with(&self, dot4: Dot4, three: bool) -> String {
         let mut s = String::new();
         if self.dot4 {
             s.push_str(dot4.prelude());
         }
         if self.f16 {
             s.push_str(F16);
+        }
+        if self.third {
+            s.push_str(if three { THIRD } else { NO_THIRD });
         }
         s.push_str(self.src);
         s
@@ -143,6 +179,7 @@ mod tests {
         for sh in ALL {
             for d in Dot4::ALL {
                 validate(sh.name, &sh.source(d));
+                validate(sh.name, &sh.source_with(d, true));
             }
         }
     }
@@ -151,7 +188,7 @@ mod tests {
     fn entry_points_are_where_the_backend_looks() {
         let want: [(&str, &[&str]); 7] = [
             ("quant.wgsl", &["quantize"]),
-            ("ternary.wgsl", &["matmul", "matvec"]),
+            ("ternary.wgsl", &["matmul", "matvec", "matvec3"]),
             ("norm.wgsl", &["rms_norm"]),
             ("rope.wgsl", &["rope"]),
             ("attention.wgsl", &["attend"]),

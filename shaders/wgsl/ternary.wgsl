@@ -42,6 +42,10 @@ struct Params {
     kind2: u32,   // of w2
     wscale2: f32, // of w2
     seg: u32,     // matvec: threads per row
+    m2: u32,      // matvec3: rows of w2 and w3, and w3's kind and scale
+    m3: u32,
+    kind3: u32,
+    wscale3: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -64,20 +68,25 @@ var<workgroup> red_f: array<f32, 256>;
 var<workgroup> red_i2: array<i32, 256>;
 var<workgroup> red_f2: array<f32, 256>;
 
-fn wload(second: bool, i: u32) -> u32 {
-    if second {
+// Word i of w (which = 0), w2 (1) or w3 (2; `w3_word` comes from a
+// prelude: the real binding for `matvec3`'s module, zero elsewhere).
+fn wload(which: u32, i: u32) -> u32 {
+    if which == 1u {
         return w2[i];
+    }
+    if which == 2u {
+        return w3_word(i);
     }
     return w[i];
 }
 
 // The little-endian u32 at any even byte offset (TQ2_0 blocks are 66 bytes).
-fn word_at(second: bool, byte: u32) -> u32 {
+fn word_at(which: u32, byte: u32) -> u32 {
     let i = byte >> 2u;
     if (byte & 3u) == 0u {
-        return wload(second, i);
+        return wload(which, i);
     }
-    return (wload(second, i) >> 16u) | (wload(second, i + 1u) << 16u);
+    return (wload(which, i) >> 16u) | (wload(which, i + 1u) << 16u);
 }
 
 // sum(code * q) over one 128-weight chunk whose codes are `wv`, against
@@ -114,10 +123,10 @@ struct Partial {
     f: array<f32, 4>,
 }
 
-// One item of weight row j (of w, or of w2 when `second`) against tokens
+// One item of weight row j (of w, w2 or w3: `which`) against tokens
 // t0..t0+nt: chunk c (128 weights) for I2_S, block c (256) for TQ2_0 and
 // TQ1_0. Integer sums, and for the per-block kinds the block-scaled sums.
-fn item(second: bool, kind: u32, j: u32, c: u32, t0: u32, nt: u32) -> Partial {
+fn item(which: u32, kind: u32, j: u32, c: u32, t0: u32, nt: u32) -> Partial {
     let kw = p.k / 4u;
     let chunks = p.k / 128u;
     var r: Partial;
@@ -125,7 +134,7 @@ fn item(second: bool, kind: u32, j: u32, c: u32, t0: u32, nt: u32) -> Partial {
     if kind == 0u {
         let w0 = j * (p.k / 16u) + c * 8u;
         for (var i = 0u; i < 8u; i++) {
-            wv[i] = wload(second, w0 + i);
+            wv[i] = wload(which, w0 + i);
         }
         // Constant trip counts (TILE, not nt) keep the accumulators in
         // registers; the guard skips tokens past the end.
@@ -153,7 +162,7 @@ fn item(second: bool, kind: u32, j: u32, c: u32, t0: u32, nt: u32) -> Partial {
                 at = 32u + (i - 160u) % 16u;
                 n = (i - 160u) / 16u;
             }
-            let codes = trits(word_at(second, base + at), n);
+            let codes = trits(word_at(which, base + at), n);
             for (var t = 0u; t < TILE; t++) {
                 if t < nt {
                     bs[t] += dot4(codes, q[(t0 + t) * kw + c * 64u + g]);
@@ -166,13 +175,13 @@ fn item(second: bool, kind: u32, j: u32, c: u32, t0: u32, nt: u32) -> Partial {
                 bs[t] -= qsum[row * chunks + 2u * c] + qsum[row * chunks + 2u * c + 1u];
             }
         }
-        d = f16_to_f32(word_at(second, base + 52u) & 0xffffu);
+        d = f16_to_f32(word_at(which, base + 52u) & 0xffffu);
     } else {
         let base = (j * nb + c) * 66u;
         for (var h = 0u; h < 2u; h++) {
             let ch = 2u * c + h;
             for (var i = 0u; i < 8u; i++) {
-                wv[i] = word_at(second, base + 32u * h + 4u * i);
+                wv[i] = word_at(which, base + 32u * h + 4u * i);
             }
             for (var t = 0u; t < TILE; t++) {
                 if t < nt {
@@ -181,7 +190,7 @@ fn item(second: bool, kind: u32, j: u32, c: u32, t0: u32, nt: u32) -> Partial {
                 }
             }
         }
-        d = f16_to_f32(word_at(second, base + 64u) & 0xffffu);
+        d = f16_to_f32(word_at(which, base + 64u) & 0xffffu);
     }
     for (var t = 0u; t < TILE; t++) {
         r.i[t] = bs[t];
@@ -196,10 +205,10 @@ fn items(kind: u32) -> u32 {
 }
 
 // This thread's share of weight row j: items lane, lane + LANES, ...
-fn partial(second: bool, kind: u32, j: u32, lane: u32, t0: u32, nt: u32) -> Partial {
+fn partial(which: u32, kind: u32, j: u32, lane: u32, t0: u32, nt: u32) -> Partial {
     var r: Partial;
     for (var c = lane; c < items(kind); c += LANES) {
-        let x = item(second, kind, j, c, t0, nt);
+        let x = item(which, kind, j, c, t0, nt);
         for (var t = 0u; t < TILE; t++) {
             r.i[t] += x.i[t];
             r.f[t] += x.f[t];
@@ -262,9 +271,9 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     var a: Partial;
     var b: Partial;
     if j < p.m {
-        a = partial(false, p.kind, j, lane, t0, nt);
+        a = partial(0u, p.kind, j, lane, t0, nt);
         if glu {
-            b = partial(true, p.kind2, j, lane, t0, nt);
+            b = partial(1u, p.kind2, j, lane, t0, nt);
         }
     }
     for (var t = 0u; t < TILE; t++) {
@@ -306,7 +315,7 @@ struct Sums {
 // Word u of packed row j, holding `wv`, against the one token: sum(code *
 // q) over its 16 weights, less the chunk's sum of q on the chunk's first
 // word; kind 2 also scaled by its block's d.
-fn word_dot(second: bool, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
+fn word_dot(which: u32, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
     let ch = u / 8u;
     let qw = ch * 32u + u % 8u;
     var s = 0;
@@ -321,37 +330,39 @@ fn word_dot(second: bool, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
     r.i = s;
     if kind == 2u {
         let b = j * (p.k / 256u) + u / 16u;
-        r.f = f32(s) * f16_to_f32(word_at(second, b * 66u + 64u) & 0xffffu);
+        r.f = f32(s) * f16_to_f32(word_at(which, b * 66u + 64u) & 0xffffu);
     }
     return r;
 }
 
-// Lane `lane` of `seg` threads of packed row j of w, and of w2 with `glu`:
-// words lane, lane + seg, ... Neighbouring lanes read neighbouring words
-// (weights and activations alike), eight words of each matrix per step,
-// all loaded before any is used.
-fn packed_rows(glu: bool, j: u32, lane: u32, seg: u32, a: ptr<function, Sums>, b: ptr<function, Sums>) {
+// Lane `lane` of `seg` threads of packed row ja of matrix `wa` (kind ka),
+// and with `two` of row jb of matrix `wb` (kind kb): words lane, lane +
+// seg, ... Neighbouring lanes read neighbouring words (weights and
+// activations alike), eight words of each matrix per step, all loaded
+// before any is used.
+fn packed_rows(wa: u32, ka: u32, ja: u32, two: bool, wb: u32, kb: u32, jb: u32,
+               lane: u32, seg: u32, a: ptr<function, Sums>, b: ptr<function, Sums>) {
     let words = p.k / 16u;
     for (var u0 = lane; u0 < words; u0 += 8u * seg) {
-        var wa = array<u32, 8>();
-        var wb = array<u32, 8>();
+        var va = array<u32, 8>();
+        var vb = array<u32, 8>();
         for (var v = 0u; v < 8u; v++) {
             let u = u0 + v * seg;
             if u < words {
-                wa[v] = word_at(false, word_byte(p.kind, j, u));
-                if glu {
-                    wb[v] = word_at(true, word_byte(p.kind2, j, u));
+                va[v] = word_at(wa, word_byte(ka, ja, u));
+                if two {
+                    vb[v] = word_at(wb, word_byte(kb, jb, u));
                 }
             }
         }
         for (var v = 0u; v < 8u; v++) {
             let u = u0 + v * seg;
             if u < words {
-                let x = word_dot(false, p.kind, j, u, wa[v]);
+                let x = word_dot(wa, ka, ja, u, va[v]);
                 (*a).i += x.i;
                 (*a).f += x.f;
-                if glu {
-                    let y = word_dot(true, p.kind2, j, u, wb[v]);
+                if two {
+                    let y = word_dot(wb, kb, jb, u, vb[v]);
                     (*b).i += y.i;
                     (*b).f += y.f;
                 }
@@ -379,7 +390,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     var a: Sums;
     var b: Sums;
     if j < p.m {
-        packed_rows(glu, j, c, seg, &a, &b);
+        packed_rows(0u, p.kind, j, glu, 1u, p.kind2, j, c, seg, &a, &b);
     }
     red_i[lid] = a.i;
     if fa {
@@ -414,5 +425,55 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             y2 = rescale(p.kind2, p.wscale2, red_i2[lid], red_f2[lid], 0u);
         }
         store(j, y, y2);
+    }
+}
+
+// One token through three matrices of the same width (the queries, keys
+// and values): rows 0..m of w into `out`, then m2 rows of w2 and m3 of w3
+// into `out2` and `out3` (`put`, from the same prelude as `w3_word`). One
+// dispatch instead of three; otherwise `matvec`.
+@compute @workgroup_size(256)
+fn matvec3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let seg = p.seg;
+    let c = lid % seg;
+    let j = wid.x * (256u / seg) + lid / seg;
+    var which = 0u;
+    var jl = j;
+    var kind = p.kind;
+    var wscale = p.wscale;
+    if j >= p.m + p.m2 {
+        which = 2u;
+        jl = j - p.m - p.m2;
+        kind = p.kind3;
+        wscale = p.wscale3;
+    } else if j >= p.m {
+        which = 1u;
+        jl = j - p.m;
+        kind = p.kind2;
+        wscale = p.wscale2;
+    }
+    let live = j < p.m + p.m2 + p.m3;
+    var a: Sums;
+    var unused: Sums;
+    if live {
+        packed_rows(which, kind, jl, false, 0u, 0u, 0u, c, seg, &a, &unused);
+    }
+    red_i[lid] = a.i;
+    red_f[lid] = a.f;
+    workgroupBarrier();
+    for (var s = seg / 2u; s > 0u; s >>= 1u) {
+        if c < s {
+            red_i[lid] += red_i[lid + s];
+            red_f[lid] += red_f[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if c == 0u && live {
+        let y = rescale(kind, wscale, red_i[lid], red_f[lid], 0u);
+        if which == 0u {
+            out[jl] = y;
+        } else {
+            put(which, jl, y);
+        }
     }
 }

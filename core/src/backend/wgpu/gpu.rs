@@ -61,6 +61,7 @@ pub enum Op {
     Quantize,
     Matmul,
     Matvec,
+    Matvec3,
     RmsNorm,
     Rope,
     Attend,
@@ -79,10 +80,11 @@ enum Access {
 use Access::{Read, Write};
 
 impl Op {
-    const ALL: [Op; 10] = [
+    const ALL: [Op; 11] = [
         Op::Quantize,
         Op::Matmul,
         Op::Matvec,
+        Op::Matvec3,
         Op::RmsNorm,
         Op::Rope,
         Op::Attend,
@@ -98,6 +100,7 @@ impl Op {
             Op::Quantize => (s::QUANT, "quantize"),
             Op::Matmul => (s::TERNARY, "matmul"),
             Op::Matvec => (s::TERNARY, "matvec"),
+            Op::Matvec3 => (s::TERNARY, "matvec3"),
             Op::RmsNorm => (s::NORM, "rms_norm"),
             Op::Rope => (s::ROPE, "rope"),
             Op::Attend => (s::ATTENTION, "attend"),
@@ -127,6 +130,17 @@ impl Op {
                 (4, Read),
                 (5, Write),
                 (6, Read),
+            ],
+            Op::Matvec3 => &[
+                (1, Read),
+                (2, Read),
+                (3, Read),
+                (4, Read),
+                (5, Write),
+                (6, Read),
+                (7, Read),
+                (8, Write),
+                (9, Write),
             ],
             Op::RmsNorm => &[(1, Read), (2, Read), (3, Write)],
             Op::Rope => &[(1, Write), (2, Read), (3, Write)],
@@ -186,6 +200,9 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub dot4: Dot4,
+    /// Packed words per thread `matvec` aims at (4, or
+    /// `BITNET_WGPU_MATVEC_WORDS` for tuning).
+    pub matvec_words: usize,
     pipes: HashMap<Op, Pipe>,
     params: GpuBuf,
     /// Dispatches per submission at most (`PARAM_SLOTS`, or fewer to test
@@ -225,15 +242,21 @@ impl Gpu {
             info.device_type,
             limits.max_storage_buffer_binding_size >> 20
         );
-        let mut modules: HashMap<&'static str, wgpu::ShaderModule> = HashMap::new();
+        let mut modules: HashMap<(&'static str, bool), wgpu::ShaderModule> = HashMap::new();
         let mut pipes = HashMap::new();
         for op in Op::ALL {
             let (shader, entry) = op.shader();
-            let module = match modules.get(shader.name) {
+            let three = op == Op::Matvec3;
+            if op.bindings().len() as u32 > limits.max_storage_buffers_per_shader_stage {
+                // Optional (`matvec3`): the ops it fuses run one by one.
+                log::debug!("{entry}: not built (the device has fewer storage bindings)");
+                continue;
+            }
+            let module = match modules.get(&(shader.name, three)) {
                 Some(m) => m.clone(),
                 None => {
-                    let m = compile(&device, shader, dot4)?;
-                    modules.insert(shader.name, m.clone());
+                    let m = compile(&device, shader, dot4, three)?;
+                    modules.insert((shader.name, three), m.clone());
                     m
                 }
             };
@@ -281,7 +304,13 @@ impl Gpu {
                 "BITNET_WGPU_PROFILE=gpu: this device has no timestamp queries; host times only"
             );
         }
+        let matvec_words = std::env::var("BITNET_WGPU_MATVEC_WORDS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(4)
+            .clamp(1, 64);
         Ok(Gpu {
+            matvec_words,
             profile,
             timer,
             stats: Mutex::default(),
@@ -302,6 +331,12 @@ impl Gpu {
             dead,
             reported,
         })
+    }
+
+    /// Whether `op` was built on this device (`Matvec3` needs nine storage
+    /// bindings).
+    pub fn has(&self, op: Op) -> bool {
+        self.pipes.contains_key(&op)
     }
 
     fn rec(&self) -> MutexGuard<'_, Recorder> {
@@ -793,11 +828,12 @@ fn compile(
     device: &wgpu::Device,
     shader: Shader,
     dot4: Dot4,
+    three: bool,
 ) -> Result<wgpu::ShaderModule, WgpuError> {
     let (module, err) = scoped(device, wgpu::ErrorFilter::Validation, || {
         device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shader.name),
-            source: wgpu::ShaderSource::Wgsl(shader.source(dot4).into()),
+            source: wgpu::ShaderSource::Wgsl(shader.source_with(dot4, three).into()),
         })
     });
     match err {

@@ -325,10 +325,9 @@ impl WgpuBackend {
         debug_assert_eq!(x.cols, w.k);
         let (q, qsum, qscale) = self.quantize(x);
         let second = w2.unwrap_or(w);
-        // One token, packed weights (I2_S, TQ2_0): `matvec`, with threads
-        // per row for eight words (128 weights) each, a power of two from
-        // 32 to 256. TQ1_0 (kinds 3, 4) always goes to `matmul`.
-        let seg = (w.k / 16).div_ceil(8).next_power_of_two().clamp(32, 256);
+        // One token, packed weights (I2_S, TQ2_0): `matvec`. TQ1_0 (kinds
+        // 3, 4) always goes to `matmul`.
+        let seg = self.matvec_seg(w.k);
         let vec_groups = w.m.div_ceil(256 / seg);
         let packed = w.kind < 3 && second.kind < 3;
         let (op, groups) = if x.rows == 1 && packed && vec_groups <= 65535 {
@@ -396,6 +395,16 @@ impl WgpuBackend {
         if let Some(t) = x2.as_mut() {
             t.gen = next_gen();
         }
+    }
+
+    /// `matvec`'s threads per row for rows of `k` weights: about four
+    /// packed words (64 weights) each, a power of two from 32 to 256 (on an
+    /// H100 four beat eight: more threads, shorter chains).
+    fn matvec_seg(&self, k: usize) -> usize {
+        (k / 16)
+            .div_ceil(self.gpu.matvec_words)
+            .next_power_of_two()
+            .clamp(32, 256)
     }
 
     /// Quantizes `x` (or finds it already quantized).
@@ -696,6 +705,55 @@ impl Backend for WgpuBackend {
         let out = self.tensor(x.rows, w.m);
         self.matmul(x, w, None, 0, &out);
         out
+    }
+
+    fn bitlinear_many<const N: usize>(&self, x: &GpuTensor, ws: [&GpuLinear; N]) -> [GpuTensor; N] {
+        // Three packed matrices and one token (q, k and v while decoding):
+        // one `matvec3` dispatch where the device has the bindings for it.
+        let seg = self.matvec_seg(x.cols);
+        let groups = ws.iter().map(|w| w.m).sum::<usize>().div_ceil(256 / seg);
+        let fused = N == 3
+            && x.rows == 1
+            && self.gpu.has(Op::Matvec3)
+            && groups <= 65535
+            && ws.iter().all(|w| w.kind < 3 && w.k == x.cols);
+        if !fused {
+            return ws.map(|w| self.bitlinear(x, w));
+        }
+        let outs = ws.map(|w| self.tensor(1, w.m));
+        let (q, qsum, qscale) = self.quantize(x);
+        let (a, b, c) = (ws[0], ws[1], ws[2]);
+        self.gpu.dispatch(
+            Op::Matvec3,
+            &[
+                a.k as u32,
+                a.m as u32,
+                1,
+                a.kind,
+                a.scale.to_bits(),
+                0,
+                b.kind,
+                b.scale.to_bits(),
+                seg as u32,
+                b.m as u32,
+                c.m as u32,
+                c.kind,
+                c.scale.to_bits(),
+            ],
+            &[
+                &a.w,
+                &q,
+                &qsum,
+                &qscale,
+                outs[0].buf(),
+                &b.w,
+                &c.w,
+                outs[1].buf(),
+                outs[2].buf(),
+            ],
+            [groups as u32, 1, 1],
+        );
+        outs
     }
 
     fn bitlinear_add(&self, x: &mut GpuTensor, a: &GpuTensor, w: &GpuLinear) {
