@@ -74,8 +74,8 @@ echo "-- benchmark"
 DEVICES=wgpu,cpu; [ -n "${QUICK:-}" ] && DEVICES=wgpu
 timeout 240 $BIN benchmark -m "$M" -p 128,512 -n 128 -r 3 --device $DEVICES --compare \
     --output "$OUT/bench-2b4t.md" | tee "$OUT/bench-2b4t.txt"
-echo "-- matvec: packed words per thread (default 4)"
-for n in 2 8; do
+echo "-- matvec: packed words per thread (default 8)"
+for n in 4 16; do
     BITNET_WGPU_MATVEC_WORDS=$n timeout 60 $BIN benchmark -m "$M" -p 0 -n 128 -r 3 --device wgpu 2>&1 | grep "^wgpu" | sed "s/^/words $n: /"
 done
 if [ -z "${QUICK:-}" ]; then

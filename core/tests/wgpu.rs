@@ -100,6 +100,23 @@ fn activation_quantization_is_identical() {
             assert_eq!(qsum[r * k / 128 + c], sum, "row {r} chunk {c}: sum");
         }
     }
+    // Rows wider than the shader keeps in registers (8192) take its loop.
+    let k = 8960;
+    let data = rng.vec(2 * k, 5.0);
+    let (q, qsum, scale) = g.quantize_to_host(&g.upload_tensor(2, k, &data)).unwrap();
+    for r in 0..2 {
+        let mut want = vec![0i8; k];
+        let s = quantize_row(&data[r * k..(r + 1) * k], &mut want);
+        assert_eq!(scale[r].to_bits(), s.to_bits(), "wide row {r}: scale");
+        assert_eq!(&q[r * k..(r + 1) * k], &want[..], "wide row {r}: codes");
+        for c in 0..k / 128 {
+            let sum: i32 = want[c * 128..(c + 1) * 128]
+                .iter()
+                .map(|&v| i32::from(v))
+                .sum();
+            assert_eq!(qsum[r * k / 128 + c], sum, "wide row {r} chunk {c}");
+        }
+    }
 }
 
 /// The three products the forward pass asks for, on the CPU and the GPU:

@@ -107,6 +107,81 @@ fn word4(x0: u32, w: u32, normed: bool, inv: f32) -> vec4<f32> {
     return v;
 }
 
+// Quantizes word w (values v) of `row` with `scale`: its codes into q, its
+// code sum into the chunk sums gathered from chunk c0 on, and with p.norm
+// the normalised values into `out`.
+fn emit(row: u32, x0: u32, w: u32, v: vec4<f32>, scale: f32, c0: u32) {
+    var word = 0u;
+    var sum = 0;
+    for (var n = 0u; n < 4u; n++) {
+        let c = i32(clamp(round(v[n] * scale), -128.0, 127.0));
+        sum += c;
+        word |= (u32(c) & 0xffu) << (8u * n);
+    }
+    if p.norm == 1u {
+        let o = x0 + 4u * w;
+        out[o] = v.x;
+        out[o + 1u] = v.y;
+        out[o + 2u] = v.z;
+        out[o + 3u] = v.w;
+    }
+    q[row * (p.k / 4u) + w] = word;
+    atomicAdd(&csum[w / 32u - c0], sum);
+}
+
+// Rows of at most HELD * WG words (8192 elements): every thread loads its
+// words once, before anything else, and keeps them (the loop version
+// below reads the row three times, each time a round trip to memory).
+const HELD: u32 = 8u;
+
+fn quantize_held(row: u32, x0: u32, lid: u32) {
+    let words = p.k / 4u;
+    var xs = array<vec4<f32>, 8>();
+    var gs = array<vec4<f32>, 8>();
+    for (var u = 0u; u < HELD; u++) {
+        let w = lid + u * WG;
+        if w < words {
+            xs[u] = word4(x0, w, false, 1.0);
+            if p.norm == 1u {
+                gs[u] = vec4<f32>(weight[4u * w], weight[4u * w + 1u], weight[4u * w + 2u], weight[4u * w + 3u]);
+            }
+        }
+    }
+    if p.norm == 1u {
+        var ss = 0.0;
+        for (var u = 0u; u < HELD; u++) {
+            ss += dot(xs[u], xs[u]);
+        }
+        let inv = 1.0 / sqrt(reduce(lid, ss, false) / f32(p.k) + p.eps);
+        for (var u = 0u; u < HELD; u++) {
+            // As word4 computes it: (x * inv) * w.
+            xs[u] = xs[u] * inv * gs[u];
+        }
+    }
+    var amax = vec4<f32>(0.0);
+    for (var u = 0u; u < HELD; u++) {
+        amax = max(amax, abs(xs[u]));
+    }
+    let scale = recip127(max(reduce(lid, max(max(amax.x, amax.y), max(amax.z, amax.w)), true), 1e-5));
+    if lid < CHUNKS {
+        atomicStore(&csum[lid], 0);
+    }
+    workgroupBarrier();
+    for (var u = 0u; u < HELD; u++) {
+        let w = lid + u * WG;
+        if w < words {
+            emit(row, x0, w, xs[u], scale, 0u);
+        }
+    }
+    workgroupBarrier();
+    if lid < words / 32u {
+        qsum[row * (words / 32u) + lid] = atomicLoad(&csum[lid]);
+    }
+    if lid == 0u {
+        qscale[row] = scale;
+    }
+}
+
 // Each thread takes whole words (four elements), word w = lid + WG * j, so
 // the 32 words of a chunk are handled by 32 threads at once. The loops go
 // four words per step, all loaded before any is used.
@@ -119,6 +194,10 @@ fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let x0 = row * p.k;
     let words = p.k / 4u;
+    if words <= HELD * WG {
+        quantize_held(row, x0, lid);
+        return;
+    }
     var inv = 1.0;
     if p.norm == 1u {
         var ss = 0.0;
@@ -163,24 +242,8 @@ fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
                 }
             }
             for (var u = 0u; u < 4u; u++) {
-                let w = w0 + u * WG;
-                if w < end {
-                    var word = 0u;
-                    var sum = 0;
-                    for (var n = 0u; n < 4u; n++) {
-                        let c = i32(clamp(round(v[u][n] * scale), -128.0, 127.0));
-                        sum += c;
-                        word |= (u32(c) & 0xffu) << (8u * n);
-                    }
-                    if p.norm == 1u {
-                        let o = x0 + 4u * w;
-                        out[o] = v[u].x;
-                        out[o + 1u] = v[u].y;
-                        out[o + 2u] = v[u].z;
-                        out[o + 3u] = v[u].w;
-                    }
-                    q[row * words + w] = word;
-                    atomicAdd(&csum[w / 32u - c0], sum);
+                if w0 + u * WG < end {
+                    emit(row, x0, w0 + u * WG, v[u], scale, c0);
                 }
             }
         }

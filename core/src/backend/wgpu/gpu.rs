@@ -200,7 +200,7 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub dot4: Dot4,
-    /// Packed words per thread `matvec` aims at (4, or
+    /// Packed words per thread `matvec` aims at (8, or
     /// `BITNET_WGPU_MATVEC_WORDS` for tuning).
     pub matvec_words: usize,
     pipes: HashMap<Op, Pipe>,
@@ -307,7 +307,7 @@ impl Gpu {
         let matvec_words = std::env::var("BITNET_WGPU_MATVEC_WORDS")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(4)
+            .unwrap_or(8)
             .clamp(1, 64);
         Ok(Gpu {
             matvec_words,
