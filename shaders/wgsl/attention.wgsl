@@ -114,7 +114,8 @@ fn tile_sum(len: u32) -> f32 {
 }
 
 // Scores: SUBS threads per position, each taking every SUBS-th element
-// (neighbouring threads read neighbouring elements), eight loads per step.
+// (neighbouring threads read neighbouring elements), sixteen loads per
+// step.
 // Weighted values: thread (g, d) takes dimension d of the positions
 // g, g + groups, ... of the tile, groups = WG / head_dim; the groups' sums
 // are added at the end.
@@ -149,17 +150,17 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         let len = min(TILE, n - t0);
         var dot = 0.0;
         if pos < n {
-            for (var i0 = sub; i0 < hd; i0 += 8u * SUBS) {
-                var kq = array<f32, 8>();
-                var qq = array<f32, 8>();
-                for (var u = 0u; u < 8u; u++) {
+            for (var i0 = sub; i0 < hd; i0 += 16u * SUBS) {
+                var kq = array<f32, 16>();
+                var qq = array<f32, 16>();
+                for (var u = 0u; u < 16u; u++) {
                     let e = i0 + u * SUBS;
                     if e < hd {
                         kq[u] = kv(false, pos, kv0 + e);
                         qq[u] = qh[e];
                     }
                 }
-                for (var u = 0u; u < 8u; u++) {
+                for (var u = 0u; u < 16u; u++) {
                     dot += qq[u] * kq[u];
                 }
             }
@@ -183,18 +184,18 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         l = l * factor + tile_sum(len);
         if g < groups {
             let e = kv0 + d;
-            var a4 = vec4<f32>(0.0);
-            var i = g;
+            // Eight positions per step, all loaded before any is used.
+            var a = 0.0;
             let st = groups;
-            for (; i + 3u * st < len; i += 4u * st) {
-                let t = t0 + i;
-                a4 += vec4<f32>(pr[i], pr[i + st], pr[i + 2u * st], pr[i + 3u * st])
-                    * vec4<f32>(kv(true, t, e), kv(true, t + st, e),
-                                kv(true, t + 2u * st, e), kv(true, t + 3u * st, e));
-            }
-            var a = (a4.x + a4.y) + (a4.z + a4.w);
-            for (; i < len; i += st) {
-                a += pr[i] * kv(true, t0 + i, e);
+            for (var i0 = g; i0 < len; i0 += 8u * st) {
+                var vv = array<f32, 8>();
+                for (var u = 0u; u < 8u; u++) {
+                    let i = i0 + u * st;
+                    if i < len {
+                        vv[u] = pr[i] * kv(true, t0 + i, e);
+                    }
+                }
+                a += ((vv[0] + vv[1]) + (vv[2] + vv[3])) + ((vv[4] + vv[5]) + (vv[6] + vv[7]));
             }
             acc = acc * factor + a;
         }

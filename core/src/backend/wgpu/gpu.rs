@@ -188,6 +188,8 @@ struct Recorder {
     bind_groups: HashMap<Vec<u64>, wgpu::BindGroup>,
     pool: HashMap<u64, Vec<GpuBuf>>,
     pool_bytes: u64,
+    /// Nothing submitted since the last read waited for the device.
+    idle: bool,
     /// The first device error not yet reported.
     error: Option<String>,
 }
@@ -486,7 +488,16 @@ impl Gpu {
         let mut r = self.rec();
         // (A loop: another thread may fill the slots between the flush and
         // taking the lock again.)
-        while r.params.len() >= self.slots * SLOT {
+        // While the device is idle (nothing submitted since the last read)
+        // the first submission comes after a quarter of the usual number,
+        // so that the GPU starts as soon as possible.
+        while r.params.len()
+            >= if r.idle {
+                self.slots.div_ceil(4)
+            } else {
+                self.slots
+            } * SLOT
+        {
             drop(r);
             self.flush();
             r = self.rec();
@@ -581,6 +592,7 @@ impl Gpu {
             return;
         }
         let cmds = std::mem::take(&mut r.cmds);
+        r.idle = false;
         let started = self.profile.map(|_| web_time::Instant::now());
         // `gpu` profile: each dispatch in a pass of its own, timestamped.
         let mut timed: Vec<profile::Key> = Vec::new();
@@ -727,6 +739,7 @@ impl Gpu {
             rx.recv()
                 .map_err(|e| BackendError::Device(e.to_string()))?
                 .map_err(|e| BackendError::Device(e.to_string()))?;
+            self.rec().idle = true;
             Self::unstage(&staging, size)
         }
     }
@@ -750,6 +763,7 @@ impl Gpu {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| BackendError::Device(e.to_string()))?;
         rx.await.map_err(|e| BackendError::Device(e.to_string()))?;
+        self.rec().idle = true;
         // Errors the browser reported while this work ran.
         self.flush_errors()?;
         Self::unstage(&staging, size)
