@@ -68,7 +68,7 @@ REQUIRE_GPU=1 timeout 240 .gpu/wgpu-test --test-threads 4 2>&1 | tail -25 | tee 
 echo "== 2B4T-shaped model"
 M=/tmp/2b4t-i2s.gguf
 time $BIN gen-fixture --preset 2b4t --type i2_s -o "$M"
-RUST_LOG=debug timeout 60 $BIN inference -m "$M" -p "Hello" -n 4 --device wgpu 2>&1 | grep -i "wgpu\|variant\|dot" | head -10
+RUST_LOG=bitnet=debug timeout 60 $BIN inference -m "$M" -p "Hello" -n 4 --device wgpu 2>&1 | grep -i "wgpu\|matvec\|dot" | head -10
 echo "-- benchmark"
 # QUICK=1: the GPU alone, no sweeps (for checking a change)
 DEVICES=wgpu,cpu; [ -n "${QUICK:-}" ] && DEVICES=wgpu
@@ -87,6 +87,10 @@ echo "-- TQ2_0"
 M2=/tmp/2b4t-tq2.gguf
 $BIN gen-fixture --preset 2b4t --type tq2_0 -o "$M2" >/dev/null
 timeout 60 $BIN benchmark -m "$M2" -p 128 -n 128 -r 3 --device wgpu 2>&1 | grep "^wgpu"
+echo "-- TQ1_0 (decode through the multi-token kernel)"
+M3=/tmp/2b4t-tq1.gguf
+$BIN gen-fixture --preset 2b4t --type tq1_0 -o "$M3" >/dev/null
+timeout 60 $BIN benchmark -m "$M3" -p 128 -n 128 -r 3 --device wgpu 2>&1 | grep "^wgpu"
 fi
 echo "-- where a token goes (host split, then per-op device time)"
 BITNET_WGPU_PROFILE=host timeout 60 $BIN benchmark -m "$M" -p 0 -n 64 -r 1 --device wgpu 2>&1 | grep -v "^|" | tee "$OUT/profile-host.txt"
