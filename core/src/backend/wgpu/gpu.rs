@@ -1,5 +1,5 @@
 //! The device side of the wgpu backend: pipelines, buffers, and the
-//! recorder that turns a forward pass into one submission.
+//! recorder that turns a forward pass into a few submissions.
 //!
 //! - Pipelines and their bind-group layouts are made once.
 //! - Every dispatch's parameters go into one uniform buffer (a slot of 256
@@ -7,8 +7,13 @@
 //! - Activations come from a pool of buffers, handed back when a tensor is
 //!   dropped, so after the first token the same buffers come back in the
 //!   same order, and the bind groups (cached by buffer identity) are reused.
-//! - Work is recorded, not run: `flush` encodes every dispatch into one
-//!   compute pass and submits once; only `read` waits for the device.
+//! - Work is recorded, not run: `flush` encodes the recorded dispatches into
+//!   one compute pass and submits them. It runs every [`SUBMIT_EVERY`]
+//!   dispatches (the first time after a read, after a quarter of that), so
+//!   the GPU works on the first layers while the host records the rest,
+//!   and at `read`, the only call that waits for the device.
+//! - `BITNET_WGPU_PROFILE` (see [`super::profile`]) reports where the time
+//!   goes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
