@@ -86,35 +86,33 @@ fn activation_quantization_is_identical() {
     rows.push(rng.vec(k, 1e30));
     let data: Vec<f32> = rows.concat();
     let x = g.upload_tensor(rows.len(), k, &data);
-    let (q, qsum, scale) = g.quantize_to_host(&x).unwrap();
-    for (r, row) in rows.iter().enumerate() {
-        let mut want = vec![0i8; k];
-        let s = quantize_row(row, &mut want);
-        assert_eq!(scale[r].to_bits(), s.to_bits(), "row {r}: scale");
-        assert_eq!(&q[r * k..(r + 1) * k], &want[..], "row {r}: codes");
-        for c in 0..k / 128 {
-            let sum: i32 = want[c * 128..(c + 1) * 128]
-                .iter()
-                .map(|&v| i32::from(v))
-                .sum();
-            assert_eq!(qsum[r * k / 128 + c], sum, "row {r} chunk {c}: sum");
-        }
-    }
+    assert_quantized("", &data, k, g.quantize_to_host(&x).unwrap());
     // Rows wider than the shader keeps in registers (8192) take its loop.
     let k = 8960;
     let data = rng.vec(2 * k, 5.0);
-    let (q, qsum, scale) = g.quantize_to_host(&g.upload_tensor(2, k, &data)).unwrap();
-    for r in 0..2 {
+    let got = g.quantize_to_host(&g.upload_tensor(2, k, &data)).unwrap();
+    assert_quantized("wide ", &data, k, got);
+}
+
+/// The GPU's codes, chunk sums and scales of rows `k` wide equal the CPU
+/// rule (`quantize_row`) applied to `data`.
+fn assert_quantized(
+    what: &str,
+    data: &[f32],
+    k: usize,
+    (q, qsum, scale): (Vec<i8>, Vec<i32>, Vec<f32>),
+) {
+    for (r, row) in data.chunks_exact(k).enumerate() {
         let mut want = vec![0i8; k];
-        let s = quantize_row(&data[r * k..(r + 1) * k], &mut want);
-        assert_eq!(scale[r].to_bits(), s.to_bits(), "wide row {r}: scale");
-        assert_eq!(&q[r * k..(r + 1) * k], &want[..], "wide row {r}: codes");
+        let s = quantize_row(row, &mut want);
+        assert_eq!(scale[r].to_bits(), s.to_bits(), "{what}row {r}: scale");
+        assert_eq!(&q[r * k..(r + 1) * k], &want[..], "{what}row {r}: codes");
         for c in 0..k / 128 {
             let sum: i32 = want[c * 128..(c + 1) * 128]
                 .iter()
                 .map(|&v| i32::from(v))
                 .sum();
-            assert_eq!(qsum[r * k / 128 + c], sum, "wide row {r} chunk {c}");
+            assert_eq!(qsum[r * k / 128 + c], sum, "{what}row {r} chunk {c}: sum");
         }
     }
 }
@@ -181,25 +179,9 @@ fn rms_norm_quantizes_its_own_output() {
             &g.load_vector(&f, "n").unwrap(),
             1e-5,
         );
-        let (q, qsum, scale) = g.quantize_to_host(&y).unwrap();
+        let got = g.quantize_to_host(&y).unwrap();
         let y = g.read(&y).unwrap();
-        for r in 0..rows {
-            let mut want = vec![0i8; k];
-            let s = quantize_row(&y[r * k..(r + 1) * k], &mut want);
-            assert_eq!(scale[r].to_bits(), s.to_bits(), "{rows}x{k} row {r}: scale");
-            assert_eq!(
-                &q[r * k..(r + 1) * k],
-                &want[..],
-                "{rows}x{k} row {r}: codes"
-            );
-            for c in 0..k / 128 {
-                let sum: i32 = want[c * 128..(c + 1) * 128]
-                    .iter()
-                    .map(|&v| i32::from(v))
-                    .sum();
-                assert_eq!(qsum[r * k / 128 + c], sum, "{rows}x{k} row {r} chunk {c}");
-            }
-        }
+        assert_quantized(&format!("{rows}x{k} "), &y, k, got);
     }
 }
 
