@@ -212,6 +212,10 @@ pub struct Gpu {
     pub matvec_words: usize,
     pipes: HashMap<Op, Pipe>,
     params: GpuBuf,
+    /// Bound where an entry point has a writable binding the dispatch does
+    /// not use (WebGPU forbids binding a buffer twice when one binding is
+    /// writable, so the dispatch's own buffers cannot stand in).
+    pub unused: GpuBuf,
     /// Dispatches per submission at most (`PARAM_SLOTS`, or fewer to test
     /// the early submit).
     slots: usize,
@@ -302,6 +306,17 @@ impl Gpu {
             size: (PARAM_SLOTS * SLOT) as u64,
             dead: dead.clone(),
         });
+        let unused = Arc::new(Buf {
+            id: u64::MAX,
+            buffer: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bitnet:unused"),
+                size: 256,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }),
+            size: 256,
+            dead: dead.clone(),
+        });
         let profile = profile::Mode::from_env();
         let timer = (profile == Some(profile::Mode::Gpu)
             && device.features().contains(wgpu::Features::TIMESTAMP_QUERY))
@@ -328,6 +343,7 @@ impl Gpu {
             dot4,
             pipes,
             params,
+            unused,
             slots: opts
                 .max_dispatches
                 .or_else(|| std::env::var("BITNET_WGPU_SUBMIT_EVERY").ok()?.parse().ok())

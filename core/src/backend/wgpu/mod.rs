@@ -376,7 +376,7 @@ impl WgpuBackend {
             RopeStyle::Neox => 0,
             RopeStyle::Norm => 1,
         };
-        let second = x2.as_ref().map_or(x.buf(), |t| t.buf()).clone();
+        let second = x2.as_ref().map_or(&self.gpu.unused, |t| t.buf()).clone();
         self.gpu.dispatch(
             Op::Rope,
             &[
@@ -398,14 +398,15 @@ impl WgpuBackend {
     }
 
     /// `matvec`'s threads per row for rows of `k` weights: about eight
-    /// packed words (128 weights) each, a power of two from 32 to 256 (on
-    /// an H100, 2B4T decode: 153 tokens/s with eight, 142 with four, 128
-    /// with two).
+    /// packed words (128 weights) each, a power of two up to 256 (on an
+    /// H100, 2B4T decode: 153 tokens/s with eight, 142 with four, 128 with
+    /// two). Narrow rows get few threads each and a workgroup many rows
+    /// (software adapters run every thread, needed or not).
     fn matvec_seg(&self, k: usize) -> usize {
         (k / 16)
             .div_ceil(self.gpu.matvec_words)
             .next_power_of_two()
-            .clamp(32, 256)
+            .min(256)
     }
 
     /// Quantizes `x` (or finds it already quantized).
@@ -438,7 +439,7 @@ impl WgpuBackend {
         let (flag, eps, weight, out) = match norm {
             Some((w, eps, out)) => (1, eps, &w.buf, out.buf()),
             // Bound but never touched.
-            None => (0, 0.0, x.buf(), &qscale),
+            None => (0, 0.0, x.buf(), &self.gpu.unused),
         };
         self.gpu.dispatch(
             Op::Quantize,
