@@ -87,7 +87,7 @@ fn activation_quantization_is_identical() {
     let data: Vec<f32> = rows.concat();
     let x = g.upload_tensor(rows.len(), k, &data);
     assert_quantized("", &data, k, g.quantize_to_host(&x).unwrap());
-    // Rows wider than the shader keeps in registers (8192) take its loop.
+    // Rows of more than 64 chunks: the shader gathers their sums in groups.
     let k = 8960;
     let data = rng.vec(2 * k, 5.0);
     let got = g.quantize_to_host(&g.upload_tensor(2, k, &data)).unwrap();

@@ -129,59 +129,6 @@ fn emit(row: u32, x0: u32, w: u32, v: vec4<f32>, scale: f32, c0: u32) {
     atomicAdd(&csum[w / 32u - c0], sum);
 }
 
-// Rows of at most HELD * WG words (8192 elements): every thread loads its
-// words once, before anything else, and keeps them (the loop version
-// below reads the row three times, each time a round trip to memory).
-const HELD: u32 = 8u;
-
-fn quantize_held(row: u32, x0: u32, lid: u32) {
-    let words = p.k / 4u;
-    var xs = array<vec4<f32>, 8>();
-    var gs = array<vec4<f32>, 8>();
-    for (var u = 0u; u < HELD; u++) {
-        let w = lid + u * WG;
-        if w < words {
-            xs[u] = word4(x0, w, false, 1.0);
-            if p.norm == 1u {
-                gs[u] = vec4<f32>(weight[4u * w], weight[4u * w + 1u], weight[4u * w + 2u], weight[4u * w + 3u]);
-            }
-        }
-    }
-    if p.norm == 1u {
-        var ss = 0.0;
-        for (var u = 0u; u < HELD; u++) {
-            ss += dot(xs[u], xs[u]);
-        }
-        let inv = 1.0 / sqrt(reduce(lid, ss, false) / f32(p.k) + p.eps);
-        for (var u = 0u; u < HELD; u++) {
-            // As word4 computes it: (x * inv) * w.
-            xs[u] = xs[u] * inv * gs[u];
-        }
-    }
-    var amax = vec4<f32>(0.0);
-    for (var u = 0u; u < HELD; u++) {
-        amax = max(amax, abs(xs[u]));
-    }
-    let scale = recip127(max(reduce(lid, max(max(amax.x, amax.y), max(amax.z, amax.w)), true), 1e-5));
-    if lid < CHUNKS {
-        atomicStore(&csum[lid], 0);
-    }
-    workgroupBarrier();
-    for (var u = 0u; u < HELD; u++) {
-        let w = lid + u * WG;
-        if w < words {
-            emit(row, x0, w, xs[u], scale, 0u);
-        }
-    }
-    workgroupBarrier();
-    if lid < words / 32u {
-        qsum[row * (words / 32u) + lid] = atomicLoad(&csum[lid]);
-    }
-    if lid == 0u {
-        qscale[row] = scale;
-    }
-}
-
 // Each thread takes whole words (four elements), word w = lid + WG * j, so
 // the 32 words of a chunk are handled by 32 threads at once. The loops go
 // four words per step, all loaded before any is used.
@@ -194,10 +141,6 @@ fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let x0 = row * p.k;
     let words = p.k / 4u;
-    if words <= HELD * WG {
-        quantize_held(row, x0, lid);
-        return;
-    }
     var inv = 1.0;
     if p.norm == 1u {
         var ss = 0.0;

@@ -89,16 +89,24 @@ fn word_at(which: u32, byte: u32) -> u32 {
     return (wload(which, i) >> 16u) | (wload(which, i + 1u) << 16u);
 }
 
-// sum(code * q) over one 128-weight chunk whose codes are `wv`, against
-// the activations from word `qw`; codes of weight 32l+b at bit 6-2l (I2_S)
-// or 2l (TQ2_0).
-fn chunk_dot(wv: ptr<function, array<u32, 8>>, qw: u32, i2s: bool) -> i32 {
+// sum(code * q) over word i of a 128-weight chunk (bytes 4i..4i+3, the
+// weights 32l + 4i.. of each group l), whose codes are `w`, against the
+// chunk's activations from word `qw`; codes of weight 32l+b at bit 6-2l
+// (I2_S) or 2l (TQ2_0).
+fn word_codes_dot(w: u32, qw: u32, i: u32, i2s: bool) -> i32 {
     var s = 0;
     for (var l = 0u; l < 4u; l++) {
         let sh = select(2u * l, 6u - 2u * l, i2s);
-        for (var i = 0u; i < 8u; i++) {
-            s += dot4(((*wv)[i] >> sh) & MASK, q[qw + 8u * l + i]);
-        }
+        s += dot4((w >> sh) & MASK, q[qw + 8u * l + i]);
+    }
+    return s;
+}
+
+// The same over the whole chunk, codes `wv`.
+fn chunk_dot(wv: ptr<function, array<u32, 8>>, qw: u32, i2s: bool) -> i32 {
+    var s = 0;
+    for (var i = 0u; i < 8u; i++) {
+        s += word_codes_dot((*wv)[i], qw, i, i2s);
     }
     return s;
 }
@@ -317,12 +325,7 @@ struct Sums {
 // word; kind 2 also scaled by its block's d.
 fn word_dot(which: u32, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
     let ch = u / 8u;
-    let qw = ch * 32u + u % 8u;
-    var s = 0;
-    for (var l = 0u; l < 4u; l++) {
-        let sh = select(2u * l, 6u - 2u * l, kind == 0u);
-        s += dot4((wv >> sh) & MASK, q[qw + 8u * l]);
-    }
+    var s = word_codes_dot(wv, ch * 32u, u % 8u, kind == 0u);
     if u % 8u == 0u {
         s -= qsum[ch];
     }
