@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bitnet::backend::cpu::CpuBackend;
-use bitnet::backend::wgpu::{Dot4, WgpuOptions};
+use bitnet::backend::wgpu::{Dot4, GpuTensor, WgpuOptions};
 use bitnet::backend::{Backend, BackendError, KvType};
 use bitnet::convert::{convert_hf, ConvertOptions};
 use bitnet::fixture::FixtureConfig;
@@ -151,13 +151,13 @@ fn products(
         g.read(&g.bitlinear(&gx, &gw)).unwrap(),
     );
     let mut cb = cpu_tensor(rows, m, base);
-    cpu.bitlinear_add(&mut cb, &cx, &cw);
+    cpu.bitlinear_add(&mut cb, &cx, None, &cw);
     let mut gb = g.upload_tensor(rows, m, base);
-    g.bitlinear_add(&mut gb, &gx, &gw);
+    g.bitlinear_add(&mut gb, &gx, None, &gw);
     let added = (cb.data, g.read(&gb).unwrap());
     let glu = (
-        cpu.bitlinear_glu(&cx, &cw, &cw2, act).data,
-        g.read(&g.bitlinear_glu(&gx, &gw, &gw2, act)).unwrap(),
+        cpu.bitlinear_glu(&cx, None, &cw, &cw2, act).data,
+        g.read(&g.bitlinear_glu(&gx, None, &gw, &gw2, act)).unwrap(),
     );
     [plain, added, glu]
 }
@@ -268,6 +268,90 @@ fn ternary_products_match() {
     }
 }
 
+/// The products that start with an RMSNorm (`norm` given): one token
+/// (rows up to 8192 wide) normalises and quantizes inside the one-token
+/// kernels; several tokens, or wider rows, take `rms_norm` first. Either
+/// way the result must be bit for bit the GPU's own unfused ops
+/// (`rms_norm`, then the product without a norm), and close to the CPU's.
+#[test]
+fn normalised_products_equal_the_unfused_ops() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(29);
+    let cpu = CpuBackend::new();
+    for (k, m, rows) in [
+        (2560, 37, 1),
+        (6912, 21, 1),
+        (256, 9, 1),
+        (512, 13, 3),
+        (8960, 5, 1),
+    ] {
+        for kind in [0, 1, 2] {
+            if kind > 0 && k % 256 != 0 {
+                continue;
+            }
+            let mut tensors = Vec::new();
+            for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+                let (ty, w) = ternary(kind, k, m, 0.3 + 0.2 * i as f32, &mut rng);
+                tensors.push((name, vec![k as u64, m as u64], ty, w));
+            }
+            let nw = rng.vec(k, 1.2);
+            tensors.push(("n", vec![k as u64], GgmlType::F32, f32_bytes(&nw)));
+            let f = file(tensors);
+            let cw: Vec<_> = ["a", "b", "c"]
+                .map(|n| cpu.load_linear(&f, n).unwrap())
+                .into();
+            let gw: Vec<_> = ["a", "b", "c"]
+                .map(|n| g.load_linear(&f, n).unwrap())
+                .into();
+            let (cn, gn) = (
+                cpu.load_vector(&f, "n").unwrap(),
+                g.load_vector(&f, "n").unwrap(),
+            );
+            let (cnorm, gnorm) = (Some((&cn, 1e-5)), Some((&gn, 1e-5)));
+            let x = rng.vec(rows * k, 3.0);
+            let base = rng.vec(rows * m, 3.0);
+            let (cx, gx) = (cpu_tensor(rows, k, &x), g.upload_tensor(rows, k, &x));
+            let gh = g.rms_norm(&gx, &gn, 1e-5);
+            let read = |t: &GpuTensor| g.read(t).unwrap();
+            // (op, fused, unfused, CPU)
+            let mut all = Vec::new();
+            let fused = g.bitlinear_many(&gx, gnorm, [&gw[0], &gw[1], &gw[2]]);
+            let unfused = g.bitlinear_many(&gh, None, [&gw[0], &gw[1], &gw[2]]);
+            let want = cpu.bitlinear_many(&cx, cnorm, [&cw[0], &cw[1], &cw[2]]);
+            for i in 0..3 {
+                let (f, u) = (read(&fused[i]), read(&unfused[i]));
+                all.push((format!("many(3) #{i}"), f, u, want[i].data.clone()));
+            }
+            let fused = g.bitlinear_many(&gx, gnorm, [&gw[1], &gw[2]]);
+            let unfused = g.bitlinear_many(&gh, None, [&gw[1], &gw[2]]);
+            let want = cpu.bitlinear_many(&cx, cnorm, [&cw[1], &cw[2]]);
+            for i in 0..2 {
+                let (f, u) = (read(&fused[i]), read(&unfused[i]));
+                all.push((format!("many(2) #{i}"), f, u, want[i].data.clone()));
+            }
+            let mut f = g.upload_tensor(rows, m, &base);
+            g.bitlinear_add(&mut f, &gx, gnorm, &gw[0]);
+            let mut u = g.upload_tensor(rows, m, &base);
+            g.bitlinear_add(&mut u, &gh, None, &gw[0]);
+            let mut c = cpu_tensor(rows, m, &base);
+            cpu.bitlinear_add(&mut c, &cx, cnorm, &cw[0]);
+            all.push(("add".into(), read(&f), read(&u), c.data));
+            for act in [Activation::Relu2, Activation::Silu] {
+                let f = g.bitlinear_glu(&gx, gnorm, &gw[0], &gw[1], act);
+                let u = g.bitlinear_glu(&gh, None, &gw[0], &gw[1], act);
+                let c = cpu.bitlinear_glu(&cx, cnorm, &cw[0], &cw[1], act);
+                all.push((format!("glu {act:?}"), read(&f), read(&u), c.data));
+            }
+            for (op, fused, unfused, want) in all {
+                let what = format!("{op} kind {kind} k={k} m={m} rows={rows}");
+                assert_eq!(fused, unfused, "{what}: fused and unfused differ");
+                let e = nmse(&want, &fused);
+                assert!(e <= 5e-4, "{what}: NMSE {e} against the CPU");
+            }
+        }
+    }
+}
+
 /// q, k and v of one token in one step (`bitlinear_many` with three
 /// matrices: one `matvec3` dispatch where the device allows it) equal the
 /// CPU's three products; with several tokens, the unfused path.
@@ -296,8 +380,8 @@ fn three_projections_at_once_match() {
             };
             let (q, kk, v) = (load("q"), load("k"), load("v"));
             let x = rng.vec(rows * k, 3.0);
-            let want = cpu.bitlinear_many(&cpu_tensor(rows, k, &x), [&q.0, &kk.0, &v.0]);
-            let got = g.bitlinear_many(&g.upload_tensor(rows, k, &x), [&q.1, &kk.1, &v.1]);
+            let want = cpu.bitlinear_many(&cpu_tensor(rows, k, &x), None, [&q.0, &kk.0, &v.0]);
+            let got = g.bitlinear_many(&g.upload_tensor(rows, k, &x), None, [&q.1, &kk.1, &v.1]);
             for (i, (w, t)) in want.iter().zip(&got).enumerate() {
                 let e = nmse(&w.data, &g.read(t).unwrap());
                 let tol = if kind == 2 { 5e-4 } else { 1e-12 };

@@ -18,6 +18,8 @@ pub struct Shader {
     pub f16: bool,
     /// Calls `w3_word` and `put` ([`THIRD`] or [`NO_THIRD`]).
     pub third: bool,
+    /// Calls `quantize_row` ([`ROWQUANT`]).
+    pub rowquant: bool,
 }
 
 const fn shader(name: &'static str, src: &'static str, dot4: bool, f16: bool) -> Shader {
@@ -27,11 +29,17 @@ const fn shader(name: &'static str, src: &'static str, dot4: bool, f16: bool) ->
         dot4,
         f16,
         third: false,
+        rowquant: false,
     }
 }
 
 /// f16 <-> f32 in integer operations (a prelude, not a shader).
 pub const F16: &str = include_str!("../wgsl/f16.wgsl");
+
+/// One row of activations to int8 codes, optionally after RMSNorm (a
+/// prelude: the activation quantizer and the one-token ternary kernels
+/// share it, so both make the same codes).
+pub const ROWQUANT: &str = include_str!("../wgsl/rowquant.wgsl");
 
 /// ternary.wgsl's third matrix and its two extra outputs, for `matvec3`
 /// (a prelude: that entry point needs nine storage bindings, which not
@@ -56,16 +64,20 @@ fn put(which: u32, at: u32, y: f32) {}
 
 /// Per-token int8 activation quantization, optionally after RMSNorm (entry
 /// `quantize`).
-pub const QUANT: Shader = shader(
-    "quant.wgsl",
-    include_str!("../wgsl/quant.wgsl"),
-    false,
-    false,
-);
+pub const QUANT: Shader = Shader {
+    rowquant: true,
+    ..shader(
+        "quant.wgsl",
+        include_str!("../wgsl/quant.wgsl"),
+        false,
+        false,
+    )
+};
 /// Ternary × int8 matrix product for I2_S, TQ2_0 and TQ1_0 (entries `matmul`,
-/// and `matvec` / `matvec3` for one token).
+/// and `matvec` / `matvec3` for one token, which quantize their own input).
 pub const TERNARY: Shader = Shader {
     third: true,
+    rowquant: true,
     ..shader(
         "ternary.wgsl",
         include_str!("../wgsl/ternary.wgsl"),
@@ -121,6 +133,9 @@ impl Shader {
         }
         if self.third {
             s.push_str(if three { THIRD } else { NO_THIRD });
+        }
+        if self.rowquant {
+            s.push_str(ROWQUANT);
         }
         s.push_str(self.src);
         s

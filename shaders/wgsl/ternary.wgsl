@@ -21,8 +21,12 @@
 // its blocks in another order).
 //
 // `matmul` (several tokens): a workgroup computes ROWS output features for
-// TILE tokens; LANES threads share one weight row and split its chunks
-// (blocks), then add up. `matvec` (one token): see there.
+// TILE tokens from activations quantize.wgsl made; LANES threads share one
+// weight row and split its chunks (blocks), then add up. `matvec` and
+// `matvec3` (one token) take the float row instead and quantize it
+// themselves, after RMSNorm where `norm` = 1 (rowquant.wgsl): every
+// workgroup makes the codes in its own memory, which saves the dispatch
+// that would otherwise make them (and the one of the norm before it).
 //
 // `mode` fuses the op that follows the product (fewer dispatches per token;
 // the formulas are the CPU's, applied to the same values):
@@ -30,7 +34,8 @@
 //   2: out = relu(y)² · y2     3: out = silu(y) · y2
 // where y2 is the product with the second matrix `w2` (FFN up; gate is `w`).
 // Modes 0 and 1 bind `w` as `w2` too.
-// Needs the preludes `dot4` (dot product of four signed bytes) and f16.wgsl.
+// Needs the preludes `dot4` (dot product of four signed bytes), f16.wgsl and
+// rowquant.wgsl.
 
 struct Params {
     k: u32,       // inputs per row
@@ -46,6 +51,8 @@ struct Params {
     m3: u32,
     kind3: u32,
     wscale3: f32,
+    norm: u32,    // matvec, matvec3: RMSNorm the row before quantizing it
+    eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -55,6 +62,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read> qscale: array<f32>;  // [rows]
 @group(0) @binding(5) var<storage, read_write> out: array<f32>; // [rows][m]
 @group(0) @binding(6) var<storage, read> w2: array<u32>;
+// matvec, matvec3: the token's float row ([k]) and the norm weight ([k]).
+@group(0) @binding(10) var<storage, read> src: array<f32>;
+@group(0) @binding(11) var<storage, read> norm_w: array<f32>;
 
 const ROWS: u32 = 8u;
 const LANES: u32 = 8u;
@@ -67,6 +77,18 @@ var<workgroup> red_i: array<i32, 256>;
 var<workgroup> red_f: array<f32, 256>;
 var<workgroup> red_i2: array<i32, 256>;
 var<workgroup> red_f2: array<f32, 256>;
+// matvec, matvec3: the token's codes (rows up to 8192 wide; the host sends
+// wider ones to `matmul`) and the sums of their chunks, from `quantize_row`.
+var<workgroup> qs: array<u32, 2048>;
+var<workgroup> qss: array<i32, 64>;
+
+fn emit_word(row: u32, x0: u32, w: u32, word: u32, v: vec4<f32>) {
+    qs[w] = word;
+}
+
+fn emit_chunk(row: u32, c: u32, sum: i32) {
+    qss[c] = sum;
+}
 
 // Word i of w (which = 0), w2 (1) or w3 (2; `w3_word` comes from a
 // prelude: the real binding for `matvec3`'s module, zero elsewhere).
@@ -91,15 +113,21 @@ fn word_at(which: u32, byte: u32) -> u32 {
 
 // sum(code * q) over word i of a 128-weight chunk (bytes 4i..4i+3, the
 // weights 32l + 4i.. of each group l), whose codes are `w`, against the
-// chunk's activations from word `qw`; codes of weight 32l+b at bit 6-2l
-// (I2_S) or 2l (TQ2_0).
-fn word_codes_dot(w: u32, qw: u32, i: u32, i2s: bool) -> i32 {
+// activations `a` (a[l]: word 8l + i of the chunk's codes); codes of
+// weight 32l+b at bit 6-2l (I2_S) or 2l (TQ2_0).
+fn codes_dot(w: u32, a: vec4<u32>, i2s: bool) -> i32 {
     var s = 0;
     for (var l = 0u; l < 4u; l++) {
         let sh = select(2u * l, 6u - 2u * l, i2s);
-        s += dot4((w >> sh) & MASK, q[qw + 8u * l + i]);
+        s += dot4((w >> sh) & MASK, a[l]);
     }
     return s;
+}
+
+// `codes_dot` against the chunk's activations in `q` from word `qw`.
+fn word_codes_dot(w: u32, qw: u32, i: u32, i2s: bool) -> i32 {
+    let a = vec4<u32>(q[qw + i], q[qw + 8u + i], q[qw + 16u + i], q[qw + 24u + i]);
+    return codes_dot(w, a, i2s);
 }
 
 // The same over the whole chunk, codes `wv`.
@@ -225,12 +253,13 @@ fn partial(which: u32, kind: u32, j: u32, lane: u32, t0: u32, nt: u32) -> Partia
     return r;
 }
 
-// The rescale of a finished row sum, as the CPU does it.
-fn rescale(kind: u32, wscale: f32, isum: i32, fsum: f32, row: u32) -> f32 {
+// The rescale of a finished row sum, as the CPU does it (`qsc`: the
+// activations' scale).
+fn rescale(kind: u32, wscale: f32, isum: i32, fsum: f32, qsc: f32) -> f32 {
     if kind == 2u || kind == 4u {
-        return fsum / qscale[row];
+        return fsum / qsc;
     }
-    return f32(isum) * wscale / qscale[row];
+    return f32(isum) * wscale / qsc;
 }
 
 // Writes product y (and y2, the product with w2) at `at` as `mode` says.
@@ -266,7 +295,7 @@ fn finish(second: bool, kind: u32, wscale: f32, lid: u32, t: u32, row: u32) -> f
             fsum += red_f[at];
         }
     }
-    return rescale(kind, wscale, isum, fsum, row);
+    return rescale(kind, wscale, isum, fsum, qscale[row]);
 }
 
 @compute @workgroup_size(64)
@@ -320,14 +349,15 @@ struct Sums {
     f: f32,
 }
 
-// Word u of packed row j, holding `wv`, against the one token: sum(code *
-// q) over its 16 weights, less the chunk's sum of q on the chunk's first
-// word; kind 2 also scaled by its block's d.
+// Word u of packed row j, holding `wv`, against the one token's codes in
+// `qs`: sum(code * q) over its 16 weights, less the chunk's sum of q on the
+// chunk's first word; kind 2 also scaled by its block's d.
 fn word_dot(which: u32, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
     let ch = u / 8u;
-    var s = word_codes_dot(wv, ch * 32u, u % 8u, kind == 0u);
+    let i = ch * 32u + u % 8u;
+    var s = codes_dot(wv, vec4<u32>(qs[i], qs[i + 8u], qs[i + 16u], qs[i + 24u]), kind == 0u);
     if u % 8u == 0u {
-        s -= qsum[ch];
+        s -= qss[ch];
     }
     var r: Sums;
     r.i = s;
@@ -375,14 +405,18 @@ fn packed_rows(wa: u32, ka: u32, ja: u32, two: bool, wb: u32, kb: u32, jb: u32,
 }
 
 // One token (decode), packed weights (I2_S, TQ2_0; the host sends TQ1_0
-// to `matmul`). A workgroup of 256 takes 256 / seg rows, `seg` threads
-// per row (a power of two), and each row's threads add up in a tree. Rows
+// to `matmul`), rows of at most 8192. The workgroup first quantizes the
+// token's row into `qs` (each workgroup redoes it: the row is small and
+// sits in cache; a dispatch of its own cost more). Then it takes
+// 256 / seg weight rows, `seg` threads per row (a power of two), and each
+// row's threads add up in a tree. Rows
 // are read in words, neighbouring threads on neighbouring words, so that
 // each load of a warp is one contiguous run of weights and one of
 // activations (a thread per 128-weight chunk made every activation load
 // touch 32 cache lines).
 @compute @workgroup_size(256)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, lid);
     let seg = p.seg;
     let c = lid % seg;
     let j = wid.x * (256u / seg) + lid / seg;
@@ -422,10 +456,10 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         workgroupBarrier();
     }
     if c == 0u && j < p.m {
-        let y = rescale(p.kind, p.wscale, red_i[lid], red_f[lid], 0u);
+        let y = rescale(p.kind, p.wscale, red_i[lid], red_f[lid], qsc);
         var y2 = 0.0;
         if glu {
-            y2 = rescale(p.kind2, p.wscale2, red_i2[lid], red_f2[lid], 0u);
+            y2 = rescale(p.kind2, p.wscale2, red_i2[lid], red_f2[lid], qsc);
         }
         store(j, y, y2);
     }
@@ -437,6 +471,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 // dispatch instead of three; otherwise `matvec`.
 @compute @workgroup_size(256)
 fn matvec3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, lid);
     let seg = p.seg;
     let c = lid % seg;
     let j = wid.x * (256u / seg) + lid / seg;
@@ -472,7 +507,7 @@ fn matvec3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         workgroupBarrier();
     }
     if c == 0u && live {
-        let y = rescale(kind, wscale, red_i[lid], red_f[lid], 0u);
+        let y = rescale(kind, wscale, red_i[lid], red_f[lid], qsc);
         if which == 0u {
             out[jl] = y;
         } else {

@@ -99,19 +99,24 @@ async fn ternary_products_match_in_every_format() {
                         cpu.bitlinear(&cx, &cw).data,
                         {
                             let mut b = cpu_tensor(rows, m, &base);
-                            cpu.bitlinear_add(&mut b, &cx, &cw);
+                            cpu.bitlinear_add(&mut b, &cx, None, &cw);
                             b.data
                         },
-                        cpu.bitlinear_glu(&cx, &cw, &cw2, Activation::Relu2).data,
+                        cpu.bitlinear_glu(&cx, None, &cw, &cw2, Activation::Relu2)
+                            .data,
                     ];
                     let got = [
                         read(&g, &g.bitlinear(&gx, &gw)).await,
                         {
                             let mut b = g.upload_tensor(rows, m, &base);
-                            g.bitlinear_add(&mut b, &gx, &gw);
+                            g.bitlinear_add(&mut b, &gx, None, &gw);
                             read(&g, &b).await
                         },
-                        read(&g, &g.bitlinear_glu(&gx, &gw, &gw2, Activation::Relu2)).await,
+                        read(
+                            &g,
+                            &g.bitlinear_glu(&gx, None, &gw, &gw2, Activation::Relu2),
+                        )
+                        .await,
                     ];
                     for (op, (want, got)) in ["bitlinear", "bitlinear_add", "bitlinear_glu"]
                         .iter()

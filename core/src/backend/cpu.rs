@@ -10,7 +10,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::kernels::{self, Kernels, Packing, SimdLevel};
-use super::{bad, find, team, Backend, BackendError, KvType};
+use super::{bad, find, normed, team, Backend, BackendError, KvType};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::model::config::{Activation, BitNetConfig, RopeStyle};
 use crate::quant::{self, act, ternary};
@@ -724,12 +724,18 @@ impl Backend for CpuBackend {
     }
 
     fn bitlinear(&self, x: &CpuTensor, w: &CpuLinear) -> CpuTensor {
-        let [y] = self.bitlinear_many(x, [w]);
+        let [y] = self.bitlinear_many(x, None, [w]);
         y
     }
 
-    fn bitlinear_many<const N: usize>(&self, x: &CpuTensor, ws: [&CpuLinear; N]) -> [CpuTensor; N] {
-        let a = Quantized::new(x);
+    fn bitlinear_many<const N: usize>(
+        &self,
+        x: &CpuTensor,
+        norm: Option<(&Vec<f32>, f32)>,
+        ws: [&CpuLinear; N],
+    ) -> [CpuTensor; N] {
+        let mut h = None;
+        let a = Quantized::new(normed(self, x, norm, &mut h));
         let t = a.t;
         // Blocks of output rows of every W in one parallel loop; each row
         // is read once and dotted with every token (the packed kernels take
@@ -746,17 +752,6 @@ impl Backend for CpuBackend {
             },
             |scratch, i, row0, block| self.linear_block(&a, ws[i], scratch, row0, block),
         )
-    }
-
-    fn bitlinear_glu(
-        &self,
-        h: &CpuTensor,
-        gate: &CpuLinear,
-        up: &CpuLinear,
-        act: Activation,
-    ) -> CpuTensor {
-        let [g, u] = self.bitlinear_many(h, [gate, up]);
-        self.glu(&g, &u, act)
     }
 
     fn rope(&self, x: &mut CpuTensor, pos0: usize, cfg: &BitNetConfig) {

@@ -180,33 +180,50 @@ pub trait Backend: Send + Sync {
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor);
 
     /// BitLinear of the same activations through several projections (q,
-    /// k and v; gate and up). A backend may quantize `x` once and run them
-    /// together; the results must equal separate `bitlinear` calls.
+    /// k and v; gate and up), after RMSNorm where `norm` (weight, eps)
+    /// says. A backend may normalise and quantize `x` once and run them
+    /// together; the results must equal `rms_norm` then separate
+    /// `bitlinear` calls.
     fn bitlinear_many<const N: usize>(
         &self,
         x: &Self::Tensor,
+        norm: Option<(&Self::Vector, f32)>,
         ws: [&Self::Linear; N],
     ) -> [Self::Tensor; N] {
+        let mut h = None;
+        let x = normed(self, x, norm, &mut h);
         ws.map(|w| self.bitlinear(x, w))
     }
 
-    /// x += BitLinear(a, w): a projection and the residual add after it.
-    /// A backend may fuse the two (the GPU ones do: one dispatch, not two);
-    /// the result must equal the unfused ops'.
-    fn bitlinear_add(&self, x: &mut Self::Tensor, a: &Self::Tensor, w: &Self::Linear) {
+    /// x += BitLinear(a, w), `a` first normalised where `norm` says: a
+    /// projection and the residual add after it. A backend may fuse them
+    /// (the GPU ones do: one dispatch, not three); the result must equal
+    /// the unfused ops'.
+    fn bitlinear_add(
+        &self,
+        x: &mut Self::Tensor,
+        a: &Self::Tensor,
+        norm: Option<(&Self::Vector, f32)>,
+        w: &Self::Linear,
+    ) {
+        let mut h = None;
+        let a = normed(self, a, norm, &mut h);
         let y = self.bitlinear(a, w);
         self.add(x, &y);
     }
-    /// act(BitLinear(h, gate)) · BitLinear(h, up): the feed-forward's first
-    /// half. A backend may fuse it; the result must equal the unfused ops'.
+    /// act(BitLinear(h, gate)) · BitLinear(h, up), `h` first normalised
+    /// where `norm` says: the feed-forward's first half. A backend may fuse
+    /// it; the result must equal the unfused ops'.
     fn bitlinear_glu(
         &self,
         h: &Self::Tensor,
+        norm: Option<(&Self::Vector, f32)>,
         gate: &Self::Linear,
         up: &Self::Linear,
         act: Activation,
     ) -> Self::Tensor {
-        self.glu(&self.bitlinear(h, gate), &self.bitlinear(h, up), act)
+        let [g, u] = self.bitlinear_many(h, norm, [gate, up]);
+        self.glu(&g, &u, act)
     }
     /// Logits of the last row only (`last_only`) or of every row.
     fn logits(&self, x: &Self::Tensor, table: &Self::Table, last_only: bool) -> Self::Tensor;
@@ -221,5 +238,19 @@ pub trait Backend: Send + Sync {
         x: &'a Self::Tensor,
     ) -> impl std::future::Future<Output = Result<Vec<f32>, BackendError>> + 'a {
         std::future::ready(self.read(x))
+    }
+}
+
+/// `x`, or where `norm` (weight, eps) says its RMSNorm, kept in `h`: the
+/// unfused first step of the `bitlinear_*` ops.
+pub fn normed<'a, B: Backend + ?Sized>(
+    b: &B,
+    x: &'a B::Tensor,
+    norm: Option<(&B::Vector, f32)>,
+    h: &'a mut Option<B::Tensor>,
+) -> &'a B::Tensor {
+    match norm {
+        Some((w, eps)) => h.insert(b.rms_norm(x, w, eps)),
+        None => x,
     }
 }

@@ -252,22 +252,19 @@ impl<B: Backend> BitNet<B> {
             let mut x = b.embed(&self.embedding, tokens);
             for (i, l) in self.layers.iter().enumerate() {
                 // Attention block.
-                let h = b.rms_norm(&x, &l.attn_norm, c.rms_eps);
-                let [mut q, mut k, v] = b.bitlinear_many(&h, [&l.wq, &l.wk, &l.wv]);
+                let eps = c.rms_eps;
+                let norm = Some((&l.attn_norm, eps));
+                let [mut q, mut k, v] = b.bitlinear_many(&x, norm, [&l.wq, &l.wk, &l.wv]);
                 b.rope_qk(&mut q, &mut k, pos0, c);
-                let mut a = b.attention(&q, &k, &v, &mut s.cache, i, pos0, c);
-                if let Some(w) = &l.attn_sub_norm {
-                    a = b.rms_norm(&a, w, c.rms_eps);
-                }
-                b.bitlinear_add(&mut x, &a, &l.wo);
+                let a = b.attention(&q, &k, &v, &mut s.cache, i, pos0, c);
+                let sub = l.attn_sub_norm.as_ref().map(|w| (w, eps));
+                b.bitlinear_add(&mut x, &a, sub, &l.wo);
 
                 // Feed-forward block.
-                let h = b.rms_norm(&x, &l.ffn_norm, c.rms_eps);
-                let mut m = b.bitlinear_glu(&h, &l.gate, &l.up, c.activation);
-                if let Some(w) = &l.ffn_sub_norm {
-                    m = b.rms_norm(&m, w, c.rms_eps);
-                }
-                b.bitlinear_add(&mut x, &m, &l.down);
+                let norm = Some((&l.ffn_norm, eps));
+                let m = b.bitlinear_glu(&x, norm, &l.gate, &l.up, c.activation);
+                let sub = l.ffn_sub_norm.as_ref().map(|w| (w, eps));
+                b.bitlinear_add(&mut x, &m, sub, &l.down);
             }
 
             let x = b.rms_norm(&x, &self.output_norm, c.rms_eps);

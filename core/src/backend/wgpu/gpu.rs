@@ -128,7 +128,7 @@ impl Op {
                 (5, Read),
                 (6, Write),
             ],
-            Op::Matmul | Op::Matvec => &[
+            Op::Matmul => &[
                 (1, Read),
                 (2, Read),
                 (3, Read),
@@ -136,11 +136,11 @@ impl Op {
                 (5, Write),
                 (6, Read),
             ],
+            Op::Matvec => &[(1, Read), (10, Read), (11, Read), (5, Write), (6, Read)],
             Op::Matvec3 => &[
                 (1, Read),
-                (2, Read),
-                (3, Read),
-                (4, Read),
+                (10, Read),
+                (11, Read),
                 (5, Write),
                 (6, Read),
                 (7, Read),

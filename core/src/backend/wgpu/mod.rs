@@ -27,7 +27,7 @@ pub use device::{DeviceChoice, WgpuError};
 use gpu::{Gpu, GpuBuf, Op};
 
 use super::cpu::{rope_sin_cos, uniform_block_scale};
-use super::{bad, find, Backend, BackendError, KvType};
+use super::{bad, find, normed, Backend, BackendError, KvType};
 use crate::gguf::{GgmlType, GgufFile};
 use crate::model::config::{Activation, BitNetConfig, RopeStyle};
 use crate::quant::{self, ternary};
@@ -122,6 +122,19 @@ struct State {
     /// The last quantized activations: q, k and v (gate and up) share one.
     quantized: Mutex<Option<Quantized>>,
     tokens: Mutex<Option<GpuBuf>>,
+}
+
+/// The widest row the one-token kernels take: they quantize it into
+/// workgroup memory (ternary.wgsl's `qs`, 8 KiB).
+const MATVEC_MAX_K: usize = 8192;
+
+/// The norm flag, eps and weight buffer of a one-token kernel (without a
+/// norm the weight binding gets `x`, never read).
+fn norm_args<'a>(x: &'a GpuTensor, norm: Option<(&'a GpuVector, f32)>) -> (u32, f32, &'a GpuBuf) {
+    match norm {
+        Some((v, eps)) => (1, eps, &v.buf),
+        None => (0, 0.0, x.buf()),
+    }
 }
 
 /// Workgroups for `n` of them, spread over y past the per-dimension limit
@@ -312,34 +325,53 @@ impl WgpuBackend {
         Ok(buf)
     }
 
-    /// Records `out (mode) x × w` (ternary.wgsl's modes: 0 write, 1 add,
-    /// 2/3 GLU with `w2`).
-    fn matmul(
+    /// Records `out (mode) x × w`, `x` first normalised where `norm` says
+    /// (ternary.wgsl's modes: 0 write, 1 add, 2/3 GLU with `w2`).
+    fn product(
         &self,
         x: &GpuTensor,
+        norm: Option<(&GpuVector, f32)>,
         w: &GpuLinear,
         w2: Option<&GpuLinear>,
         mode: u32,
         out: &GpuTensor,
     ) {
         debug_assert_eq!(x.cols, w.k);
-        let (q, qsum, qscale) = self.quantize(x);
         let second = w2.unwrap_or(w);
-        // One token, packed weights (I2_S, TQ2_0): `matvec`. TQ1_0 (kinds
-        // 3, 4) always goes to `matmul`.
         let seg = self.matvec_seg(w.k);
-        let vec_groups = w.m.div_ceil(256 / seg);
-        let packed = w.kind < 3 && second.kind < 3;
-        let (op, groups) = if x.rows == 1 && packed && vec_groups <= 65535 {
-            (Op::Matvec, [vec_groups as u32, 1, 1])
-        } else {
-            (
-                Op::Matmul,
-                [w.m.div_ceil(8) as u32, x.rows.div_ceil(4) as u32, 1],
-            )
-        };
+        let groups = w.m.div_ceil(256 / seg);
+        if self.one_token(x, &[w, second]) && groups <= 65535 {
+            // `matvec` normalises and quantizes the row itself.
+            let (flag, eps, nw) = norm_args(x, norm);
+            self.gpu.dispatch(
+                Op::Matvec,
+                &[
+                    w.k as u32,
+                    w.m as u32,
+                    1,
+                    w.kind,
+                    w.scale.to_bits(),
+                    mode,
+                    second.kind,
+                    second.scale.to_bits(),
+                    seg as u32,
+                    0,
+                    0,
+                    0,
+                    0,
+                    flag,
+                    eps.to_bits(),
+                ],
+                &[&w.w, x.buf(), nw, out.buf(), &second.w],
+                [groups as u32, 1, 1],
+            );
+            return;
+        }
+        let mut h = None;
+        let x = normed(self, x, norm, &mut h);
+        let (q, qsum, qscale) = self.quantize(x);
         self.gpu.dispatch(
-            op,
+            Op::Matmul,
             &[
                 w.k as u32,
                 w.m as u32,
@@ -349,11 +381,20 @@ impl WgpuBackend {
                 mode,
                 second.kind,
                 second.scale.to_bits(),
-                seg as u32,
             ],
             &[&w.w, &q, &qsum, &qscale, out.buf(), &second.w],
-            groups,
+            [w.m.div_ceil(8) as u32, x.rows.div_ceil(4) as u32, 1],
         );
+    }
+
+    /// Whether `x` goes through the one-token kernels with `ws`: one row
+    /// of at most [`MATVEC_MAX_K`], packed weights (I2_S, TQ2_0; TQ1_0
+    /// always takes `matmul`).
+    fn one_token(&self, x: &GpuTensor, ws: &[&GpuLinear]) -> bool {
+        x.rows == 1
+            && x.cols % 128 == 0
+            && x.cols <= MATVEC_MAX_K
+            && ws.iter().all(|w| w.kind < 3 && w.k == x.cols)
     }
 
     /// RoPE on `x`, and on `x2` (same rows) in the same dispatch.
@@ -705,68 +746,89 @@ impl Backend for WgpuBackend {
 
     fn bitlinear(&self, x: &GpuTensor, w: &GpuLinear) -> GpuTensor {
         let out = self.tensor(x.rows, w.m);
-        self.matmul(x, w, None, 0, &out);
+        self.product(x, None, w, None, 0, &out);
         out
     }
 
-    fn bitlinear_many<const N: usize>(&self, x: &GpuTensor, ws: [&GpuLinear; N]) -> [GpuTensor; N] {
-        // Three packed matrices and one token (q, k and v while decoding):
-        // one `matvec3` dispatch where the device has the bindings for it.
+    fn bitlinear_many<const N: usize>(
+        &self,
+        x: &GpuTensor,
+        norm: Option<(&GpuVector, f32)>,
+        ws: [&GpuLinear; N],
+    ) -> [GpuTensor; N] {
+        let one = self.one_token(x, &ws);
+        // Three matrices and one token (q, k and v while decoding): one
+        // `matvec3` dispatch where the device has the bindings for it.
         let seg = self.matvec_seg(x.cols);
         let groups = ws.iter().map(|w| w.m).sum::<usize>().div_ceil(256 / seg);
-        let fused = N == 3
-            && x.rows == 1
-            && self.gpu.has(Op::Matvec3)
-            && groups <= 65535
-            && ws.iter().all(|w| w.kind < 3 && w.k == x.cols);
-        if !fused {
-            return ws.map(|w| self.bitlinear(x, w));
+        if N == 3 && one && self.gpu.has(Op::Matvec3) && groups <= 65535 {
+            let outs = ws.map(|w| self.tensor(1, w.m));
+            let (a, b, c) = (ws[0], ws[1], ws[2]);
+            let (flag, eps, nw) = norm_args(x, norm);
+            self.gpu.dispatch(
+                Op::Matvec3,
+                &[
+                    a.k as u32,
+                    a.m as u32,
+                    1,
+                    a.kind,
+                    a.scale.to_bits(),
+                    0,
+                    b.kind,
+                    b.scale.to_bits(),
+                    seg as u32,
+                    b.m as u32,
+                    c.m as u32,
+                    c.kind,
+                    c.scale.to_bits(),
+                    flag,
+                    eps.to_bits(),
+                ],
+                &[
+                    &a.w,
+                    x.buf(),
+                    nw,
+                    outs[0].buf(),
+                    &b.w,
+                    &c.w,
+                    outs[1].buf(),
+                    outs[2].buf(),
+                ],
+                [groups as u32, 1, 1],
+            );
+            return outs;
         }
-        let outs = ws.map(|w| self.tensor(1, w.m));
-        let (q, qsum, qscale) = self.quantize(x);
-        let (a, b, c) = (ws[0], ws[1], ws[2]);
-        self.gpu.dispatch(
-            Op::Matvec3,
-            &[
-                a.k as u32,
-                a.m as u32,
-                1,
-                a.kind,
-                a.scale.to_bits(),
-                0,
-                b.kind,
-                b.scale.to_bits(),
-                seg as u32,
-                b.m as u32,
-                c.m as u32,
-                c.kind,
-                c.scale.to_bits(),
-            ],
-            &[
-                &a.w,
-                &q,
-                &qsum,
-                &qscale,
-                outs[0].buf(),
-                &b.w,
-                &c.w,
-                outs[1].buf(),
-                outs[2].buf(),
-            ],
-            [groups as u32, 1, 1],
-        );
-        outs
+        // One token: each product normalises and quantizes the row itself.
+        // Several: normalised (and quantized) once for all.
+        let mut h = None;
+        let (x, norm) = if one {
+            (x, norm)
+        } else {
+            (normed(self, x, norm, &mut h), None)
+        };
+        ws.map(|w| {
+            let out = self.tensor(x.rows, w.m);
+            self.product(x, norm, w, None, 0, &out);
+            out
+        })
     }
 
-    fn bitlinear_add(&self, x: &mut GpuTensor, a: &GpuTensor, w: &GpuLinear) {
+    fn bitlinear_add(
+        &self,
+        x: &mut GpuTensor,
+        a: &GpuTensor,
+        norm: Option<(&GpuVector, f32)>,
+        w: &GpuLinear,
+    ) {
         debug_assert_eq!((x.rows, x.cols), (a.rows, w.m));
-        self.matmul(a, w, None, 1, x);
+        self.product(a, norm, w, None, 1, x);
         x.gen = next_gen();
     }
 
     fn bitlinear_glu(
         &self,
         h: &GpuTensor,
+        norm: Option<(&GpuVector, f32)>,
         gate: &GpuLinear,
         up: &GpuLinear,
         act: Activation,
@@ -777,7 +839,7 @@ impl Backend for WgpuBackend {
             Activation::Relu2 => 2,
             Activation::Silu => 3,
         };
-        self.matmul(h, gate, Some(up), mode, &out);
+        self.product(h, norm, gate, Some(up), mode, &out);
         out
     }
 

@@ -1,0 +1,172 @@
+// One row of activations to int8 codes, the CPU rule bit for bit
+// (core/src/quant/act.rs): scale = 127 / max(absmax, 1e-5), correctly
+// rounded; q = clamp(round(x * scale), -128, 127) with ties to even. With
+// `norm` the row is first RMS-normalised as norm.wgsl does
+// (x * (1 / sqrt(mean(x²) + eps)) * w, in that order), and the normalised
+// values are what get quantized.
+//
+// A prelude, not a shader: quant.wgsl (codes to buffers) and ternary.wgsl's
+// one-token kernels (codes to workgroup memory, then the product) call the
+// same `quantize_row`, so both make the same codes from the same row. The
+// module declares the row source `src: array<f32>`, the norm weight
+// `norm_w: array<f32>` ([k]), and where the results go:
+//   fn emit_word(row: u32, x0: u32, w: u32, word: u32, v: vec4<f32>)
+//       word w of the row: its four codes packed (byte n is element
+//       4w + n) and the four values they were made from;
+//   fn emit_chunk(row: u32, c: u32, sum: i32)
+//       the sum of the codes of 128-element chunk c (the ternary kernels
+//       subtract it to turn 2-bit codes 0..2 into weights -1..1).
+// All 256 threads of a workgroup call `quantize_row` together (it has
+// barriers); each takes whole words, word w = lid + 256 * j, so the 32
+// words of a chunk are handled by 32 threads at once.
+
+const RQ_WG: u32 = 256u;
+// Chunk sums are gathered for this many chunks at a time.
+const RQ_CHUNKS: u32 = 64u;
+var<workgroup> rq_red: array<f32, 256>;
+var<workgroup> rq_csum: array<atomic<i32>, 64>;
+
+// 127 / a, correctly rounded to nearest even (WGSL's `/` may be 2.5 ulp off,
+// and the scale must equal the CPU's). `a` is finite and >= 1e-5, so it is
+// a normal number and so is the result. Long division of 127 by a's 24-bit
+// significand, one quotient bit per step, until the quotient has 26 bits.
+fn recip127(a: f32) -> f32 {
+    let bits = bitcast<u32>(a);
+    if ((bits >> 23u) & 0xffu) == 0xffu {
+        // 127 / inf = 0, as on the CPU; NaN stays NaN.
+        return select(a, 0.0, (bits & 0x7fffffu) == 0u);
+    }
+    let m = (bits & 0x7fffffu) | 0x800000u;  // a = m * 2^ea
+    let ea = i32((bits >> 23u) & 0xffu) - 150;
+    var rem = 127u;
+    var quo = 0u;
+    var steps = 0;
+    loop {
+        rem = rem << 1u;
+        quo = quo << 1u;
+        steps += 1;
+        if rem >= m {
+            rem -= m;
+            quo |= 1u;
+        }
+        if quo >= 0x2000000u {
+            break;
+        }
+    }
+    // 127 / a = (quo + rem / m) * 2^(-steps - ea); keep 24 bits, round.
+    var mant = quo >> 2u;
+    let guard = (quo >> 1u) & 1u;
+    let sticky = (quo & 1u) | select(0u, 1u, rem != 0u);
+    if guard == 1u && (sticky == 1u || (mant & 1u) == 1u) {
+        mant += 1u;
+    }
+    var e = 2 - steps - ea;  // value = mant * 2^e
+    if mant == 0x1000000u {
+        mant = mant >> 1u;
+        e += 1;
+    }
+    return bitcast<f32>((u32(e + 150) << 23u) | (mant & 0x7fffffu));
+}
+
+// The sum (or the max) of every thread's `v`.
+fn rq_reduce(lid: u32, v: f32, is_max: bool) -> f32 {
+    rq_red[lid] = v;
+    workgroupBarrier();
+    for (var s = RQ_WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            if is_max {
+                rq_red[lid] = max(rq_red[lid], rq_red[lid + s]);
+            } else {
+                rq_red[lid] += rq_red[lid + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    let r = rq_red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Word w (elements 4w..4w+3) of the row starting at x0, normalised with
+// `inv` where `normed`.
+fn rq_word4(x0: u32, w: u32, normed: bool, inv: f32) -> vec4<f32> {
+    let i = x0 + 4u * w;
+    let v = vec4<f32>(src[i], src[i + 1u], src[i + 2u], src[i + 3u]);
+    if normed {
+        let g = vec4<f32>(norm_w[4u * w], norm_w[4u * w + 1u], norm_w[4u * w + 2u], norm_w[4u * w + 3u]);
+        return v * inv * g;
+    }
+    return v;
+}
+
+// Quantizes row `row` (k elements from src[x0], k a multiple of 128),
+// emitting its words and chunk sums; returns its scale. The loops go four
+// words per step, all loaded before any is used.
+fn quantize_row(row: u32, x0: u32, k: u32, norm: bool, eps: f32, lid: u32) -> f32 {
+    let words = k / 4u;
+    var inv = 1.0;
+    if norm {
+        var ss = 0.0;
+        for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
+            var v = array<vec4<f32>, 4>();
+            for (var u = 0u; u < 4u; u++) {
+                if w0 + u * RQ_WG < words {
+                    v[u] = rq_word4(x0, w0 + u * RQ_WG, false, inv);
+                }
+            }
+            for (var u = 0u; u < 4u; u++) {
+                ss += dot(v[u], v[u]);
+            }
+        }
+        inv = 1.0 / sqrt(rq_reduce(lid, ss, false) / f32(k) + eps);
+    }
+    var amax = vec4<f32>(0.0);
+    for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
+        var v = array<vec4<f32>, 4>();
+        for (var u = 0u; u < 4u; u++) {
+            if w0 + u * RQ_WG < words {
+                v[u] = rq_word4(x0, w0 + u * RQ_WG, norm, inv);
+            }
+        }
+        for (var u = 0u; u < 4u; u++) {
+            amax = max(amax, abs(v[u]));
+        }
+    }
+    let scale = recip127(max(rq_reduce(lid, max(max(amax.x, amax.y), max(amax.z, amax.w)), true), 1e-5));
+    let chunks = k / 128u;
+    for (var c0 = 0u; c0 < chunks; c0 += RQ_CHUNKS) {
+        if lid < RQ_CHUNKS {
+            atomicStore(&rq_csum[lid], 0);
+        }
+        workgroupBarrier();
+        let end = min(words, (c0 + RQ_CHUNKS) * 32u);
+        for (var w0 = c0 * 32u + lid; w0 < end; w0 += 4u * RQ_WG) {
+            var v = array<vec4<f32>, 4>();
+            for (var u = 0u; u < 4u; u++) {
+                if w0 + u * RQ_WG < end {
+                    v[u] = rq_word4(x0, w0 + u * RQ_WG, norm, inv);
+                }
+            }
+            for (var u = 0u; u < 4u; u++) {
+                let w = w0 + u * RQ_WG;
+                if w < end {
+                    var word = 0u;
+                    var sum = 0;
+                    for (var n = 0u; n < 4u; n++) {
+                        let c = i32(clamp(round(v[u][n] * scale), -128.0, 127.0));
+                        sum += c;
+                        word |= (u32(c) & 0xffu) << (8u * n);
+                    }
+                    emit_word(row, x0, w, word, v[u]);
+                    atomicAdd(&rq_csum[w / 32u - c0], sum);
+                }
+            }
+        }
+        workgroupBarrier();
+        if lid < min(RQ_CHUNKS, chunks - c0) {
+            emit_chunk(row, c0 + lid, atomicLoad(&rq_csum[lid]));
+        }
+        workgroupBarrier();
+    }
+    return scale;
+}
