@@ -62,8 +62,10 @@ for _ in range(10):
 ts.sort(); print(f"copy 2 GiB: median {ts[5]:.3f} ms -> {2 * n / ts[5] / 1e6:.0f} GB/s (read+write)")
 EOF
 
+if [ -z "${NO_TESTS:-}" ]; then  # NO_TESTS=1: benchmarks only
 echo "== parity tests (wgpu vs CPU) on the GPU"
 REQUIRE_GPU=1 timeout 240 .gpu/wgpu-test --test-threads 4 2>&1 | tail -25 | tee "$OUT/tests.txt"
+fi
 
 echo "== 2B4T-shaped model"
 M=/tmp/2b4t-i2s.gguf

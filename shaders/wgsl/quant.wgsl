@@ -35,6 +35,10 @@ fn emit_word(row: u32, x0: u32, w: u32, word: u32, v: vec4<f32>) {
     q[row * (p.k / 4u) + w] = word;
 }
 
+fn code_word(row: u32, w: u32) -> u32 {
+    return q[row * (p.k / 4u) + w];
+}
+
 fn emit_chunk(row: u32, c: u32, sum: i32) {
     qsum[row * (p.k / 128u) + c] = sum;
 }

@@ -13,18 +13,17 @@
 //   fn emit_word(row: u32, x0: u32, w: u32, word: u32, v: vec4<f32>)
 //       word w of the row: its four codes packed (byte n is element
 //       4w + n) and the four values they were made from;
+//   fn code_word(row: u32, w: u32) -> u32
+//       word w as emitted (read back once every word is out);
 //   fn emit_chunk(row: u32, c: u32, sum: i32)
 //       the sum of the codes of 128-element chunk c (the ternary kernels
 //       subtract it to turn 2-bit codes 0..2 into weights -1..1).
 // All 256 threads of a workgroup call `quantize_row` together (it has
-// barriers); each takes whole words, word w = lid + 256 * j, so the 32
-// words of a chunk are handled by 32 threads at once.
+// barriers); each takes whole words, word w = lid + 256 * j. When it
+// returns, every word and chunk sum is out and visible to the workgroup.
 
 const RQ_WG: u32 = 256u;
-// Chunk sums are gathered for this many chunks at a time.
-const RQ_CHUNKS: u32 = 64u;
 var<workgroup> rq_red: array<f32, 256>;
-var<workgroup> rq_csum: array<atomic<i32>, 64>;
 
 // 127 / a, correctly rounded to nearest even (WGSL's `/` may be 2.5 ulp off,
 // and the scale must equal the CPU's). `a` is finite and >= 1e-5, so it is
@@ -133,40 +132,39 @@ fn quantize_row(row: u32, x0: u32, k: u32, norm: bool, eps: f32, lid: u32) -> f3
         }
     }
     let scale = recip127(max(rq_reduce(lid, max(max(amax.x, amax.y), max(amax.z, amax.w)), true), 1e-5));
-    let chunks = k / 128u;
-    for (var c0 = 0u; c0 < chunks; c0 += RQ_CHUNKS) {
-        if lid < RQ_CHUNKS {
-            atomicStore(&rq_csum[lid], 0);
-        }
-        workgroupBarrier();
-        let end = min(words, (c0 + RQ_CHUNKS) * 32u);
-        for (var w0 = c0 * 32u + lid; w0 < end; w0 += 4u * RQ_WG) {
-            var v = array<vec4<f32>, 4>();
-            for (var u = 0u; u < 4u; u++) {
-                if w0 + u * RQ_WG < end {
-                    v[u] = rq_word4(x0, w0 + u * RQ_WG, norm, inv);
-                }
-            }
-            for (var u = 0u; u < 4u; u++) {
-                let w = w0 + u * RQ_WG;
-                if w < end {
-                    var word = 0u;
-                    var sum = 0;
-                    for (var n = 0u; n < 4u; n++) {
-                        let c = i32(clamp(round(v[u][n] * scale), -128.0, 127.0));
-                        sum += c;
-                        word |= (u32(c) & 0xffu) << (8u * n);
-                    }
-                    emit_word(row, x0, w, word, v[u]);
-                    atomicAdd(&rq_csum[w / 32u - c0], sum);
-                }
+    for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
+        var v = array<vec4<f32>, 4>();
+        for (var u = 0u; u < 4u; u++) {
+            if w0 + u * RQ_WG < words {
+                v[u] = rq_word4(x0, w0 + u * RQ_WG, norm, inv);
             }
         }
-        workgroupBarrier();
-        if lid < min(RQ_CHUNKS, chunks - c0) {
-            emit_chunk(row, c0 + lid, atomicLoad(&rq_csum[lid]));
+        for (var u = 0u; u < 4u; u++) {
+            let w = w0 + u * RQ_WG;
+            if w < words {
+                var word = 0u;
+                for (var n = 0u; n < 4u; n++) {
+                    let c = i32(clamp(round(v[u][n] * scale), -128.0, 127.0));
+                    word |= (u32(c) & 0xffu) << (8u * n);
+                }
+                emit_word(row, x0, w, word, v[u]);
+            }
         }
-        workgroupBarrier();
     }
+    // Chunk sums from the codes as emitted: a thread per chunk, no atomics.
+    storageBarrier();
+    workgroupBarrier();
+    for (var c = lid; c < k / 128u; c += RQ_WG) {
+        var sum = 0;
+        for (var i = 0u; i < 32u; i++) {
+            let word = code_word(row, 32u * c + i);
+            for (var n = 0u; n < 4u; n++) {
+                sum += bitcast<i32>(word << (24u - 8u * n)) >> 24u;
+            }
+        }
+        emit_chunk(row, c, sum);
+    }
+    storageBarrier();
+    workgroupBarrier();
     return scale;
 }

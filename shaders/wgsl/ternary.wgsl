@@ -86,6 +86,10 @@ fn emit_word(row: u32, x0: u32, w: u32, word: u32, v: vec4<f32>) {
     qs[w] = word;
 }
 
+fn code_word(row: u32, w: u32) -> u32 {
+    return qs[w];
+}
+
 fn emit_chunk(row: u32, c: u32, sum: i32) {
     qss[c] = sum;
 }
@@ -368,39 +372,60 @@ fn word_dot(which: u32, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
     return r;
 }
 
+// Eight words of each matrix: a lane's step of `packed_rows`.
+struct Batch {
+    a: array<u32, 8>,
+    b: array<u32, 8>,
+}
+
+// Lane `lane`'s words u0, u0 + seg, ... (eight) of packed row ja of matrix
+// `wa` (kind ka) and with `two` of row jb of `wb` (kind kb); zero past the
+// row's end.
+fn batch(wa: u32, ka: u32, ja: u32, two: bool, wb: u32, kb: u32, jb: u32,
+         u0: u32, seg: u32) -> Batch {
+    let words = p.k / 16u;
+    var r: Batch;
+    for (var v = 0u; v < 8u; v++) {
+        let u = u0 + v * seg;
+        if u < words {
+            r.a[v] = word_at(wa, word_byte(ka, ja, u));
+            if two {
+                r.b[v] = word_at(wb, word_byte(kb, jb, u));
+            }
+        }
+    }
+    return r;
+}
+
 // Lane `lane` of `seg` threads of packed row ja of matrix `wa` (kind ka),
 // and with `two` of row jb of matrix `wb` (kind kb): words lane, lane +
 // seg, ... Neighbouring lanes read neighbouring words (weights and
-// activations alike), eight words of each matrix per step, all loaded
-// before any is used.
+// activations alike). `first` is the lane's first batch, which the caller
+// loaded before it quantized the token (so the weights are on their way
+// meanwhile); every step loads the next batch before it uses the current.
 fn packed_rows(wa: u32, ka: u32, ja: u32, two: bool, wb: u32, kb: u32, jb: u32,
-               lane: u32, seg: u32, a: ptr<function, Sums>, b: ptr<function, Sums>) {
+               lane: u32, seg: u32, first: Batch, a: ptr<function, Sums>, b: ptr<function, Sums>) {
     let words = p.k / 16u;
+    var cur = first;
     for (var u0 = lane; u0 < words; u0 += 8u * seg) {
-        var va = array<u32, 8>();
-        var vb = array<u32, 8>();
-        for (var v = 0u; v < 8u; v++) {
-            let u = u0 + v * seg;
-            if u < words {
-                va[v] = word_at(wa, word_byte(ka, ja, u));
-                if two {
-                    vb[v] = word_at(wb, word_byte(kb, jb, u));
-                }
-            }
+        var next: Batch;
+        if u0 + 8u * seg < words {
+            next = batch(wa, ka, ja, two, wb, kb, jb, u0 + 8u * seg, seg);
         }
         for (var v = 0u; v < 8u; v++) {
             let u = u0 + v * seg;
             if u < words {
-                let x = word_dot(wa, ka, ja, u, va[v]);
+                let x = word_dot(wa, ka, ja, u, cur.a[v]);
                 (*a).i += x.i;
                 (*a).f += x.f;
                 if two {
-                    let y = word_dot(wb, kb, jb, u, vb[v]);
+                    let y = word_dot(wb, kb, jb, u, cur.b[v]);
                     (*b).i += y.i;
                     (*b).f += y.f;
                 }
             }
         }
+        cur = next;
     }
 }
 
@@ -416,18 +441,22 @@ fn packed_rows(wa: u32, ka: u32, ja: u32, two: bool, wb: u32, kb: u32, jb: u32,
 // touch 32 cache lines).
 @compute @workgroup_size(256)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, lid);
     let seg = p.seg;
     let c = lid % seg;
     let j = wid.x * (256u / seg) + lid / seg;
     let glu = p.mode >= 2u;
+    var first: Batch;
+    if j < p.m {
+        first = batch(0u, p.kind, j, glu, 1u, p.kind2, j, c, seg);
+    }
+    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, lid);
     // Float sums only for per-block scales.
     let fa = p.kind == 2u;
     let fb = glu && p.kind2 == 2u;
     var a: Sums;
     var b: Sums;
     if j < p.m {
-        packed_rows(0u, p.kind, j, glu, 1u, p.kind2, j, c, seg, &a, &b);
+        packed_rows(0u, p.kind, j, glu, 1u, p.kind2, j, c, seg, first, &a, &b);
     }
     red_i[lid] = a.i;
     if fa {
@@ -471,7 +500,6 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 // dispatch instead of three; otherwise `matvec`.
 @compute @workgroup_size(256)
 fn matvec3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, lid);
     let seg = p.seg;
     let c = lid % seg;
     let j = wid.x * (256u / seg) + lid / seg;
@@ -491,10 +519,15 @@ fn matvec3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         wscale = p.wscale2;
     }
     let live = j < p.m + p.m2 + p.m3;
+    var first: Batch;
+    if live {
+        first = batch(which, kind, jl, false, 0u, 0u, 0u, c, seg);
+    }
+    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, lid);
     var a: Sums;
     var unused: Sums;
     if live {
-        packed_rows(which, kind, jl, false, 0u, 0u, 0u, c, seg, &a, &unused);
+        packed_rows(which, kind, jl, false, 0u, 0u, 0u, c, seg, first, &a, &unused);
     }
     red_i[lid] = a.i;
     red_f[lid] = a.f;
