@@ -69,7 +69,7 @@ pub const QUANT: Shader = Shader {
     ..shader(
         "quant.wgsl",
         include_str!("../wgsl/quant.wgsl"),
-        false,
+        true,
         false,
     )
 };

@@ -39,6 +39,11 @@ fn code_word(row: u32, w: u32) -> u32 {
     return q[row * (p.k / 4u) + w];
 }
 
+fn rq_sync() {
+    storageBarrier();
+    workgroupBarrier();
+}
+
 fn emit_chunk(row: u32, c: u32, sum: i32) {
     qsum[row * (p.k / 128u) + c] = sum;
 }

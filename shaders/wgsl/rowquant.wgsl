@@ -5,7 +5,7 @@
 // (x * (1 / sqrt(mean(x²) + eps)) * w, in that order), and the normalised
 // values are what get quantized.
 //
-// A prelude, not a shader: quant.wgsl (codes to buffers) and ternary.wgsl's
+// Needs the `dot4` prelude. A prelude, not a shader: quant.wgsl (codes to buffers) and ternary.wgsl's
 // one-token kernels (codes to workgroup memory, then the product) call the
 // same `quantize_row`, so both make the same codes from the same row. The
 // module declares the row source `src: array<f32>`, the norm weight
@@ -15,6 +15,10 @@
 //       4w + n) and the four values they were made from;
 //   fn code_word(row: u32, w: u32) -> u32
 //       word w as emitted (read back once every word is out);
+//   fn rq_sync()
+//       a barrier that makes emitted words and chunk sums visible to the
+//       whole workgroup (a storage barrier only where they go to buffers:
+//       on an H100 it costs microseconds).
 //   fn emit_chunk(row: u32, c: u32, sum: i32)
 //       the sum of the codes of 128-element chunk c (the ternary kernels
 //       subtract it to turn 2-bit codes 0..2 into weights -1..1).
@@ -37,9 +41,11 @@ fn recip127(a: f32) -> f32 {
     }
     let m = (bits & 0x7fffffu) | 0x800000u;  // a = m * 2^ea
     let ea = i32((bits >> 23u) & 0xffu) - 150;
-    var rem = 127u;
+    // The first 16 steps give no quotient bits (127 * 2^16 < 2^23 <= m):
+    // start after them.
+    var rem = 127u << 16u;
     var quo = 0u;
-    var steps = 0;
+    var steps = 16;
     loop {
         rem = rem << 1u;
         quo = quo << 1u;
@@ -151,20 +157,19 @@ fn quantize_row(row: u32, x0: u32, k: u32, norm: bool, eps: f32, lid: u32) -> f3
             }
         }
     }
-    // Chunk sums from the codes as emitted: a thread per chunk, no atomics.
-    storageBarrier();
-    workgroupBarrier();
+    // Chunk sums from the codes as emitted: a thread per chunk, four
+    // words per step (the sum of a word's codes is its dot product with
+    // four ones), no atomics.
+    rq_sync();
     for (var c = lid; c < k / 128u; c += RQ_WG) {
-        var sum = 0;
-        for (var i = 0u; i < 32u; i++) {
-            let word = code_word(row, 32u * c + i);
-            for (var n = 0u; n < 4u; n++) {
-                sum += bitcast<i32>(word << (24u - 8u * n)) >> 24u;
-            }
+        var s = vec4<i32>(0);
+        for (var i = 0u; i < 32u; i += 4u) {
+            let w0 = 32u * c + i;
+            s += vec4<i32>(dot4(code_word(row, w0), 0x01010101u), dot4(code_word(row, w0 + 1u), 0x01010101u),
+                           dot4(code_word(row, w0 + 2u), 0x01010101u), dot4(code_word(row, w0 + 3u), 0x01010101u));
         }
-        emit_chunk(row, c, sum);
+        emit_chunk(row, c, (s.x + s.y) + (s.z + s.w));
     }
-    storageBarrier();
-    workgroupBarrier();
+    rq_sync();
     return scale;
 }

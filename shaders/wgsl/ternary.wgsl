@@ -90,6 +90,10 @@ fn code_word(row: u32, w: u32) -> u32 {
     return qs[w];
 }
 
+fn rq_sync() {
+    workgroupBarrier();
+}
+
 fn emit_chunk(row: u32, c: u32, sum: i32) {
     qss[c] = sum;
 }
