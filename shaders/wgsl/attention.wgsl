@@ -13,11 +13,6 @@
 // write their row's K and V into the cache; every workgroup reads
 // positions pos0.. from `k_new` / `v_new` (as the cache would hold them),
 // since other workgroups' writes are not visible within the dispatch.
-//
-// With `rope` = 1 the queries and the new keys arrive unrotated and get
-// RoPE here, as rope.wgsl applies it (same table, same formulas): the
-// query row as it is loaded, each new key as it is read or stored. That
-// saves the dispatch that would rotate them first.
 
 struct Params {
     rows: u32,
@@ -28,9 +23,6 @@ struct Params {
     pos0: u32,
     f16: u32,       // 1: the cache holds f16
     scale: f32,     // 1 / sqrt(head_dim)
-    rope: u32,      // 1: rotate q and the new k first
-    half: u32,      // rope_dim / 2
-    style: u32,     // 0: NEOX pairs (i, i + half); 1: pairs (2i, 2i + 1)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -40,7 +32,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> vc: array<u32>;
 @group(0) @binding(5) var<storage, read> q: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
-@group(0) @binding(7) var<storage, read> cs: array<f32>;  // [pos][half] (cos, sin)
 
 const WG: u32 = 256u;
 // Positions per tile, and threads per position in the scores.
@@ -48,66 +39,13 @@ const TILE: u32 = 64u;
 const SUBS: u32 = 4u;
 const NEG: f32 = -3.0e38;
 
-// RoPE's view of head element d: whether it rotates (`on`), its pair
-// (ia, ib), the pair's index i into the table, and whether d is the
-// pair's second element.
-struct Pair {
-    on: bool,
-    ia: u32,
-    ib: u32,
-    i: u32,
-    second: bool,
-}
-
-fn pair_of(d: u32) -> Pair {
-    var r: Pair;
-    r.on = p.rope == 1u && d < 2u * p.half;
-    if p.style == 1u {
-        r.i = d / 2u;
-        r.ia = 2u * r.i;
-        r.ib = r.ia + 1u;
-        r.second = (d & 1u) == 1u;
-    } else {
-        r.second = d >= p.half;
-        r.i = select(d, d - p.half, r.second);
-        r.ia = r.i;
-        r.ib = r.i + p.half;
-    }
-    return r;
-}
-
-// The element of pair `pr` (values a, b) after rotating for position pos.
-fn rotate(a: f32, b: f32, pos: u32, pr: Pair) -> f32 {
-    let t = (pos * p.half + pr.i) * 2u;
-    let c = cs[t];
-    let s = cs[t + 1u];
-    if pr.second {
-        return a * s + b * c;
-    }
-    return a * c - b * s;
-}
-
-// Element e (0..kv_dim) of new key row r (position pos0 + r), rotated
-// where `rope` says.
-fn k_new_at(r: u32, e: u32) -> f32 {
-    let i = r * p.kv_dim + e;
-    let d = e % p.head_dim;
-    let pr = pair_of(d);
-    if !pr.on {
-        return k_new[i];
-    }
-    let base = i - d;
-    return rotate(k_new[base + pr.ia], k_new[base + pr.ib], p.pos0 + r, pr);
-}
-
 // Element e (0..kv_dim) of the key (or value) at position `pos`.
 fn kv(is_v: bool, pos: u32, e: u32) -> f32 {
     if pos >= p.pos0 {
-        var x: f32;
+        let i = (pos - p.pos0) * p.kv_dim + e;
+        var x = k_new[i];
         if is_v {
-            x = v_new[(pos - p.pos0) * p.kv_dim + e];
-        } else {
-            x = k_new_at(pos - p.pos0, e);
+            x = v_new[i];
         }
         if p.f16 == 1u {
             return f16_to_f32(f32_to_f16(x));
@@ -127,14 +65,12 @@ fn store(row: u32, kv0: u32, lid: u32) {
     let dst = (p.pos0 + row) * p.kv_dim + kv0;
     if p.f16 == 1u {
         for (var e = 2u * lid; e < p.head_dim; e += 2u * WG) {
-            let k0 = k_new_at(row, kv0 + e);
-            let k1 = k_new_at(row, kv0 + e + 1u);
-            kc[(dst + e) / 2u] = f32_to_f16(k0) | (f32_to_f16(k1) << 16u);
+            kc[(dst + e) / 2u] = f32_to_f16(k_new[src + e]) | (f32_to_f16(k_new[src + e + 1u]) << 16u);
             vc[(dst + e) / 2u] = f32_to_f16(v_new[src + e]) | (f32_to_f16(v_new[src + e + 1u]) << 16u);
         }
     } else {
         for (var e = lid; e < p.head_dim; e += WG) {
-            kc[dst + e] = bitcast<u32>(k_new_at(row, kv0 + e));
+            kc[dst + e] = bitcast<u32>(k_new[src + e]);
             vc[dst + e] = bitcast<u32>(v_new[src + e]);
         }
     }
@@ -196,14 +132,8 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if h % p.group == 0u {
         store(row, kv0, lid);
     }
-    let q0 = row * q_cols + h * hd;
     for (var d = lid; d < hd; d += WG) {
-        let pr = pair_of(d);
-        if pr.on {
-            qh[d] = rotate(q[q0 + pr.ia], q[q0 + pr.ib], p.pos0 + row, pr);
-        } else {
-            qh[d] = q[q0 + d];
-        }
+        qh[d] = q[row * q_cols + h * hd + d];
     }
     workgroupBarrier();
     let n = p.pos0 + row + 1u;

@@ -174,23 +174,6 @@ pub trait Backend: Send + Sync {
         pos0: usize,
         cfg: &BitNetConfig,
     ) -> Self::Tensor;
-    /// RoPE on the queries and the keys of one layer, then
-    /// [`Backend::attention`]. A backend may rotate while it attends (one
-    /// step, not two); the result must equal the unfused ops'.
-    #[allow(clippy::too_many_arguments)]
-    fn rope_attention(
-        &self,
-        mut q: Self::Tensor,
-        mut k: Self::Tensor,
-        v: &Self::Tensor,
-        cache: &mut Self::KvCache,
-        layer: usize,
-        pos0: usize,
-        cfg: &BitNetConfig,
-    ) -> Self::Tensor {
-        self.rope_qk(&mut q, &mut k, pos0, cfg);
-        self.attention(&q, &k, v, cache, layer, pos0, cfg)
-    }
     /// act(gate) · up, elementwise.
     fn glu(&self, gate: &Self::Tensor, up: &Self::Tensor, act: Activation) -> Self::Tensor;
     /// x += y.

@@ -219,29 +219,16 @@ pub async fn check_norm_rope_glu_add(g: &WgpuBackend) {
 }
 
 /// Causal GQA attention: a prefill longer than one 64-position tile, decode
-/// steps and a second batch, f32 and f16 caches, within 1e-10 NMSE; then
-/// the same through `rope_attention` (RoPE in the same step on the GPU)
-/// against the CPU's RoPE then attention, in both pairings, the second
-/// rotating only half of each head.
+/// steps and a second batch, f32 and f16 caches, within 1e-10 NMSE.
 pub async fn check_attention(g: &WgpuBackend) {
     let cpu = CpuBackend::new();
+    let cfg = tiny_cfg(); // 4 heads, 2 KV heads (GQA), head_dim 64
     let mut rng = Rng(21);
-    let runs = [
-        (KvType::F32, None),
-        (KvType::F16, None),
-        (KvType::F32, Some(RopeStyle::Neox)),
-        (KvType::F16, Some(RopeStyle::Norm)),
-    ];
-    for (kv, rope) in runs {
-        let mut cfg = tiny_cfg(); // 4 heads, 2 KV heads (GQA), head_dim 64
-        if rope == Some(RopeStyle::Norm) {
-            cfg.rope_style = RopeStyle::Norm;
-            cfg.rope_dim = cfg.head_dim / 2;
-        }
-        let (qd, kvd) = (
-            (cfg.n_head * cfg.head_dim) as usize,
-            (cfg.n_head_kv * cfg.head_dim) as usize,
-        );
+    let (qd, kvd) = (
+        (cfg.n_head * cfg.head_dim) as usize,
+        (cfg.n_head_kv * cfg.head_dim) as usize,
+    );
+    for kv in [KvType::F32, KvType::F16] {
         let mut cc = cpu.new_kv_cache(&cfg, 200, kv);
         let mut gc = g.new_kv_cache(&cfg, 200, kv);
         let mut pos = 0;
@@ -253,32 +240,26 @@ pub async fn check_attention(g: &WgpuBackend) {
                 rng.vec(rows * kvd, 2.0),
                 rng.vec(rows * kvd, 2.0),
             );
-            let (cq, ck, cv) = (
-                cpu_tensor(rows, qd, &q),
-                cpu_tensor(rows, kvd, &k),
-                cpu_tensor(rows, kvd, &v),
+            let want = cpu.attention(
+                &cpu_tensor(rows, qd, &q),
+                &cpu_tensor(rows, kvd, &k),
+                &cpu_tensor(rows, kvd, &v),
+                &mut cc,
+                1,
+                pos,
+                &cfg,
             );
-            let (gq, gk, gv) = (
-                g.upload_tensor(rows, qd, &q),
-                g.upload_tensor(rows, kvd, &k),
-                g.upload_tensor(rows, kvd, &v),
+            let got = g.attention(
+                &g.upload_tensor(rows, qd, &q),
+                &g.upload_tensor(rows, kvd, &k),
+                &g.upload_tensor(rows, kvd, &v),
+                &mut gc,
+                1,
+                pos,
+                &cfg,
             );
-            let (want, got) = if rope.is_some() {
-                (
-                    cpu.rope_attention(cq, ck, &cv, &mut cc, 1, pos, &cfg),
-                    g.rope_attention(gq, gk, &gv, &mut gc, 1, pos, &cfg),
-                )
-            } else {
-                (
-                    cpu.attention(&cq, &ck, &cv, &mut cc, 1, pos, &cfg),
-                    g.attention(&gq, &gk, &gv, &mut gc, 1, pos, &cfg),
-                )
-            };
             let e = nmse(&want.data, &read(g, &got).await);
-            assert!(
-                e <= 1e-10,
-                "{kv:?} rope {rope:?} rows={rows} pos0={pos}: NMSE {e}"
-            );
+            assert!(e <= 1e-10, "{kv:?} rows={rows} pos0={pos}: NMSE {e}");
             pos += rows;
         }
     }

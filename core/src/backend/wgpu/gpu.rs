@@ -156,7 +156,6 @@ impl Op {
                 (4, Write),
                 (5, Read),
                 (6, Write),
-                (7, Read),
             ],
             Op::Glu => &[(1, Read), (2, Read), (3, Write)],
             Op::Add => &[(1, Read), (3, Write)],

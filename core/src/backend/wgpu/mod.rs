@@ -438,66 +438,6 @@ impl WgpuBackend {
         }
     }
 
-    /// Attention over the cache of `layer`, storing k and v (attention.wgsl),
-    /// with `rope` after rotating q and k there.
-    #[allow(clippy::too_many_arguments)]
-    fn attend(
-        &self,
-        q: &GpuTensor,
-        k: &GpuTensor,
-        v: &GpuTensor,
-        cache: &mut GpuKvCache,
-        layer: usize,
-        pos0: usize,
-        cfg: &BitNetConfig,
-        rope: bool,
-    ) -> GpuTensor {
-        let out = self.tensor(q.rows, q.cols);
-        if let Some(e) = &cache.error {
-            self.gpu.fail(e.clone());
-            return out;
-        }
-        let table = if rope {
-            match self.rope_table(cfg, pos0 + q.rows) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.gpu.fail(e.to_string());
-                    return out;
-                }
-            }
-        } else {
-            // Bound, never read.
-            q.buf().clone()
-        };
-        let hd = cfg.head_dim as usize;
-        let style = match cfg.rope_style {
-            RopeStyle::Neox => 0,
-            RopeStyle::Norm => 1,
-        };
-        let params = [
-            q.rows as u32,
-            cfg.n_head as u32,
-            hd as u32,
-            (cfg.n_head / cfg.n_head_kv) as u32,
-            cache.kv_dim as u32,
-            pos0 as u32,
-            cache.f16 as u32,
-            (1.0 / (hd as f32).sqrt()).to_bits(),
-            rope as u32,
-            (cfg.rope_dim / 2) as u32,
-            style,
-        ];
-        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
-        // Also stores k and v (see attention.wgsl).
-        self.gpu.dispatch(
-            Op::Attend,
-            &params,
-            &[k.buf(), v.buf(), kc, vc, q.buf(), out.buf(), &table],
-            [cfg.n_head as u32, q.rows as u32, 1],
-        );
-        out
-    }
-
     /// `matvec`'s threads per row for rows of `k` weights: about 32
     /// packed words (512 weights) each, a power of two up to 256. Every
     /// workgroup quantizes the token itself, so fewer, fuller workgroups
@@ -921,20 +861,31 @@ impl Backend for WgpuBackend {
         pos0: usize,
         cfg: &BitNetConfig,
     ) -> GpuTensor {
-        self.attend(q, k, v, cache, layer, pos0, cfg, false)
-    }
-
-    fn rope_attention(
-        &self,
-        q: GpuTensor,
-        k: GpuTensor,
-        v: &GpuTensor,
-        cache: &mut GpuKvCache,
-        layer: usize,
-        pos0: usize,
-        cfg: &BitNetConfig,
-    ) -> GpuTensor {
-        self.attend(&q, &k, v, cache, layer, pos0, cfg, true)
+        let out = self.tensor(q.rows, q.cols);
+        if let Some(e) = &cache.error {
+            self.gpu.fail(e.clone());
+            return out;
+        }
+        let hd = cfg.head_dim as usize;
+        let params = [
+            q.rows as u32,
+            cfg.n_head as u32,
+            hd as u32,
+            (cfg.n_head / cfg.n_head_kv) as u32,
+            cache.kv_dim as u32,
+            pos0 as u32,
+            cache.f16 as u32,
+            (1.0 / (hd as f32).sqrt()).to_bits(),
+        ];
+        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+        // Also stores k and v (see attention.wgsl).
+        self.gpu.dispatch(
+            Op::Attend,
+            &params,
+            &[k.buf(), v.buf(), kc, vc, q.buf(), out.buf()],
+            [cfg.n_head as u32, q.rows as u32, 1],
+        );
+        out
     }
 
     fn glu(&self, gate: &GpuTensor, up: &GpuTensor, act: Activation) -> GpuTensor {
