@@ -64,7 +64,9 @@ EOF
 
 if [ -z "${NO_TESTS:-}" ]; then  # NO_TESTS=1: benchmarks only
 echo "== parity tests (wgpu vs CPU) on the GPU"
-REQUIRE_GPU=1 timeout 240 .gpu/wgpu-test --test-threads 4 2>&1 | tail -25 | tee "$OUT/tests.txt"
+# The whole output to a file (a failure's message must not be cut off).
+REQUIRE_GPU=1 timeout 240 .gpu/wgpu-test --test-threads 4 >"$OUT/tests.txt" 2>&1
+grep -E -A12 "panicked|^failures:|test result" "$OUT/tests.txt" | head -80
 fi
 
 echo "== 2B4T-shaped model"
@@ -76,8 +78,8 @@ echo "-- benchmark"
 DEVICES=wgpu,cpu; [ -n "${QUICK:-}" ] && DEVICES=wgpu
 timeout 240 $BIN benchmark -m "$M" -p 128,512 -n 128 -r 3 --device $DEVICES --compare \
     --output "$OUT/bench-2b4t.md" | tee "$OUT/bench-2b4t.txt"
-echo "-- matvec: packed words per thread (default 8)"
-for n in 4 16; do
+echo "-- matvec: packed words per thread (default 32)"
+for n in 16 64; do
     BITNET_WGPU_MATVEC_WORDS=$n timeout 60 $BIN benchmark -m "$M" -p 0 -n 128 -r 3 --device wgpu 2>&1 | grep "^wgpu" | sed "s/^/words $n: /"
 done
 if [ -z "${QUICK:-}" ]; then
