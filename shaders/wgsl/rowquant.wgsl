@@ -104,21 +104,27 @@ fn rq_word4(x0: u32, w: u32, normed: bool, inv: f32) -> vec4<f32> {
     return v;
 }
 
+// Words w0 + 256 u (u = 0..3) of the row, those below `words`, normalised
+// where `normed`: one step of the loops below, all loaded before any is used.
+fn rq_words(x0: u32, w0: u32, words: u32, normed: bool, inv: f32) -> array<vec4<f32>, 4> {
+    var v = array<vec4<f32>, 4>();
+    for (var u = 0u; u < 4u; u++) {
+        if w0 + u * RQ_WG < words {
+            v[u] = rq_word4(x0, w0 + u * RQ_WG, normed, inv);
+        }
+    }
+    return v;
+}
+
 // Quantizes row `row` (k elements from src[x0], k a multiple of 128),
-// emitting its words and chunk sums; returns its scale. The loops go four
-// words per step, all loaded before any is used.
+// emitting its words and chunk sums; returns its scale.
 fn quantize_row(row: u32, x0: u32, k: u32, norm: bool, eps: f32, lid: u32) -> f32 {
     let words = k / 4u;
     var inv = 1.0;
     if norm {
         var ss = 0.0;
         for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
-            var v = array<vec4<f32>, 4>();
-            for (var u = 0u; u < 4u; u++) {
-                if w0 + u * RQ_WG < words {
-                    v[u] = rq_word4(x0, w0 + u * RQ_WG, false, inv);
-                }
-            }
+            var v = rq_words(x0, w0, words, false, inv);
             for (var u = 0u; u < 4u; u++) {
                 ss += dot(v[u], v[u]);
             }
@@ -127,24 +133,14 @@ fn quantize_row(row: u32, x0: u32, k: u32, norm: bool, eps: f32, lid: u32) -> f3
     }
     var amax = vec4<f32>(0.0);
     for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
-        var v = array<vec4<f32>, 4>();
-        for (var u = 0u; u < 4u; u++) {
-            if w0 + u * RQ_WG < words {
-                v[u] = rq_word4(x0, w0 + u * RQ_WG, norm, inv);
-            }
-        }
+        var v = rq_words(x0, w0, words, norm, inv);
         for (var u = 0u; u < 4u; u++) {
             amax = max(amax, abs(v[u]));
         }
     }
     let scale = recip127(max(rq_reduce(lid, max(max(amax.x, amax.y), max(amax.z, amax.w)), true), 1e-5));
     for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
-        var v = array<vec4<f32>, 4>();
-        for (var u = 0u; u < 4u; u++) {
-            if w0 + u * RQ_WG < words {
-                v[u] = rq_word4(x0, w0 + u * RQ_WG, norm, inv);
-            }
-        }
+        var v = rq_words(x0, w0, words, norm, inv);
         for (var u = 0u; u < 4u; u++) {
             let w = w0 + u * RQ_WG;
             if w < words {
