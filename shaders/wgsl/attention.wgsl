@@ -93,32 +93,46 @@ fn v_at(i: u32) -> f32 {
 var<workgroup> qh: array<f32, 256>;   // this head's query (head_dim <= 256)
 var<workgroup> sc: array<f32, 64>;    // this tile's scores
 var<workgroup> pr: array<f32, 64>;    // this tile's exp(score - max)
-var<workgroup> part: array<f32, 256>; // partial dot products / outputs
+var<workgroup> red: array<f32, 64>;   // the tile's max, then its sum
+var<workgroup> part: array<vec4<f32>, 256>; // partial dot products / outputs
 
-// The max of the tile's `len` scores, or the sum of its weights; every
-// thread reads the same values in the same order, so all get the same.
-fn tile_max(len: u32) -> f32 {
-    var r = NEG;
-    for (var i = 0u; i < len; i++) {
-        r = max(r, sc[i]);
+// The max (or the sum) of the tile's `len` values in `red`, by a tree;
+// every thread gets the same result. All threads call it.
+fn tile_reduce(lid: u32, len: u32, is_max: bool) -> f32 {
+    for (var s = TILE / 2u; s > 0u; s >>= 1u) {
+        if lid < s && lid + s < len {
+            if is_max {
+                red[lid] = max(red[lid], red[lid + s]);
+            } else {
+                red[lid] += red[lid + s];
+            }
+        }
+        workgroupBarrier();
     }
+    let r = red[0];
+    workgroupBarrier();
     return r;
 }
 
-fn tile_sum(len: u32) -> f32 {
-    var r = 0.0;
-    for (var i = 0u; i < len; i++) {
-        r += pr[i];
+// Four elements e..e+3 of the value at position `pos` (those below
+// `hd`; zero beyond).
+fn v4(pos: u32, e0: u32, e: u32, hd: u32) -> vec4<f32> {
+    var r = vec4<f32>(0.0);
+    for (var n = 0u; n < 4u; n++) {
+        if e + n < hd {
+            r[n] = kv(true, pos, e0 + e + n);
+        }
     }
     return r;
 }
 
 // Scores: SUBS threads per position, each taking every SUBS-th element
 // (neighbouring threads read neighbouring elements), sixteen loads per
-// step.
-// Weighted values: thread (g, d) takes dimension d of the positions
-// g, g + groups, ... of the tile, groups = WG / head_dim; the groups' sums
-// are added at the end.
+// step. The tile's max and sum by trees.
+// Weighted values: thread (g, d4) takes dimensions 4 d4 .. 4 d4 + 3 of the
+// positions g, g + groups, ... of the tile (groups = WG / ceil(hd / 4),
+// eight positions per thread and tile for head_dim 128); the groups'
+// sums are added at the end.
 @compute @workgroup_size(256)
 fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
@@ -139,12 +153,13 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     let n = p.pos0 + row + 1u;
     let pp = lid / SUBS;
     let sub = lid % SUBS;
-    let groups = WG / hd;
-    let g = lid / hd;
-    let d = lid % hd;
+    let per = (hd + 3u) / 4u;  // threads per position in the weighted sum
+    let groups = WG / per;
+    let g = lid / per;
+    let d4 = lid % per;
     var m = NEG;
     var l = 0.0;
-    var acc = 0.0;
+    var acc = vec4<f32>(0.0);
     for (var t0 = 0u; t0 < n; t0 += TILE) {
         let pos = t0 + pp;
         let len = min(TILE, n - t0);
@@ -165,34 +180,35 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 }
             }
         }
-        part[lid] = dot;
+        part[lid].x = dot;
         workgroupBarrier();
         if sub == 0u && pos < n {
             var s = 0.0;
             for (var j = 0u; j < SUBS; j++) {
-                s += part[lid + j];
+                s += part[lid + j].x;
             }
             sc[pp] = s * p.scale;
+            red[pp] = s * p.scale;
         }
         workgroupBarrier();
-        let m_new = max(m, tile_max(len));
+        let m_new = max(m, tile_reduce(lid, len, true));
         if lid < len {
-            pr[lid] = exp(sc[lid] - m_new);
+            let e = exp(sc[lid] - m_new);
+            pr[lid] = e;
+            red[lid] = e;
         }
         workgroupBarrier();
         let factor = exp(m - m_new);
-        l = l * factor + tile_sum(len);
+        l = l * factor + tile_reduce(lid, len, false);
         if g < groups {
-            let e = kv0 + d;
             // Eight positions per step, all loaded before any is used.
-            var a = 0.0;
-            let st = groups;
-            for (var i0 = g; i0 < len; i0 += 8u * st) {
-                var vv = array<f32, 8>();
+            var a = vec4<f32>(0.0);
+            for (var i0 = g; i0 < len; i0 += 8u * groups) {
+                var vv = array<vec4<f32>, 8>();
                 for (var u = 0u; u < 8u; u++) {
-                    let i = i0 + u * st;
+                    let i = i0 + u * groups;
                     if i < len {
-                        vv[u] = pr[i] * kv(true, t0 + i, e);
+                        vv[u] = pr[i] * v4(t0 + i, kv0, 4u * d4, hd);
                     }
                 }
                 a += ((vv[0] + vv[1]) + (vv[2] + vv[3])) + ((vv[4] + vv[5]) + (vv[6] + vv[7]));
@@ -205,10 +221,15 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     part[lid] = acc;
     workgroupBarrier();
     if g == 0u {
-        var total = 0.0;
+        var total = vec4<f32>(0.0);
         for (var j = 0u; j < groups; j++) {
-            total += part[j * hd + d];
+            total += part[j * per + d4];
         }
-        out[row * q_cols + h * hd + d] = total / l;
+        for (var n4 = 0u; n4 < 4u; n4++) {
+            let d = 4u * d4 + n4;
+            if d < hd {
+                out[row * q_cols + h * hd + d] = total[n4] / l;
+            }
+        }
     }
 }
