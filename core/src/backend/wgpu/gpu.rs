@@ -918,6 +918,9 @@ fn compile(
         Checks::Bounds | Checks::None => {
             let mut rc = wgpu::ShaderRuntimeChecks::checked();
             rc.force_loop_bounding = false;
+            if std::env::var("BITNET_WGPU_DIV_CHECKS").as_deref() == Ok("0") {
+                rc.int_div_checks = false;
+            }
             if checks == Checks::None {
                 rc = wgpu::ShaderRuntimeChecks::unchecked();
             }
