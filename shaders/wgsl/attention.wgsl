@@ -39,24 +39,29 @@ const TILE: u32 = 64u;
 const SUBS: u32 = 4u;
 const NEG: f32 = -3.0e38;
 
-// Element e (0..kv_dim) of the key (or value) at position `pos`.
+// Element e (0..kv_dim) of the key (or value) at position `pos`: from
+// k_new / v_new for this batch's positions, else from the cache. Both loads
+// are made, at valid indices and without a branch around them, and a select
+// picks one: on an H100 a load behind a branch waited for the loads before
+// it, and attention took several times longer.
 fn kv(is_v: bool, pos: u32, e: u32) -> f32 {
-    if pos >= p.pos0 {
-        let i = (pos - p.pos0) * p.kv_dim + e;
-        var x = k_new[i];
-        if is_v {
-            x = v_new[i];
-        }
-        if p.f16 == 1u {
-            return f16_to_f32(f32_to_f16(x));
-        }
-        return x;
-    }
+    let fresh = pos >= p.pos0;
+    let half = p.f16 == 1u;
+    let i_new = select(0u, (pos - min(pos, p.pos0)) * p.kv_dim + e, fresh);
     let i = pos * p.kv_dim + e;
+    let ic = select(i, i / 2u, half);
+    var x = k_new[i_new];
+    var w = kc[ic];
     if is_v {
-        return v_at(i);
+        x = v_new[i_new];
+        w = vc[ic];
     }
-    return k_at(i);
+    var old = bitcast<f32>(w);
+    if half {
+        x = f16_to_f32(f32_to_f16(x));
+        old = f16_pair_at(w, i);
+    }
+    return select(old, x, fresh);
 }
 
 // Writes row `row` of k_new / v_new, elements kv0..kv0+hd, into the cache.
@@ -74,20 +79,6 @@ fn store(row: u32, kv0: u32, lid: u32) {
             vc[dst + e] = bitcast<u32>(v_new[src + e]);
         }
     }
-}
-
-fn k_at(i: u32) -> f32 {
-    if p.f16 == 1u {
-        return f16_pair_at(kc[i / 2u], i);
-    }
-    return bitcast<f32>(kc[i]);
-}
-
-fn v_at(i: u32) -> f32 {
-    if p.f16 == 1u {
-        return f16_pair_at(vc[i / 2u], i);
-    }
-    return bitcast<f32>(vc[i]);
 }
 
 var<workgroup> qh: array<f32, 256>;   // this head's query (head_dim <= 256)
@@ -114,16 +105,32 @@ fn tile_reduce(lid: u32, len: u32, is_max: bool) -> f32 {
     return r;
 }
 
-// Four elements e..e+3 of the value at position `pos` (those below
-// `hd`; zero beyond).
-fn v4(pos: u32, e0: u32, e: u32, hd: u32) -> vec4<f32> {
-    var r = vec4<f32>(0.0);
-    for (var n = 0u; n < 4u; n++) {
-        if e + n < hd {
-            r[n] = kv(true, pos, e0 + e + n);
-        }
-    }
-    return r;
+// Element e of the key (or value) at position `pos` of this head (from
+// element e0), or 0 from e = hd on (read at hd - 1, so that no load waits
+// on a branch).
+fn kv_at(is_v: bool, pos: u32, e0: u32, e: u32, hd: u32) -> f32 {
+    return select(0.0, kv(is_v, pos, e0 + min(e, hd - 1u)), e < hd);
+}
+
+// Elements e, e + st, e + 2 st, e + 3 st of it. Loads written out, into
+// vectors: a function-local array indexed in a loop can end up in memory,
+// where each load waits for the one before.
+fn kv4(is_v: bool, pos: u32, e0: u32, e: u32, st: u32, hd: u32) -> vec4<f32> {
+    return vec4<f32>(kv_at(is_v, pos, e0, e, hd), kv_at(is_v, pos, e0, e + st, hd),
+                     kv_at(is_v, pos, e0, e + 2u * st, hd), kv_at(is_v, pos, e0, e + 3u * st, hd));
+}
+
+// The same four elements of the query.
+fn q4(e: u32, st: u32, hd: u32) -> vec4<f32> {
+    return vec4<f32>(qh[min(e, hd - 1u)], qh[min(e + st, hd - 1u)], qh[min(e + 2u * st, hd - 1u)],
+                     qh[min(e + 3u * st, hd - 1u)]);
+}
+
+// pr[i] times the four value elements of tile position i, or zero from
+// i = len on.
+fn pv4(t0: u32, i: u32, len: u32, e0: u32, e: u32, hd: u32) -> vec4<f32> {
+    let j = min(i, len - 1u);
+    return select(vec4<f32>(0.0), pr[j] * kv4(true, t0 + j, e0, e, 1u, hd), i < len);
 }
 
 // Scores: SUBS threads per position, each taking every SUBS-th element
@@ -163,24 +170,20 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     for (var t0 = 0u; t0 < n; t0 += TILE) {
         let pos = t0 + pp;
         let len = min(TILE, n - t0);
-        var dot = 0.0;
+        var sdot = 0.0;
         if pos < n {
+            // Sixteen elements per step.
             for (var i0 = sub; i0 < hd; i0 += 16u * SUBS) {
-                var kq = array<f32, 16>();
-                var qq = array<f32, 16>();
-                for (var u = 0u; u < 16u; u++) {
-                    let e = i0 + u * SUBS;
-                    if e < hd {
-                        kq[u] = kv(false, pos, kv0 + e);
-                        qq[u] = qh[e];
-                    }
-                }
-                for (var u = 0u; u < 16u; u++) {
-                    dot += qq[u] * kq[u];
-                }
+                let st = SUBS;
+                let k0 = kv4(false, pos, kv0, i0, st, hd);
+                let k1 = kv4(false, pos, kv0, i0 + 4u * st, st, hd);
+                let k2 = kv4(false, pos, kv0, i0 + 8u * st, st, hd);
+                let k3 = kv4(false, pos, kv0, i0 + 12u * st, st, hd);
+                sdot += dot(q4(i0, st, hd), k0) + dot(q4(i0 + 4u * st, st, hd), k1)
+                     + dot(q4(i0 + 8u * st, st, hd), k2) + dot(q4(i0 + 12u * st, st, hd), k3);
             }
         }
-        part[lid].x = dot;
+        part[lid].x = sdot;
         workgroupBarrier();
         if sub == 0u && pos < n {
             var s = 0.0;
@@ -203,15 +206,18 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         if g < groups {
             // Eight positions per step, all loaded before any is used.
             var a = vec4<f32>(0.0);
-            for (var i0 = g; i0 < len; i0 += 8u * groups) {
-                var vv = array<vec4<f32>, 8>();
-                for (var u = 0u; u < 8u; u++) {
-                    let i = i0 + u * groups;
-                    if i < len {
-                        vv[u] = pr[i] * v4(t0 + i, kv0, 4u * d4, hd);
-                    }
-                }
-                a += ((vv[0] + vv[1]) + (vv[2] + vv[3])) + ((vv[4] + vv[5]) + (vv[6] + vv[7]));
+            let e = 4u * d4;
+            let st = groups;
+            for (var i0 = g; i0 < len; i0 += 8u * st) {
+                let v0 = pv4(t0, i0, len, kv0, e, hd);
+                let v1 = pv4(t0, i0 + st, len, kv0, e, hd);
+                let v2 = pv4(t0, i0 + 2u * st, len, kv0, e, hd);
+                let v3 = pv4(t0, i0 + 3u * st, len, kv0, e, hd);
+                let v4 = pv4(t0, i0 + 4u * st, len, kv0, e, hd);
+                let v5 = pv4(t0, i0 + 5u * st, len, kv0, e, hd);
+                let v6 = pv4(t0, i0 + 6u * st, len, kv0, e, hd);
+                let v7 = pv4(t0, i0 + 7u * st, len, kv0, e, hd);
+                a += ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7));
             }
             acc = acc * factor + a;
         }

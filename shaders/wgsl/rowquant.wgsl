@@ -9,7 +9,8 @@
 // one-token kernels (codes to workgroup memory, then the product) call the
 // same `quantize_row`, so both make the same codes from the same row. The
 // module declares the row source `src: array<f32>`, the norm weight
-// `norm_w: array<f32>` ([k]), and where the results go:
+// `norm_w: array<f32>` ([k]; without a norm, any buffer of at least k
+// values, since it is read either way), and where the results go:
 //   fn emit_word(row: u32, x0: u32, w: u32, word: u32, v: vec4<f32>)
 //       word w of the row: its four codes packed (byte n is element
 //       4w + n) and the four values they were made from;
@@ -73,21 +74,32 @@ fn recip127(a: f32) -> f32 {
     return bitcast<f32>((u32(e + 150) << 23u) | (mant & 0x7fffffu));
 }
 
-// The sum (or the max) of every thread's `v`.
+fn rq_op(a: f32, b: f32, is_max: bool) -> f32 {
+    return select(a + b, max(a, b), is_max);
+}
+
+// The sum (or the max) of every thread's `v`: 256 -> 32 -> 4 -> 1 values,
+// eight at a time (three barriers; a pairwise tree took nine).
 fn rq_reduce(lid: u32, v: f32, is_max: bool) -> f32 {
     rq_red[lid] = v;
     workgroupBarrier();
-    for (var s = RQ_WG / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            if is_max {
-                rq_red[lid] = max(rq_red[lid], rq_red[lid + s]);
-            } else {
-                rq_red[lid] += rq_red[lid + s];
-            }
+    if lid < 32u {
+        var r = rq_red[lid];
+        for (var j = 1u; j < 8u; j++) {
+            r = rq_op(r, rq_red[lid + 32u * j], is_max);
         }
-        workgroupBarrier();
+        rq_red[lid] = r;
     }
-    let r = rq_red[0];
+    workgroupBarrier();
+    if lid < 4u {
+        var r = rq_red[lid];
+        for (var j = 1u; j < 8u; j++) {
+            r = rq_op(r, rq_red[lid + 4u * j], is_max);
+        }
+        rq_red[lid] = r;
+    }
+    workgroupBarrier();
+    let r = rq_op(rq_op(rq_red[0], rq_red[1], is_max), rq_op(rq_red[2], rq_red[3], is_max), is_max);
     workgroupBarrier();
     return r;
 }
@@ -97,23 +109,46 @@ fn rq_reduce(lid: u32, v: f32, is_max: bool) -> f32 {
 fn rq_word4(x0: u32, w: u32, normed: bool, inv: f32) -> vec4<f32> {
     let i = x0 + 4u * w;
     let v = vec4<f32>(src[i], src[i + 1u], src[i + 2u], src[i + 3u]);
-    if normed {
-        let g = vec4<f32>(norm_w[4u * w], norm_w[4u * w + 1u], norm_w[4u * w + 2u], norm_w[4u * w + 3u]);
-        return v * inv * g;
-    }
-    return v;
+    // `norm_w` is the row itself when there is no norm: always k long.
+    let g = vec4<f32>(norm_w[4u * w], norm_w[4u * w + 1u], norm_w[4u * w + 2u], norm_w[4u * w + 3u]);
+    return select(v, v * inv * g, normed);
 }
 
-// Words w0 + 256 u (u = 0..3) of the row, those below `words`, normalised
-// where `normed`: one step of the loops below, all loaded before any is used.
-fn rq_words(x0: u32, w0: u32, words: u32, normed: bool, inv: f32) -> array<vec4<f32>, 4> {
-    var v = array<vec4<f32>, 4>();
-    for (var u = 0u; u < 4u; u++) {
-        if w0 + u * RQ_WG < words {
-            v[u] = rq_word4(x0, w0 + u * RQ_WG, normed, inv);
-        }
+// Words w0 + 256 u (u = 0..3) of the row, zero from `words` on,
+// normalised where `normed`: one step of the loops below. Vectors, every
+// load written out and none behind a branch (a function-local array
+// indexed in a loop can end up in memory, and a load behind a branch can
+// wait for the loads before it; on an H100 both cost time).
+struct RqStep {
+    v0: vec4<f32>,
+    v1: vec4<f32>,
+    v2: vec4<f32>,
+    v3: vec4<f32>,
+}
+
+fn rq_at(x0: u32, w: u32, words: u32, normed: bool, inv: f32) -> vec4<f32> {
+    let v = rq_word4(x0, min(w, words - 1u), normed, inv);
+    return select(vec4<f32>(0.0), v, w < words);
+}
+
+fn rq_words(x0: u32, w0: u32, words: u32, normed: bool, inv: f32) -> RqStep {
+    return RqStep(rq_at(x0, w0, words, normed, inv), rq_at(x0, w0 + RQ_WG, words, normed, inv),
+                  rq_at(x0, w0 + 2u * RQ_WG, words, normed, inv), rq_at(x0, w0 + 3u * RQ_WG, words, normed, inv));
+}
+
+fn rq_absmax(v: vec4<f32>) -> f32 {
+    let a = abs(v);
+    return max(max(a.x, a.y), max(a.z, a.w));
+}
+
+// Emits word w (values `v`) of the row as codes, if it is within the row.
+fn rq_emit(row: u32, x0: u32, w: u32, words: u32, v: vec4<f32>, scale: f32) {
+    if w < words {
+        let c = vec4<i32>(clamp(round(v * scale), vec4<f32>(-128.0), vec4<f32>(127.0)));
+        let word = (u32(c.x) & 0xffu) | ((u32(c.y) & 0xffu) << 8u) | ((u32(c.z) & 0xffu) << 16u)
+            | ((u32(c.w) & 0xffu) << 24u);
+        emit_word(row, x0, w, word, v);
     }
-    return v;
 }
 
 // Quantizes row `row` (k elements from src[x0], k a multiple of 128),
@@ -124,34 +159,26 @@ fn quantize_row(row: u32, x0: u32, k: u32, norm: bool, eps: f32, lid: u32) -> f3
     if norm {
         var ss = 0.0;
         for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
-            var v = rq_words(x0, w0, words, false, inv);
-            for (var u = 0u; u < 4u; u++) {
-                ss += dot(v[u], v[u]);
-            }
+            let v = rq_words(x0, w0, words, false, inv);
+            ss += dot(v.v0, v.v0);
+            ss += dot(v.v1, v.v1);
+            ss += dot(v.v2, v.v2);
+            ss += dot(v.v3, v.v3);
         }
         inv = 1.0 / sqrt(rq_reduce(lid, ss, false) / f32(k) + eps);
     }
-    var amax = vec4<f32>(0.0);
+    var amax = 0.0;
     for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
-        var v = rq_words(x0, w0, words, norm, inv);
-        for (var u = 0u; u < 4u; u++) {
-            amax = max(amax, abs(v[u]));
-        }
+        let v = rq_words(x0, w0, words, norm, inv);
+        amax = max(amax, max(max(rq_absmax(v.v0), rq_absmax(v.v1)), max(rq_absmax(v.v2), rq_absmax(v.v3))));
     }
-    let scale = recip127(max(rq_reduce(lid, max(max(amax.x, amax.y), max(amax.z, amax.w)), true), 1e-5));
+    let scale = recip127(max(rq_reduce(lid, amax, true), 1e-5));
     for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
-        var v = rq_words(x0, w0, words, norm, inv);
-        for (var u = 0u; u < 4u; u++) {
-            let w = w0 + u * RQ_WG;
-            if w < words {
-                var word = 0u;
-                for (var n = 0u; n < 4u; n++) {
-                    let c = i32(clamp(round(v[u][n] * scale), -128.0, 127.0));
-                    word |= (u32(c) & 0xffu) << (8u * n);
-                }
-                emit_word(row, x0, w, word, v[u]);
-            }
-        }
+        let v = rq_words(x0, w0, words, norm, inv);
+        rq_emit(row, x0, w0, words, v.v0, scale);
+        rq_emit(row, x0, w0 + RQ_WG, words, v.v1, scale);
+        rq_emit(row, x0, w0 + 2u * RQ_WG, words, v.v2, scale);
+        rq_emit(row, x0, w0 + 3u * RQ_WG, words, v.v3, scale);
     }
     // Chunk sums from the codes as emitted: a thread per chunk, four
     // words per step (the sum of a word's codes is its dot product with

@@ -55,7 +55,7 @@ const TILE: u32 = 4u;
 var<workgroup> red: array<f32, 1024>;
 
 // Adds word i of a 16-bit row (elements 2i, 2i + 1) times x to `acc`.
-fn half_pair(acc: ptr<function, array<f32, 4>>, word: u32, i: u32, t0: u32, nt: u32) {
+fn half_pair(acc: ptr<function, vec4<f32>>, word: u32, i: u32, t0: u32, nt: u32) {
     var v0 = bitcast<f32>(word << 16u);
     var v1 = bitcast<f32>(word & 0xffff0000u);
     if p.ty == 1u {
@@ -76,7 +76,7 @@ fn logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     let lane = lid % LANES;
     let t0 = wid.y * TILE;
     let nt = min(TILE, p.n - t0);
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    var acc = vec4<f32>(0.0);
     if r < p.nrows {
         let base = r * p.cols;
         if p.ty == 1u && p.n == 1u {

@@ -138,13 +138,21 @@ fn word_codes_dot(w: u32, qw: u32, i: u32, i2s: bool) -> i32 {
     return codes_dot(w, a, i2s);
 }
 
-// The same over the whole chunk, codes `wv`.
-fn chunk_dot(wv: ptr<function, array<u32, 8>>, qw: u32, i2s: bool) -> i32 {
+// The same over the whole chunk, codes `w0` (words 0..3) and `w1` (4..7).
+// (Vectors, not a function-local array: one of those indexed in a loop
+// can end up in memory, where each load waits for the one before.)
+fn chunk_dot(w0: vec4<u32>, w1: vec4<u32>, qw: u32, i2s: bool) -> i32 {
     var s = 0;
-    for (var i = 0u; i < 8u; i++) {
-        s += word_codes_dot((*wv)[i], qw, i, i2s);
+    for (var i = 0u; i < 4u; i++) {
+        s += word_codes_dot(w0[i], qw, i, i2s) + word_codes_dot(w1[i], qw, i + 4u, i2s);
     }
     return s;
+}
+
+// Words at bytes `byte`, + 4, + 8, + 12 of `which`.
+fn at4(which: u32, byte: u32) -> vec4<u32> {
+    return vec4<u32>(word_at(which, byte), word_at(which, byte + 4u), word_at(which, byte + 8u),
+                     word_at(which, byte + 12u));
 }
 
 // Trit n (0..4) of each of the four bytes of `w`: the TQ1_0 codes of four
@@ -163,8 +171,8 @@ fn trits(w: u32, n: u32) -> u32 {
 }
 
 struct Partial {
-    i: array<i32, 4>,
-    f: array<f32, 4>,
+    i: vec4<i32>,
+    f: vec4<f32>,
 }
 
 // One item of weight row j (of w, w2 or w3: `which`) against tokens
@@ -174,24 +182,22 @@ fn item(which: u32, kind: u32, j: u32, c: u32, t0: u32, nt: u32) -> Partial {
     let kw = p.k / 4u;
     let chunks = p.k / 128u;
     var r: Partial;
-    var wv: array<u32, 8>;
     if kind == 0u {
         let w0 = j * (p.k / 16u) + c * 8u;
-        for (var i = 0u; i < 8u; i++) {
-            wv[i] = wload(which, w0 + i);
-        }
+        let wv0 = wload4(which, vec4<u32>(w0) + vec4<u32>(0u, 1u, 2u, 3u));
+        let wv1 = wload4(which, vec4<u32>(w0) + vec4<u32>(4u, 5u, 6u, 7u));
         // Constant trip counts (TILE, not nt) keep the accumulators in
         // registers; the guard skips tokens past the end.
         for (var t = 0u; t < TILE; t++) {
             if t < nt {
                 let row = t0 + t;
-                r.i[t] = chunk_dot(&wv, row * kw + c * 32u, true) - qsum[row * chunks + c];
+                r.i[t] = chunk_dot(wv0, wv1, row * kw + c * 32u, true) - qsum[row * chunks + c];
             }
         }
         return r;
     }
     let nb = p.k / 256u;
-    var bs = array<i32, 4>(0, 0, 0, 0);
+    var bs = vec4<i32>(0);
     var d: f32;
     if kind >= 3u {
         let base = (j * nb + c) * 54u;
@@ -224,13 +230,12 @@ fn item(which: u32, kind: u32, j: u32, c: u32, t0: u32, nt: u32) -> Partial {
         let base = (j * nb + c) * 66u;
         for (var h = 0u; h < 2u; h++) {
             let ch = 2u * c + h;
-            for (var i = 0u; i < 8u; i++) {
-                wv[i] = word_at(which, base + 32u * h + 4u * i);
-            }
+            let wv0 = at4(which, base + 32u * h);
+            let wv1 = at4(which, base + 32u * h + 16u);
             for (var t = 0u; t < TILE; t++) {
                 if t < nt {
                     let row = t0 + t;
-                    bs[t] += chunk_dot(&wv, row * kw + ch * 32u, false) - qsum[row * chunks + ch];
+                    bs[t] += chunk_dot(wv0, wv1, row * kw + ch * 32u, false) - qsum[row * chunks + ch];
                 }
             }
         }
@@ -341,17 +346,6 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     }
 }
 
-// Word u (16 weights) of packed row j (kinds 0-2): its byte offset. Word u
-// is word u % 8 of chunk u / 8 (for TQ2_0, of half u % 16 / 8 of block
-// u / 16; the chunk's index is u / 8 either way).
-fn word_byte(kind: u32, j: u32, u: u32) -> u32 {
-    if kind == 0u {
-        return j * (p.k / 4u) + 4u * u;
-    }
-    let b = j * (p.k / 256u) + u / 16u;
-    return b * 66u + 4u * (u % 16u);
-}
-
 struct Sums {
     i: i32,
     f: f32,
@@ -364,9 +358,7 @@ fn word_dot(which: u32, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
     let ch = u / 8u;
     let i = ch * 32u + u % 8u;
     var s = codes_dot(wv, vec4<u32>(qs[i], qs[i + 8u], qs[i + 16u], qs[i + 24u]), kind == 0u);
-    if u % 8u == 0u {
-        s -= qss[ch];
-    }
+    s -= select(0, qss[ch], u % 8u == 0u);
     var r: Sums;
     r.i = s;
     if kind == 2u {
@@ -376,10 +368,49 @@ fn word_dot(which: u32, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
     return r;
 }
 
-// Eight words of each matrix: a lane's step of `packed_rows`.
+// Eight words of each matrix: a lane's step of `packed_rows`. Vectors and
+// not arrays, every load written out and none behind a branch of its own:
+// a function-local array indexed in a loop can end up in memory, and a
+// load behind a branch can wait for the loads before it. On an H100 either
+// made the product several times slower than the weights' bandwidth
+// allows.
 struct Batch {
-    a: array<u32, 8>,
-    b: array<u32, 8>,
+    a0: vec4<u32>,
+    a1: vec4<u32>,
+    b0: vec4<u32>,
+    b1: vec4<u32>,
+}
+
+// Words i.x .. i.w of `which`, four loads in one branch.
+fn wload4(which: u32, i: vec4<u32>) -> vec4<u32> {
+    if which == 1u {
+        return vec4<u32>(w2[i.x], w2[i.y], w2[i.z], w2[i.w]);
+    }
+    if which == 2u {
+        return vec4<u32>(w3_word(i.x), w3_word(i.y), w3_word(i.z), w3_word(i.w));
+    }
+    return vec4<u32>(w[i.x], w[i.y], w[i.z], w[i.w]);
+}
+
+// Words u0, u0 + seg, u0 + 2 seg, u0 + 3 seg (16 weights each) of packed
+// row j (kinds 0-2), zero past the row's end (read at the last word, so
+// that every load is issued without a branch). Word u is word u % 8 of
+// chunk u / 8 (for TQ2_0, of half u % 16 / 8 of block u / 16; the chunk's
+// index is u / 8 either way).
+fn wword4(which: u32, kind: u32, j: u32, u0: u32, seg: u32, words: u32) -> vec4<u32> {
+    let u = vec4<u32>(u0, u0 + seg, u0 + 2u * seg, u0 + 3u * seg);
+    let uc = min(u, vec4<u32>(words - 1u));
+    var r: vec4<u32>;
+    if kind == 0u {
+        r = wload4(which, vec4<u32>(j * (p.k / 16u)) + uc);
+    } else {
+        // TQ2_0: 66-byte blocks, so half the words start at 2 mod 4.
+        let byte = (vec4<u32>(j * (p.k / 256u)) + uc / 16u) * 66u + 4u * (uc % 16u);
+        let lo = wload4(which, byte >> vec4<u32>(2u));
+        let hi = wload4(which, (byte >> vec4<u32>(2u)) + 1u);
+        r = select(lo, (lo >> vec4<u32>(16u)) | (hi << vec4<u32>(16u)), (byte & vec4<u32>(2u)) != vec4<u32>(0u));
+    }
+    return select(vec4<u32>(0u), r, u < vec4<u32>(words));
 }
 
 // Lane `lane`'s words u0, u0 + seg, ... (eight) of packed row ja of matrix
@@ -389,14 +420,27 @@ fn batch(wa: u32, ka: u32, ja: u32, two: bool, wb: u32, kb: u32, jb: u32,
          u0: u32, seg: u32) -> Batch {
     let words = p.k / 16u;
     var r: Batch;
-    for (var v = 0u; v < 8u; v++) {
+    r.a0 = wword4(wa, ka, ja, u0, seg, words);
+    r.a1 = wword4(wa, ka, ja, u0 + 4u * seg, seg, words);
+    if two {
+        r.b0 = wword4(wb, kb, jb, u0, seg, words);
+        r.b1 = wword4(wb, kb, jb, u0 + 4u * seg, seg, words);
+    }
+    return r;
+}
+
+// Four words (u0, u0 + seg, ...) of row j holding `wv`, against the
+// token's codes: `word_dot` of each that is within the row, added up.
+fn word_dot4(which: u32, kind: u32, j: u32, u0: u32, seg: u32, wv: vec4<u32>) -> Sums {
+    let words = p.k / 16u;
+    var r: Sums;
+    // Past the row's end: word 0 (from `wword4`) at the last index, so
+    // that nothing is behind a branch.
+    for (var v = 0u; v < 4u; v++) {
         let u = u0 + v * seg;
-        if u < words {
-            r.a[v] = word_at(wa, word_byte(ka, ja, u));
-            if two {
-                r.b[v] = word_at(wb, word_byte(kb, jb, u));
-            }
-        }
+        let x = word_dot(which, kind, j, min(u, words - 1u), wv[v]);
+        r.i += select(0, x.i, u < words);
+        r.f += select(0.0, x.f, u < words);
     }
     return r;
 }
@@ -416,18 +460,15 @@ fn packed_rows(wa: u32, ka: u32, ja: u32, two: bool, wb: u32, kb: u32, jb: u32,
         if u0 + 8u * seg < words {
             next = batch(wa, ka, ja, two, wb, kb, jb, u0 + 8u * seg, seg);
         }
-        for (var v = 0u; v < 8u; v++) {
-            let u = u0 + v * seg;
-            if u < words {
-                let x = word_dot(wa, ka, ja, u, cur.a[v]);
-                (*a).i += x.i;
-                (*a).f += x.f;
-                if two {
-                    let y = word_dot(wb, kb, jb, u, cur.b[v]);
-                    (*b).i += y.i;
-                    (*b).f += y.f;
-                }
-            }
+        let x0 = word_dot4(wa, ka, ja, u0, seg, cur.a0);
+        let x1 = word_dot4(wa, ka, ja, u0 + 4u * seg, seg, cur.a1);
+        (*a).i += x0.i + x1.i;
+        (*a).f += x0.f + x1.f;
+        if two {
+            let y0 = word_dot4(wb, kb, jb, u0, seg, cur.b0);
+            let y1 = word_dot4(wb, kb, jb, u0 + 4u * seg, seg, cur.b1);
+            (*b).i += y0.i + y1.i;
+            (*b).f += y0.f + y1.f;
         }
         cur = next;
     }

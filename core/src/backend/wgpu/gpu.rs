@@ -255,7 +255,6 @@ impl Gpu {
         );
         let checks = Checks::from_env();
         log::debug!("wgpu shader runtime checks: {checks:?}");
-        let zero_init = std::env::var("BITNET_WGPU_ZERO_INIT").as_deref() != Ok("0");
         let mut modules: HashMap<(&'static str, bool), wgpu::ShaderModule> = HashMap::new();
         let mut pipes = HashMap::new();
         for op in Op::ALL {
@@ -275,7 +274,7 @@ impl Gpu {
                 }
             };
             let (pipe, err) = scoped(&device, wgpu::ErrorFilter::Validation, || {
-                make_pipe(&device, op, &module, entry, zero_init)
+                make_pipe(&device, op, &module, entry)
             });
             if let Some(e) = err {
                 return Err(WgpuError::Shader {
@@ -868,8 +867,7 @@ fn choose_dot4(device: &wgpu::Device) -> Dot4 {
 /// by construction (counted, or the long division in rowquant.wgsl, which
 /// ends for every finite divisor it is given), and on an H100 the counters
 /// cost a third of decode speed (208 tokens/s without, 135 with). The
-/// browser compiles WGSL its own way and always gets `All`, and so does
-/// attention.wgsl everywhere (see `compile`).
+/// browser compiles WGSL its own way and always gets `All`.
 /// `BITNET_WGPU_CHECKS=all|bounds|none` picks one (`none`: no bounds
 /// checks either, for measuring what they cost).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -903,24 +901,11 @@ fn compile(
         label: Some(shader.name),
         source: wgpu::ShaderSource::Wgsl(shader.source_with(dot4, three).into()),
     };
-    // attention.wgsl keeps every check: without the loop counters it has
-    // not passed the parity tests on an NVIDIA GPU yet (one failing run
-    // on an H100, together with a change since reverted; see docs/perf.md).
-    let checks = if shader.name == bitnet_shaders::ATTENTION.name
-        && std::env::var("BITNET_WGPU_TRUST_ATTENTION").as_deref() != Ok("1")
-    {
-        Checks::All
-    } else {
-        checks
-    };
     let (module, err) = scoped(device, wgpu::ErrorFilter::Validation, || match checks {
         Checks::All => device.create_shader_module(desc),
         Checks::Bounds | Checks::None => {
             let mut rc = wgpu::ShaderRuntimeChecks::checked();
             rc.force_loop_bounding = false;
-            if std::env::var("BITNET_WGPU_DIV_CHECKS").as_deref() == Ok("0") {
-                rc.int_div_checks = false;
-            }
             if checks == Checks::None {
                 rc = wgpu::ShaderRuntimeChecks::unchecked();
             }
@@ -939,13 +924,7 @@ fn compile(
     }
 }
 
-fn make_pipe(
-    device: &wgpu::Device,
-    op: Op,
-    module: &wgpu::ShaderModule,
-    entry: &str,
-    zero_init: bool,
-) -> Pipe {
+fn make_pipe(device: &wgpu::Device, op: Op, module: &wgpu::ShaderModule, entry: &str) -> Pipe {
     let mut entries = vec![wgpu::BindGroupLayoutEntry {
         binding: 0,
         visibility: wgpu::ShaderStages::COMPUTE,
@@ -984,10 +963,7 @@ fn make_pipe(
         layout: Some(&pipeline_layout),
         module,
         entry_point: Some(entry),
-        compilation_options: wgpu::PipelineCompilationOptions {
-            zero_initialize_workgroup_memory: zero_init,
-            ..Default::default()
-        },
+        compilation_options: Default::default(),
         cache: None,
     });
     Pipe { pipeline, layout }
