@@ -83,22 +83,16 @@ fn rq_op(a: f32, b: f32, is_max: bool) -> f32 {
 fn rq_reduce(lid: u32, v: f32, is_max: bool) -> f32 {
     rq_red[lid] = v;
     workgroupBarrier();
-    if lid < 32u {
-        var r = rq_red[lid];
-        for (var j = 1u; j < 8u; j++) {
-            r = rq_op(r, rq_red[lid + 32u * j], is_max);
+    for (var s = 32u; s >= 4u; s /= 8u) {
+        if lid < s {
+            var r = rq_red[lid];
+            for (var j = 1u; j < 8u; j++) {
+                r = rq_op(r, rq_red[lid + s * j], is_max);
+            }
+            rq_red[lid] = r;
         }
-        rq_red[lid] = r;
+        workgroupBarrier();
     }
-    workgroupBarrier();
-    if lid < 4u {
-        var r = rq_red[lid];
-        for (var j = 1u; j < 8u; j++) {
-            r = rq_op(r, rq_red[lid + 4u * j], is_max);
-        }
-        rq_red[lid] = r;
-    }
-    workgroupBarrier();
     let r = rq_op(rq_op(rq_red[0], rq_red[1], is_max), rq_op(rq_red[2], rq_red[3], is_max), is_max);
     workgroupBarrier();
     return r;
