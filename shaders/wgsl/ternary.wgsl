@@ -151,8 +151,7 @@ fn chunk_dot(w0: vec4<u32>, w1: vec4<u32>, qw: u32, i2s: bool) -> i32 {
 
 // Words at bytes `byte`, + 4, + 8, + 12 of `which`.
 fn at4(which: u32, byte: u32) -> vec4<u32> {
-    return vec4<u32>(word_at(which, byte), word_at(which, byte + 4u), word_at(which, byte + 8u),
-                     word_at(which, byte + 12u));
+    return words_at4(which, vec4<u32>(byte) + vec4<u32>(0u, 4u, 8u, 12u));
 }
 
 // Trit n (0..4) of each of the four bytes of `w`: the TQ1_0 codes of four
@@ -381,6 +380,15 @@ struct Batch {
     b1: vec4<u32>,
 }
 
+// The u32s at even byte offsets byte.x .. byte.w of `which`: `word_at`
+// four at a time, the unaligned ones (TQ2_0 blocks are 66 bytes) from two
+// aligned loads each, no load behind a branch of its own.
+fn words_at4(which: u32, byte: vec4<u32>) -> vec4<u32> {
+    let lo = wload4(which, byte >> vec4<u32>(2u));
+    let hi = wload4(which, (byte >> vec4<u32>(2u)) + 1u);
+    return select(lo, (lo >> vec4<u32>(16u)) | (hi << vec4<u32>(16u)), (byte & vec4<u32>(2u)) != vec4<u32>(0u));
+}
+
 // Words i.x .. i.w of `which`, four loads in one branch.
 fn wload4(which: u32, i: vec4<u32>) -> vec4<u32> {
     if which == 1u {
@@ -404,11 +412,7 @@ fn wword4(which: u32, kind: u32, j: u32, u0: u32, seg: u32, words: u32) -> vec4<
     if kind == 0u {
         r = wload4(which, vec4<u32>(j * (p.k / 16u)) + uc);
     } else {
-        // TQ2_0: 66-byte blocks, so half the words start at 2 mod 4.
-        let byte = (vec4<u32>(j * (p.k / 256u)) + uc / 16u) * 66u + 4u * (uc % 16u);
-        let lo = wload4(which, byte >> vec4<u32>(2u));
-        let hi = wload4(which, (byte >> vec4<u32>(2u)) + 1u);
-        r = select(lo, (lo >> vec4<u32>(16u)) | (hi << vec4<u32>(16u)), (byte & vec4<u32>(2u)) != vec4<u32>(0u));
+        r = words_at4(which, (vec4<u32>(j * (p.k / 256u)) + uc / 16u) * 66u + 4u * (uc % 16u));
     }
     return select(vec4<u32>(0u), r, u < vec4<u32>(words));
 }
