@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bitnet::backend::cpu::CpuBackend;
-use bitnet::backend::wgpu::{Dot4, GpuTensor, WgpuOptions};
+use bitnet::backend::wgpu::{Dot4, GpuTensor, Halves, WgpuOptions};
 use bitnet::backend::{Backend, BackendError, KvType};
 use bitnet::convert::{convert_hf, ConvertOptions};
 use bitnet::fixture::FixtureConfig;
@@ -464,8 +464,17 @@ fn tables_split_across_bindings_give_the_same_results() {
 
 #[test]
 fn attention_matches_prefill_and_decode() {
-    let Some(g) = gpu() else { return };
-    pollster::block_on(check_attention(&g));
+    // The device's own f16 conversion (the builtin where it has one), and
+    // the integer one every device has.
+    for halves in [None, Some(Halves::Portable)] {
+        let Some(g) = gpu_opts(WgpuOptions {
+            halves,
+            ..Default::default()
+        }) else {
+            return;
+        };
+        pollster::block_on(check_attention(&g));
+    }
 }
 
 fn fixture(ty: GgmlType) -> Arc<GgufFile> {

@@ -18,8 +18,12 @@ pub struct Shader {
     pub f16: bool,
     /// Calls `w3_word` and `put` ([`THIRD`] or [`NO_THIRD`]).
     pub third: bool,
-    /// Calls `quantize_row` ([`ROWQUANT`]).
+    /// Calls `quantize_row` ([`ROWQUANT`], which needs [`REDUCE`]).
     pub rowquant: bool,
+    /// Calls `wg_reduce` ([`REDUCE`]).
+    pub reduce: bool,
+    /// Calls `halves(w)` (a [`Halves`] prelude).
+    pub halves: bool,
 }
 
 const fn shader(name: &'static str, src: &'static str, dot4: bool, f16: bool) -> Shader {
@@ -30,11 +34,16 @@ const fn shader(name: &'static str, src: &'static str, dot4: bool, f16: bool) ->
         f16,
         third: false,
         rowquant: false,
+        reduce: false,
+        halves: false,
     }
 }
 
 /// f16 <-> f32 in integer operations (a prelude, not a shader).
 pub const F16: &str = include_str!("../wgsl/f16.wgsl");
+
+/// The sum or the max over a workgroup of 256 threads (a prelude).
+pub const REDUCE: &str = include_str!("../wgsl/reduce.wgsl");
 
 /// One row of activations to int8 codes, optionally after RMSNorm (a
 /// prelude: the activation quantizer and the one-token ternary kernels
@@ -87,16 +96,20 @@ pub const TERNARY: Shader = Shader {
 };
 /// RMSNorm (entry `rms_norm`).
 pub const NORM: Shader = shader("norm.wgsl", include_str!("../wgsl/norm.wgsl"), false, false);
-/// Rotary embedding (entry `rope`).
-pub const ROPE: Shader = shader("rope.wgsl", include_str!("../wgsl/rope.wgsl"), false, false);
-/// Attention over the KV cache, storing the new keys and values (entry
-/// `attend`).
-pub const ATTENTION: Shader = shader(
-    "attention.wgsl",
-    include_str!("../wgsl/attention.wgsl"),
-    false,
-    true,
-);
+/// Rotary embedding, and the store of keys and values into the KV cache
+/// (entry `rope`).
+pub const ROPE: Shader = shader("rope.wgsl", include_str!("../wgsl/rope.wgsl"), false, true);
+/// Attention over the KV cache (entry `attend`).
+pub const ATTENTION: Shader = Shader {
+    reduce: true,
+    halves: true,
+    ..shader(
+        "attention.wgsl",
+        include_str!("../wgsl/attention.wgsl"),
+        false,
+        true,
+    )
+};
 /// GLU and residual add (entries `glu`, `add`).
 pub const ELEMENTWISE: Shader = shader(
     "elementwise.wgsl",
@@ -117,22 +130,28 @@ pub const ALL: [Shader; 7] = [QUANT, TERNARY, NORM, ROPE, ATTENTION, ELEMENTWISE
 
 impl Shader {
     /// The full source as the backend compiles it: preludes, then the file.
-    pub fn source(&self, dot4: Dot4) -> String {
-        self.source_with(dot4, false)
+    pub fn source(&self, dot4: Dot4, halves: Halves) -> String {
+        self.source_with(dot4, halves, false)
     }
 
     /// [`Shader::source`], with the [`THIRD`] prelude where `three` (the
     /// module of `matvec3`).
-    pub fn source_with(&self, dot4: Dot4, three: bool) -> String {
+    pub fn source_with(&self, dot4: Dot4, halves: Halves, three: bool) -> String {
         let mut s = String::new();
         if self.dot4 {
             s.push_str(dot4.prelude());
         }
-        if self.f16 {
+        if self.f16 || self.halves {
             s.push_str(F16);
+        }
+        if self.halves {
+            s.push_str(halves.prelude());
         }
         if self.third {
             s.push_str(if three { THIRD } else { NO_THIRD });
+        }
+        if self.reduce || self.rowquant {
+            s.push_str(REDUCE);
         }
         if self.rowquant {
             s.push_str(ROWQUANT);
@@ -173,19 +192,48 @@ impl Dot4 {
     }
 }
 
+/// How `halves(w)` turns two f16 values (one u32, element 0 in the low
+/// half) into f32: exactly either way, since every f16 is an f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Halves {
+    /// WGSL's `unpack2x16float`: one instruction on most GPUs, but not
+    /// every wgpu backend has it (naga's `SHADER_FLOAT16_IN_FLOAT32`).
+    Builtin,
+    /// f16.wgsl's integer conversion: works everywhere.
+    Portable,
+}
+
+impl Halves {
+    pub const ALL: [Halves; 2] = [Halves::Builtin, Halves::Portable];
+
+    pub const fn prelude(self) -> &'static str {
+        match self {
+            Halves::Builtin => "fn halves(w: u32) -> vec2<f32> { return unpack2x16float(w); }\n",
+            Halves::Portable => {
+                "fn halves(w: u32) -> vec2<f32> {\n\
+                 \x20   return vec2<f32>(f16_to_f32(w & 0xffffu), f16_to_f32(w >> 16u));\n\
+                 }\n"
+            }
+        }
+    }
+}
+
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
 
-    fn validate(name: &str, src: &str) -> naga::Module {
+    /// Parses and validates `src`, with the capability the builtin
+    /// `halves` needs (and nothing else) where `halves` is that one.
+    fn validate(name: &str, src: &str, halves: Halves) -> naga::Module {
         let module = naga::front::wgsl::parse_str(src)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+        let caps = match halves {
+            Halves::Builtin => naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+            Halves::Portable => naga::valid::Capabilities::empty(),
+        };
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
         module
     }
 
@@ -193,8 +241,10 @@ mod tests {
     fn every_shader_parses_and_validates() {
         for sh in ALL {
             for d in Dot4::ALL {
-                validate(sh.name, &sh.source(d));
-                validate(sh.name, &sh.source_with(d, true));
+                for h in Halves::ALL {
+                    validate(sh.name, &sh.source(d, h), h);
+                    validate(sh.name, &sh.source_with(d, h, true), h);
+                }
             }
         }
     }
@@ -212,7 +262,11 @@ mod tests {
         ];
         for (sh, (name, entries)) in ALL.iter().zip(want) {
             assert_eq!(sh.name, name);
-            let m = validate(name, &sh.source(Dot4::Portable));
+            let m = validate(
+                name,
+                &sh.source(Dot4::Portable, Halves::Portable),
+                Halves::Portable,
+            );
             let got: Vec<&str> = m.entry_points.iter().map(|e| e.name.as_str()).collect();
             assert_eq!(got, entries, "{name}");
         }

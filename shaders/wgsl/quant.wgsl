@@ -55,7 +55,7 @@ fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if row >= p.rows {
         return;
     }
-    let scale = quantize_row(row, row * p.k, p.k, p.norm == 1u, p.eps, lid);
+    let scale = quantize_row(row, row * p.k, p.k, p.norm == 1u, p.eps, true, lid);
     if lid == 0u {
         qscale[row] = scale;
     }

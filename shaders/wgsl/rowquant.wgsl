@@ -5,9 +5,10 @@
 // (x * (1 / sqrt(mean(x²) + eps)) * w, in that order), and the normalised
 // values are what get quantized.
 //
-// Needs the `dot4` prelude. A prelude, not a shader: quant.wgsl (codes to buffers) and ternary.wgsl's
-// one-token kernels (codes to workgroup memory, then the product) call the
-// same `quantize_row`, so both make the same codes from the same row. The
+// Needs the `dot4` and reduce.wgsl preludes. A prelude, not a shader:
+// quant.wgsl (codes to buffers) and ternary.wgsl's one-token kernels
+// (codes to workgroup memory, then the product) call the same
+// `quantize_row`, so both make the same codes from the same row. The
 // module declares the row source `src: array<f32>`, the norm weight
 // `norm_w: array<f32>` ([k]; without a norm, any buffer of at least k
 // values, since it is read either way), and where the results go:
@@ -28,7 +29,6 @@
 // returns, every word and chunk sum is out and visible to the workgroup.
 
 const RQ_WG: u32 = 256u;
-var<workgroup> rq_red: array<f32, 256>;
 
 // 127 / a, correctly rounded to nearest even (WGSL's `/` may be 2.5 ulp off,
 // and the scale must equal the CPU's). `a` is finite and >= 1e-5, so it is
@@ -74,45 +74,11 @@ fn recip127(a: f32) -> f32 {
     return bitcast<f32>((u32(e + 150) << 23u) | (mant & 0x7fffffu));
 }
 
-fn rq_op(a: f32, b: f32, is_max: bool) -> f32 {
-    return select(a + b, max(a, b), is_max);
-}
-
-// The sum (or the max) of every thread's `v`: 256 -> 32 -> 4 -> 1 values,
-// eight at a time (three barriers; a pairwise tree took nine).
-fn rq_reduce(lid: u32, v: f32, is_max: bool) -> f32 {
-    rq_red[lid] = v;
-    workgroupBarrier();
-    for (var s = 32u; s >= 4u; s /= 8u) {
-        if lid < s {
-            var r = rq_red[lid];
-            for (var j = 1u; j < 8u; j++) {
-                r = rq_op(r, rq_red[lid + s * j], is_max);
-            }
-            rq_red[lid] = r;
-        }
-        workgroupBarrier();
-    }
-    let r = rq_op(rq_op(rq_red[0], rq_red[1], is_max), rq_op(rq_red[2], rq_red[3], is_max), is_max);
-    workgroupBarrier();
-    return r;
-}
-
-// Word w (elements 4w..4w+3) of the row starting at x0, normalised with
-// `inv` where `normed`.
-fn rq_word4(x0: u32, w: u32, normed: bool, inv: f32) -> vec4<f32> {
-    let i = x0 + 4u * w;
-    let v = vec4<f32>(src[i], src[i + 1u], src[i + 2u], src[i + 3u]);
-    // `norm_w` is the row itself when there is no norm: always k long.
-    let g = vec4<f32>(norm_w[4u * w], norm_w[4u * w + 1u], norm_w[4u * w + 2u], norm_w[4u * w + 3u]);
-    return select(v, v * inv * g, normed);
-}
-
-// Words w0 + 256 u (u = 0..3) of the row, zero from `words` on,
-// normalised where `normed`: one step of the loops below. Vectors, every
-// load written out and none behind a branch (a function-local array
-// indexed in a loop can end up in memory, and a load behind a branch can
-// wait for the loads before it; on an H100 both cost time).
+// Words w0 + 256 u (u = 0..3) of the row: one step of the loops below.
+// Vectors, every load written out and none behind a branch (a
+// function-local array indexed in a loop can end up in memory, and a load
+// behind a branch can wait for the loads before it; on an H100 both cost
+// time).
 struct RqStep {
     v0: vec4<f32>,
     v1: vec4<f32>,
@@ -120,19 +86,59 @@ struct RqStep {
     v3: vec4<f32>,
 }
 
-fn rq_at(x0: u32, w: u32, words: u32, normed: bool, inv: f32) -> vec4<f32> {
-    let v = rq_word4(x0, min(w, words - 1u), normed, inv);
-    return select(vec4<f32>(0.0), v, w < words);
+// A step's values and their norm weights, zero from `words` on.
+struct RqRaw {
+    x: RqStep,
+    g: RqStep,
 }
 
-fn rq_words(x0: u32, w0: u32, words: u32, normed: bool, inv: f32) -> RqStep {
-    return RqStep(rq_at(x0, w0, words, normed, inv), rq_at(x0, w0 + RQ_WG, words, normed, inv),
-                  rq_at(x0, w0 + 2u * RQ_WG, words, normed, inv), rq_at(x0, w0 + 3u * RQ_WG, words, normed, inv));
+// Word w (elements 4w..4w+3) of the row starting at x0, and of the norm
+// weight; zero from `words` on (read at the last word, so no load waits on
+// a branch).
+struct RqWord {
+    x: vec4<f32>,
+    g: vec4<f32>,
+}
+
+fn rq_at(x0: u32, w: u32, words: u32) -> RqWord {
+    let wc = min(w, words - 1u);
+    let i = x0 + 4u * wc;
+    let v = vec4<f32>(src[i], src[i + 1u], src[i + 2u], src[i + 3u]);
+    // `norm_w` is the row itself when there is no norm: always k long.
+    let g = vec4<f32>(norm_w[4u * wc], norm_w[4u * wc + 1u], norm_w[4u * wc + 2u], norm_w[4u * wc + 3u]);
+    let live = w < words;
+    return RqWord(select(vec4<f32>(0.0), v, live), select(vec4<f32>(0.0), g, live));
+}
+
+fn rq_raw(x0: u32, w0: u32, words: u32) -> RqRaw {
+    let a = rq_at(x0, w0, words);
+    let b = rq_at(x0, w0 + RQ_WG, words);
+    let c = rq_at(x0, w0 + 2u * RQ_WG, words);
+    let d = rq_at(x0, w0 + 3u * RQ_WG, words);
+    return RqRaw(RqStep(a.x, b.x, c.x, d.x), RqStep(a.g, b.g, c.g, d.g));
+}
+
+// The step's values, normalised (x * inv * g, the CPU's order) where
+// `normed`.
+fn rq_norm(r: RqRaw, normed: bool, inv: f32) -> RqStep {
+    let x = r.x;
+    let g = r.g;
+    return RqStep(select(x.v0, x.v0 * inv * g.v0, normed), select(x.v1, x.v1 * inv * g.v1, normed),
+                  select(x.v2, x.v2 * inv * g.v2, normed), select(x.v3, x.v3 * inv * g.v3, normed));
+}
+
+// `ss` plus the step's squares, added one vector at a time.
+fn rq_sq(ss: f32, x: RqStep) -> f32 {
+    return ss + dot(x.v0, x.v0) + dot(x.v1, x.v1) + dot(x.v2, x.v2) + dot(x.v3, x.v3);
 }
 
 fn rq_absmax(v: vec4<f32>) -> f32 {
     let a = abs(v);
     return max(max(a.x, a.y), max(a.z, a.w));
+}
+
+fn rq_max(x: RqStep) -> f32 {
+    return max(max(rq_absmax(x.v0), rq_absmax(x.v1)), max(rq_absmax(x.v2), rq_absmax(x.v3)));
 }
 
 // Emits word w (values `v`) of the row as codes, if it is within the row.
@@ -145,39 +151,51 @@ fn rq_emit(row: u32, x0: u32, w: u32, words: u32, v: vec4<f32>, scale: f32) {
     }
 }
 
+fn rq_emit4(row: u32, x0: u32, w0: u32, words: u32, x: RqStep, scale: f32) {
+    rq_emit(row, x0, w0, words, x.v0, scale);
+    rq_emit(row, x0, w0 + RQ_WG, words, x.v1, scale);
+    rq_emit(row, x0, w0 + 2u * RQ_WG, words, x.v2, scale);
+    rq_emit(row, x0, w0 + 3u * RQ_WG, words, x.v3, scale);
+}
+
 // Quantizes row `row` (k elements from src[x0], k a multiple of 128),
-// emitting its words and chunk sums; returns its scale.
-fn quantize_row(row: u32, x0: u32, k: u32, norm: bool, eps: f32, lid: u32) -> f32 {
+// emitting its words and, where `sums`, its chunk sums; returns its
+// scale. The first two steps (rows of up to 8192 elements: every row of
+// the one-token kernels) are loaded once and held in registers through
+// the three passes (sum of squares, max, codes); further steps are loaded
+// again in each pass.
+fn quantize_row(row: u32, x0: u32, k: u32, norm: bool, eps: f32, sums: bool, lid: u32) -> f32 {
     let words = k / 4u;
+    let step = 4u * RQ_WG;
+    let h0 = rq_raw(x0, lid, words);
+    let h1 = rq_raw(x0, lid + step, words);
     var inv = 1.0;
     if norm {
-        var ss = 0.0;
-        for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
-            let v = rq_words(x0, w0, words, false, inv);
-            ss += dot(v.v0, v.v0);
-            ss += dot(v.v1, v.v1);
-            ss += dot(v.v2, v.v2);
-            ss += dot(v.v3, v.v3);
+        var ss = rq_sq(rq_sq(0.0, h0.x), h1.x);
+        for (var w0 = lid + 2u * step; w0 < words; w0 += step) {
+            ss = rq_sq(ss, rq_raw(x0, w0, words).x);
         }
-        inv = 1.0 / sqrt(rq_reduce(lid, ss, false) / f32(k) + eps);
+        inv = 1.0 / sqrt(wg_reduce(lid, ss, false) / f32(k) + eps);
     }
-    var amax = 0.0;
-    for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
-        let v = rq_words(x0, w0, words, norm, inv);
-        amax = max(amax, max(max(rq_absmax(v.v0), rq_absmax(v.v1)), max(rq_absmax(v.v2), rq_absmax(v.v3))));
+    let n0 = rq_norm(h0, norm, inv);
+    let n1 = rq_norm(h1, norm, inv);
+    var amax = max(rq_max(n0), rq_max(n1));
+    for (var w0 = lid + 2u * step; w0 < words; w0 += step) {
+        amax = max(amax, rq_max(rq_norm(rq_raw(x0, w0, words), norm, inv)));
     }
-    let scale = recip127(max(rq_reduce(lid, amax, true), 1e-5));
-    for (var w0 = lid; w0 < words; w0 += 4u * RQ_WG) {
-        let v = rq_words(x0, w0, words, norm, inv);
-        rq_emit(row, x0, w0, words, v.v0, scale);
-        rq_emit(row, x0, w0 + RQ_WG, words, v.v1, scale);
-        rq_emit(row, x0, w0 + 2u * RQ_WG, words, v.v2, scale);
-        rq_emit(row, x0, w0 + 3u * RQ_WG, words, v.v3, scale);
+    let scale = recip127(max(wg_reduce(lid, amax, true), 1e-5));
+    rq_emit4(row, x0, lid, words, n0, scale);
+    rq_emit4(row, x0, lid + step, words, n1, scale);
+    for (var w0 = lid + 2u * step; w0 < words; w0 += step) {
+        rq_emit4(row, x0, w0, words, rq_norm(rq_raw(x0, w0, words), norm, inv), scale);
     }
     // Chunk sums from the codes as emitted: a thread per chunk, four
     // words per step (the sum of a word's codes is its dot product with
     // four ones), no atomics.
     rq_sync();
+    if !sums {
+        return scale;
+    }
     for (var c = lid; c < k / 128u; c += RQ_WG) {
         var s = vec4<i32>(0);
         for (var i = 0u; i < 32u; i += 4u) {

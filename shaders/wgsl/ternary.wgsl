@@ -14,7 +14,8 @@
 //           weights (i a multiple of 4) are the same trit of four
 //           consecutive bytes, so they unpack into one packed code word.
 // Codes c are 0..2 for weights c-1, so per chunk sum(w*q) = sum(c*q) - sum(q);
-// the chunk sums of q come from quant.wgsl. Integer sums are exact; the
+// the chunk sums of q come from quant.wgsl (`matmul`). The one-token
+// kernels turn the codes into signed bytes c - 1 instead (`weights_dot`). Integer sums are exact; the
 // rescale is the CPU's formula, f32(sum) * wscale / qscale (kinds 0, 1), or
 // sum over blocks of f32(block sum) * d, / qscale (kind 2), equal to the
 // CPU's within rounding (WGSL's `/` may be 2.5 ulp off, and kind 2 adds
@@ -81,6 +82,9 @@ var<workgroup> red_f2: array<f32, 256>;
 // wider ones to `matmul`) and the sums of their chunks, from `quantize_row`.
 var<workgroup> qs: array<u32, 2048>;
 var<workgroup> qss: array<i32, 64>;
+// The one-token kernels take signed weights (`weights_dot`), not codes
+// less chunk sums.
+const SIGNED: bool = true;
 
 fn emit_word(row: u32, x0: u32, w: u32, word: u32, v: vec4<f32>) {
     qs[w] = word;
@@ -128,6 +132,18 @@ fn codes_dot(w: u32, a: vec4<u32>, i2s: bool) -> i32 {
     for (var l = 0u; l < 4u; l++) {
         let sh = select(2u * l, 6u - 2u * l, i2s);
         s += dot4((w >> sh) & MASK, a[l]);
+    }
+    return s;
+}
+
+// sum(weight * q) of the same: the codes c made the signed bytes c - 1
+// (c + 127 is 127..129, no carry into the next byte; the top bit flipped
+// gives c - 1 in two's complement), so no chunk sum of q is needed.
+fn weights_dot(w: u32, a: vec4<u32>, i2s: bool) -> i32 {
+    var s = 0;
+    for (var l = 0u; l < 4u; l++) {
+        let sh = select(2u * l, 6u - 2u * l, i2s);
+        s += dot4((((w >> sh) & MASK) + 0x7f7f7f7fu) ^ 0x80808080u, a[l]);
     }
     return s;
 }
@@ -356,8 +372,13 @@ struct Sums {
 fn word_dot(which: u32, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
     let ch = u / 8u;
     let i = ch * 32u + u % 8u;
-    var s = codes_dot(wv, vec4<u32>(qs[i], qs[i + 8u], qs[i + 16u], qs[i + 24u]), kind == 0u);
-    s -= select(0, qss[ch], u % 8u == 0u);
+    let a = vec4<u32>(qs[i], qs[i + 8u], qs[i + 16u], qs[i + 24u]);
+    var s: i32;
+    if SIGNED {
+        s = weights_dot(wv, a, kind == 0u);
+    } else {
+        s = codes_dot(wv, a, kind == 0u) - select(0, qss[ch], u % 8u == 0u);
+    }
     var r: Sums;
     r.i = s;
     if kind == 2u {
@@ -498,7 +519,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if j < p.m {
         first = batch(0u, p.kind, j, glu, 1u, p.kind2, j, c, seg);
     }
-    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, lid);
+    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, !SIGNED, lid);
     // Float sums only for per-block scales.
     let fa = p.kind == 2u;
     let fb = glu && p.kind2 == 2u;
@@ -572,7 +593,7 @@ fn matvec3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     if live {
         first = batch(which, kind, jl, false, 0u, 0u, 0u, c, seg);
     }
-    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, lid);
+    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, !SIGNED, lid);
     var a: Sums;
     var unused: Sums;
     if live {

@@ -174,6 +174,22 @@ pub trait Backend: Send + Sync {
         pos0: usize,
         cfg: &BitNetConfig,
     ) -> Self::Tensor;
+    /// `rope_qk` then `attention`: a backend may rotate the keys and store
+    /// them in one step.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        v: &Self::Tensor,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        pos0: usize,
+        cfg: &BitNetConfig,
+    ) -> Self::Tensor {
+        self.rope_qk(q, k, pos0, cfg);
+        self.attention(q, k, v, cache, layer, pos0, cfg)
+    }
     /// act(gate) · up, elementwise.
     fn glu(&self, gate: &Self::Tensor, up: &Self::Tensor, act: Activation) -> Self::Tensor;
     /// x += y.

@@ -255,8 +255,7 @@ impl<B: Backend> BitNet<B> {
                 let eps = c.rms_eps;
                 let norm = Some((&l.attn_norm, eps));
                 let [mut q, mut k, v] = b.bitlinear_many(&x, norm, [&l.wq, &l.wk, &l.wv]);
-                b.rope_qk(&mut q, &mut k, pos0, c);
-                let a = b.attention(&q, &k, &v, &mut s.cache, i, pos0, c);
+                let a = b.rope_attention(&mut q, &mut k, &v, &mut s.cache, i, pos0, c);
                 let sub = l.attn_sub_norm.as_ref().map(|w| (w, eps));
                 b.bitlinear_add(&mut x, &a, sub, &l.wo);
 

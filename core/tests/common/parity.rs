@@ -179,8 +179,17 @@ pub async fn check_norm_rope_glu_add(g: &WgpuBackend) {
         assert_eq!(want.data, read(g, &got).await, "add");
     }
     let mut cfg = tiny_cfg();
-    for style in [RopeStyle::Neox, RopeStyle::Norm] {
+    // Both pairings, and NEOX also with an odd half and a partial rotation
+    // (rope_qk takes other paths for those).
+    for (style, rope_dim) in [
+        (RopeStyle::Neox, 64),
+        (RopeStyle::Norm, 64),
+        (RopeStyle::Neox, 62),
+        (RopeStyle::Neox, 32),
+        (RopeStyle::Norm, 48),
+    ] {
         cfg.rope_style = style;
+        cfg.rope_dim = rope_dim;
         for (rows, heads, pos0) in [(1, 4, 0), (7, 2, 3), (3, 4, 200)] {
             let cols = heads * cfg.head_dim as usize;
             let x = rng.vec(rows * cols, 2.0);
@@ -189,7 +198,10 @@ pub async fn check_norm_rope_glu_add(g: &WgpuBackend) {
             let mut got = g.upload_tensor(rows, cols, &x);
             g.rope(&mut got, pos0, &cfg);
             let e = nmse(&want.data, &read(g, &got).await);
-            assert!(e <= 1e-7, "rope {style:?} rows={rows} pos0={pos0}: {e}");
+            assert!(
+                e <= 1e-7,
+                "rope {style:?} {rope_dim} rows={rows} pos0={pos0}: {e}"
+            );
         }
         // Queries and keys (fewer heads) in one step.
         for (rows, heads, kv_heads, pos0) in [(1, 4, 1, 9), (5, 6, 2, 30)] {
@@ -212,55 +224,82 @@ pub async fn check_norm_rope_glu_add(g: &WgpuBackend) {
             );
             assert!(
                 eq <= 1e-7 && ek <= 1e-7,
-                "rope_qk {style:?} rows={rows}: {eq} {ek}"
+                "rope_qk {style:?} {rope_dim} rows={rows}: {eq} {ek}"
             );
         }
     }
 }
 
-/// Causal GQA attention: a prefill longer than one 64-position tile, decode
-/// steps and a second batch, f32 and f16 caches, within 1e-10 NMSE.
+/// Causal GQA attention, f32 and f16 caches, within 1e-10 NMSE: the plain
+/// op (a prefill longer than one 256-position tile, decode steps and a
+/// second batch), then RoPE and attention in one step, in each way
+/// rope.wgsl takes the keys (both pairings; NEOX with a partial rotation,
+/// and with an odd half, which rotates the keys apart from the store).
 pub async fn check_attention(g: &WgpuBackend) {
     let cpu = CpuBackend::new();
-    let cfg = tiny_cfg(); // 4 heads, 2 KV heads (GQA), head_dim 64
     let mut rng = Rng(21);
-    let (qd, kvd) = (
-        (cfg.n_head * cfg.head_dim) as usize,
-        (cfg.n_head_kv * cfg.head_dim) as usize,
-    );
-    for kv in [KvType::F32, KvType::F16] {
-        let mut cc = cpu.new_kv_cache(&cfg, 200, kv);
-        let mut gc = g.new_kv_cache(&cfg, 200, kv);
-        let mut pos = 0;
-        // A prefill longer than one 64-position tile, then decode steps and
-        // a second batch.
-        for rows in [130, 1, 1, 5, 1] {
-            let (q, k, v) = (
-                rng.vec(rows * qd, 2.0),
-                rng.vec(rows * kvd, 2.0),
-                rng.vec(rows * kvd, 2.0),
-            );
-            let want = cpu.attention(
-                &cpu_tensor(rows, qd, &q),
-                &cpu_tensor(rows, kvd, &k),
-                &cpu_tensor(rows, kvd, &v),
-                &mut cc,
-                1,
-                pos,
-                &cfg,
-            );
-            let got = g.attention(
-                &g.upload_tensor(rows, qd, &q),
-                &g.upload_tensor(rows, kvd, &k),
-                &g.upload_tensor(rows, kvd, &v),
-                &mut gc,
-                1,
-                pos,
-                &cfg,
-            );
-            let e = nmse(&want.data, &read(g, &got).await);
-            assert!(e <= 1e-10, "{kv:?} rows={rows} pos0={pos}: NMSE {e}");
-            pos += rows;
+    let cases = [
+        (false, RopeStyle::Neox, 64),
+        (true, RopeStyle::Neox, 64),
+        (true, RopeStyle::Norm, 64),
+        (true, RopeStyle::Neox, 32),
+        (true, RopeStyle::Neox, 62),
+    ];
+    for (fused, style, rope_dim) in cases {
+        let mut cfg = tiny_cfg(); // 4 heads, 2 KV heads (GQA), head_dim 64
+        cfg.rope_style = style;
+        cfg.rope_dim = rope_dim;
+        let (qd, kvd) = (
+            (cfg.n_head * cfg.head_dim) as usize,
+            (cfg.n_head_kv * cfg.head_dim) as usize,
+        );
+        let batches: &[usize] = if fused {
+            &[7, 1, 3]
+        } else {
+            &[300, 1, 1, 5, 1]
+        };
+        for kv in [KvType::F32, KvType::F16] {
+            let mut cc = cpu.new_kv_cache(&cfg, 400, kv);
+            let mut gc = g.new_kv_cache(&cfg, 400, kv);
+            let mut pos = 0;
+            for &rows in batches {
+                let label = format!("{kv:?} {style:?} {rope_dim} rows={rows} pos0={pos}");
+                let (q, k, v) = (
+                    rng.vec(rows * qd, 2.0),
+                    rng.vec(rows * kvd, 2.0),
+                    rng.vec(rows * kvd, 2.0),
+                );
+                let (mut cq, mut ck, cv) = (
+                    cpu_tensor(rows, qd, &q),
+                    cpu_tensor(rows, kvd, &k),
+                    cpu_tensor(rows, kvd, &v),
+                );
+                let (mut gq, mut gk, gv) = (
+                    g.upload_tensor(rows, qd, &q),
+                    g.upload_tensor(rows, kvd, &k),
+                    g.upload_tensor(rows, kvd, &v),
+                );
+                let (want, got) = if fused {
+                    (
+                        cpu.rope_attention(&mut cq, &mut ck, &cv, &mut cc, 1, pos, &cfg),
+                        g.rope_attention(&mut gq, &mut gk, &gv, &mut gc, 1, pos, &cfg),
+                    )
+                } else {
+                    (
+                        cpu.attention(&cq, &ck, &cv, &mut cc, 1, pos, &cfg),
+                        g.attention(&gq, &gk, &gv, &mut gc, 1, pos, &cfg),
+                    )
+                };
+                let e = nmse(&want.data, &read(g, &got).await);
+                assert!(e <= 1e-10, "{label}: NMSE {e}");
+                // The rotated queries and keys are left as rope_qk leaves them.
+                let (eq, ek) = (
+                    nmse(&cq.data, &read(g, &gq).await),
+                    nmse(&ck.data, &read(g, &gk).await),
+                );
+                assert!(eq <= 1e-7 && ek <= 1e-7, "{label}: q {eq} k {ek}");
+                pos += rows;
+            }
         }
     }
 }

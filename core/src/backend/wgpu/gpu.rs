@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bitnet_shaders::{Dot4, Shader};
+use bitnet_shaders::{Dot4, Halves, Shader};
 
 use super::device::WgpuError;
 use super::profile::{self, Stats, Timer};
@@ -148,15 +148,15 @@ impl Op {
                 (9, Write),
             ],
             Op::RmsNorm => &[(1, Read), (2, Read), (3, Write)],
-            Op::Rope => &[(1, Write), (2, Read), (3, Write)],
-            Op::Attend => &[
-                (1, Read),
+            Op::Rope => &[
+                (1, Write),
                 (2, Read),
                 (3, Write),
                 (4, Write),
-                (5, Read),
+                (5, Write),
                 (6, Write),
             ],
+            Op::Attend => &[(1, Read), (2, Read), (3, Read), (4, Write)],
             Op::Glu => &[(1, Read), (2, Read), (3, Write)],
             Op::Add => &[(1, Read), (3, Write)],
             Op::Embed => &[(1, Read), (2, Read), (3, Write)],
@@ -246,8 +246,9 @@ impl Gpu {
         }
         super::device::check_limits(&limits)?;
         let dot4 = opts.dot4.unwrap_or_else(|| choose_dot4(&device));
+        let halves = opts.halves.unwrap_or_else(|| choose_halves(&device));
         log::debug!(
-            "wgpu device: {} ({:?}, {:?}); int8 dot products: {dot4:?}; storage binding limit {} MiB",
+            "wgpu device: {} ({:?}, {:?}); int8 dot products: {dot4:?}; f16 to f32: {halves:?}; storage binding limit {} MiB",
             info.name,
             info.backend,
             info.device_type,
@@ -268,7 +269,7 @@ impl Gpu {
             let module = match modules.get(&(shader.name, three)) {
                 Some(m) => m.clone(),
                 None => {
-                    let m = compile(&device, shader, dot4, three, checks)?;
+                    let m = compile(&device, shader, dot4, halves, three, checks)?;
                     modules.insert((shader.name, three), m.clone());
                     m
                 }
@@ -846,19 +847,43 @@ fn choose_dot4(device: &wgpu::Device) -> Dot4 {
             Dot4::Portable
         };
     }
-    let ((), err) = scoped(device, wgpu::ErrorFilter::Validation, || {
-        let _ = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("bitnet:probe-dot4"),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
-    });
-    match err {
+    match probe(device, &src) {
         None => Dot4::Packed,
         Some(e) => {
             log::debug!("dot4I8Packed unavailable ({e}); using the portable int8 dot product");
             Dot4::Portable
         }
     }
+}
+
+/// `unpack2x16float` where this device compiles it, else the integer
+/// conversion. (In the browser WGSL always has it.)
+fn choose_halves(device: &wgpu::Device) -> Halves {
+    if cfg!(target_arch = "wasm32") {
+        return Halves::Builtin;
+    }
+    let src = format!(
+        "{}@compute @workgroup_size(1) fn main() {{ _ = halves(0x3c00u); }}",
+        Halves::Builtin.prelude()
+    );
+    match probe(device, &src) {
+        None => Halves::Builtin,
+        Some(e) => {
+            log::debug!("unpack2x16float unavailable ({e}); using the integer f16 conversion");
+            Halves::Portable
+        }
+    }
+}
+
+/// The validation error of compiling `src` on `device`, if any.
+fn probe(device: &wgpu::Device, src: &str) -> Option<wgpu::Error> {
+    let ((), err) = scoped(device, wgpu::ErrorFilter::Validation, || {
+        let _ = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("bitnet:probe"),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+    });
+    err
 }
 
 /// The runtime checks wgpu adds to our shaders. By default (`Bounds`)
@@ -894,12 +919,13 @@ fn compile(
     device: &wgpu::Device,
     shader: Shader,
     dot4: Dot4,
+    halves: Halves,
     three: bool,
     checks: Checks,
 ) -> Result<wgpu::ShaderModule, WgpuError> {
     let desc = wgpu::ShaderModuleDescriptor {
         label: Some(shader.name),
-        source: wgpu::ShaderSource::Wgsl(shader.source_with(dot4, three).into()),
+        source: wgpu::ShaderSource::Wgsl(shader.source_with(dot4, halves, three).into()),
     };
     let (module, err) = scoped(device, wgpu::ErrorFilter::Validation, || match checks {
         Checks::All => device.create_shader_module(desc),

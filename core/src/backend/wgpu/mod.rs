@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use bitnet_shaders::Dot4;
+pub use bitnet_shaders::{Dot4, Halves};
 pub use device::{DeviceChoice, WgpuError};
 use gpu::{Gpu, GpuBuf, Op};
 
@@ -124,6 +124,18 @@ struct State {
     tokens: Mutex<Option<GpuBuf>>,
 }
 
+/// rope.wgsl's flags: rotate the keys; store keys and values into the
+/// cache; the cache holds f16.
+const ROTATE: u32 = 1;
+const STORE: u32 = 2;
+const F16: u32 = 4;
+
+/// Whether rope.wgsl's second part can take the keys: a thread owns two
+/// elements (one f16 word) and, in the NEOX pairing, their partners.
+fn kv_part_works(cfg: &BitNetConfig) -> bool {
+    cfg.head_dim % 2 == 0 && (cfg.rope_style == RopeStyle::Norm || cfg.rope_dim % 4 == 0)
+}
+
 /// The widest row the one-token kernels take: they quantize it into
 /// workgroup memory (ternary.wgsl's `qs`, 8 KiB).
 const MATVEC_MAX_K: usize = 8192;
@@ -155,6 +167,9 @@ pub struct WgpuOptions {
     /// compiles it; the `BITNET_WGPU_DOT4=portable` variable also forces
     /// the portable one).
     pub dot4: Option<bitnet_shaders::Dot4>,
+    /// Force one f16-to-f32 conversion in attention (default: the builtin
+    /// where the device compiles it).
+    pub halves: Option<bitnet_shaders::Halves>,
     /// Use at most this many bytes per storage binding even where the
     /// device allows more (tests use it to split small tables).
     pub max_binding: Option<u64>,
@@ -397,45 +412,93 @@ impl WgpuBackend {
             && ws.iter().all(|w| w.kind < 3 && w.k == x.cols)
     }
 
-    /// RoPE on `x`, and on `x2` (same rows) in the same dispatch.
+    /// The rope kernel (rope.wgsl): rotates `x` in place, and in the same
+    /// dispatch takes the keys `k` (same rows): rotated in place with
+    /// [`ROTATE`], stored with the values into layer `layer` of `cache`
+    /// where `store` gives them. The caller marks what changed.
+    #[allow(clippy::too_many_arguments)]
     fn rope_dispatch(
         &self,
-        x: &mut GpuTensor,
-        mut x2: Option<&mut GpuTensor>,
+        x: Option<&GpuTensor>,
+        k: Option<&GpuTensor>,
+        rotate: bool,
+        store: Option<(&GpuTensor, &GpuKvCache, usize)>,
         pos0: usize,
         cfg: &BitNetConfig,
     ) {
-        let table = match self.rope_table(cfg, pos0 + x.rows) {
+        let rows = x.or(k).map_or(0, |t| t.rows);
+        let table = match self.rope_table(cfg, pos0 + rows) {
             Ok(t) => t,
             Err(e) => return self.gpu.fail(e.to_string()),
         };
         let (hd, half) = (cfg.head_dim as usize, cfg.rope_dim as usize / 2);
-        let cols2 = x2.as_ref().map_or(0, |t| t.cols);
-        debug_assert!(x2.as_ref().is_none_or(|t| t.rows == x.rows));
-        let n = x.rows * (x.cols + cols2) / hd * half;
+        let (cols, kv_cols) = (x.map_or(0, |t| t.cols), k.map_or(0, |t| t.cols));
+        debug_assert!(k.is_none() || kv_part_works(cfg));
+        let n = rows * (cols / hd * half + kv_cols / 2);
         let style = match cfg.rope_style {
             RopeStyle::Neox => 0,
             RopeStyle::Norm => 1,
         };
-        let second = x2.as_ref().map_or(&self.gpu.unused, |t| t.buf()).clone();
+        let unused = &self.gpu.unused;
+        let mut flags = if rotate { ROTATE } else { 0 };
+        let (mut v, mut kc, mut vc) = (unused, unused, unused);
+        if let Some((vt, cache, layer)) = store {
+            flags |= STORE | if cache.f16 { F16 } else { 0 };
+            (v, kc, vc) = (vt.buf(), &cache.k[layer], &cache.v[layer]);
+        }
         self.gpu.dispatch(
             Op::Rope,
             &[
-                x.rows as u32,
-                x.cols as u32,
+                rows as u32,
+                cols as u32,
                 hd as u32,
                 half as u32,
                 pos0 as u32,
                 style,
-                cols2 as u32,
+                kv_cols as u32,
+                flags,
             ],
-            &[x.buf(), &table, &second],
+            &[
+                x.map_or(unused, |t| t.buf()),
+                &table,
+                k.map_or(unused, |t| t.buf()),
+                v,
+                kc,
+                vc,
+            ],
             grid(n.div_ceil(64)),
         );
-        x.gen = next_gen();
-        if let Some(t) = x2.as_mut() {
-            t.gen = next_gen();
-        }
+    }
+
+    /// Attention of `q` over the cache, whose positions up to pos0 +
+    /// q.rows are stored.
+    fn attend(
+        &self,
+        q: &GpuTensor,
+        cache: &GpuKvCache,
+        layer: usize,
+        pos0: usize,
+        cfg: &BitNetConfig,
+    ) -> GpuTensor {
+        let out = self.tensor(q.rows, q.cols);
+        let hd = cfg.head_dim as usize;
+        let params = [
+            q.rows as u32,
+            cfg.n_head as u32,
+            hd as u32,
+            (cfg.n_head / cfg.n_head_kv) as u32,
+            cache.kv_dim as u32,
+            pos0 as u32,
+            cache.f16 as u32,
+            (1.0 / (hd as f32).sqrt()).to_bits(),
+        ];
+        self.gpu.dispatch(
+            Op::Attend,
+            &params,
+            &[&cache.k[layer], &cache.v[layer], q.buf(), out.buf()],
+            [cfg.n_head as u32, q.rows as u32, 1],
+        );
+        out
     }
 
     /// `matvec`'s threads per row for rows of `k` weights: about 32
@@ -647,15 +710,9 @@ impl Backend for WgpuBackend {
         };
         let bytes = (max_seq * kv_dim * if f16 { 2 } else { 4 }) as u64;
         let made = (|| -> Result<(), BackendError> {
-            if f16 && cfg.head_dim % 2 == 1 {
+            if cfg.head_dim > 256 || cfg.head_dim % 8 != 0 {
                 return Err(BackendError::Unsupported(format!(
-                    "an f16 KV cache with an odd head size {} (use f32)",
-                    cfg.head_dim
-                )));
-            }
-            if cfg.head_dim > 256 {
-                return Err(BackendError::Unsupported(format!(
-                    "head_dim {} (the wgpu attention kernel takes at most 256)",
+                    "head_dim {} (the wgpu attention kernel takes multiples of 8 up to 256)",
                     cfg.head_dim
                 )));
             }
@@ -844,11 +901,19 @@ impl Backend for WgpuBackend {
     }
 
     fn rope(&self, x: &mut GpuTensor, pos0: usize, cfg: &BitNetConfig) {
-        self.rope_dispatch(x, None, pos0, cfg);
+        self.rope_dispatch(Some(x), None, false, None, pos0, cfg);
+        x.gen = next_gen();
     }
 
     fn rope_qk(&self, q: &mut GpuTensor, k: &mut GpuTensor, pos0: usize, cfg: &BitNetConfig) {
-        self.rope_dispatch(q, Some(k), pos0, cfg);
+        if kv_part_works(cfg) {
+            self.rope_dispatch(Some(q), Some(k), true, None, pos0, cfg);
+            q.gen = next_gen();
+            k.gen = next_gen();
+        } else {
+            self.rope(q, pos0, cfg);
+            self.rope(k, pos0, cfg);
+        }
     }
 
     fn attention(
@@ -861,31 +926,34 @@ impl Backend for WgpuBackend {
         pos0: usize,
         cfg: &BitNetConfig,
     ) -> GpuTensor {
-        let out = self.tensor(q.rows, q.cols);
         if let Some(e) = &cache.error {
             self.gpu.fail(e.clone());
-            return out;
+            return self.tensor(q.rows, q.cols);
         }
-        let hd = cfg.head_dim as usize;
-        let params = [
-            q.rows as u32,
-            cfg.n_head as u32,
-            hd as u32,
-            (cfg.n_head / cfg.n_head_kv) as u32,
-            cache.kv_dim as u32,
-            pos0 as u32,
-            cache.f16 as u32,
-            (1.0 / (hd as f32).sqrt()).to_bits(),
-        ];
-        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
-        // Also stores k and v (see attention.wgsl).
-        self.gpu.dispatch(
-            Op::Attend,
-            &params,
-            &[k.buf(), v.buf(), kc, vc, q.buf(), out.buf()],
-            [cfg.n_head as u32, q.rows as u32, 1],
-        );
-        out
+        self.rope_dispatch(None, Some(k), false, Some((v, cache, layer)), pos0, cfg);
+        self.attend(q, cache, layer, pos0, cfg)
+    }
+
+    /// One dispatch rotates the queries and the keys and stores keys and
+    /// values; attention reads the cache only.
+    fn rope_attention(
+        &self,
+        q: &mut GpuTensor,
+        k: &mut GpuTensor,
+        v: &GpuTensor,
+        cache: &mut GpuKvCache,
+        layer: usize,
+        pos0: usize,
+        cfg: &BitNetConfig,
+    ) -> GpuTensor {
+        if cache.error.is_some() || !kv_part_works(cfg) {
+            self.rope_qk(q, k, pos0, cfg);
+            return self.attention(q, k, v, cache, layer, pos0, cfg);
+        }
+        self.rope_dispatch(Some(q), Some(k), true, Some((v, cache, layer)), pos0, cfg);
+        q.gen = next_gen();
+        k.gen = next_gen();
+        self.attend(q, cache, layer, pos0, cfg)
     }
 
     fn glu(&self, gate: &GpuTensor, up: &GpuTensor, act: Activation) -> GpuTensor {
