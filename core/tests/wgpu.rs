@@ -443,8 +443,16 @@ fn check_tables(g: &WgpuBackend, tokens: &[u32], ns: &[usize], seed: u64) {
 
 #[test]
 fn embedding_and_logits_match() {
-    let Some(g) = gpu() else { return };
-    check_tables(&g, &[0, 999, 5, 5, 512], &[1, 6], 9);
+    // The device's own f16 conversion, and the integer one.
+    for halves in [None, Some(Halves::Portable)] {
+        let Some(g) = gpu_opts(WgpuOptions {
+            halves,
+            ..Default::default()
+        }) else {
+            return;
+        };
+        check_tables(&g, &[0, 999, 5, 5, 512], &[1, 6], 9);
+    }
 }
 
 /// A table larger than one binding is split into parts of whole rows; the

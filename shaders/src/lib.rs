@@ -118,12 +118,15 @@ pub const ELEMENTWISE: Shader = shader(
     false,
 );
 /// Embedding lookup and LM head (entries `embed`, `logits`).
-pub const TABLE: Shader = shader(
-    "table.wgsl",
-    include_str!("../wgsl/table.wgsl"),
-    false,
-    true,
-);
+pub const TABLE: Shader = Shader {
+    halves: true,
+    ..shader(
+        "table.wgsl",
+        include_str!("../wgsl/table.wgsl"),
+        false,
+        true,
+    )
+};
 
 /// Every shader.
 pub const ALL: [Shader; 7] = [QUANT, TERNARY, NORM, ROPE, ATTENTION, ELEMENTWISE, TABLE];

@@ -1,5 +1,6 @@
 // Embedding lookup and the LM head over a float table: F32, or F16 / BF16
-// two per u32 (F16 decoded by the f16.wgsl prelude; BF16 is the top half of
+// two per u32 (F16 decoded by the f16.wgsl prelude, or in the LM head by
+// `halves`, the builtin where the device has it; BF16 is the top half of
 // an f32). A table larger than one storage binding
 // is uploaded as several parts of whole rows; each dispatch sees one part,
 // rows row0..row0+nrows.
@@ -59,8 +60,9 @@ fn half_pair(acc: ptr<function, vec4<f32>>, word: u32, i: u32, t0: u32, nt: u32)
     var v0 = bitcast<f32>(word << 16u);
     var v1 = bitcast<f32>(word & 0xffff0000u);
     if p.ty == 1u {
-        v0 = f16_pair_at(word, 0u);
-        v1 = f16_pair_at(word, 1u);
+        let h = halves(word);
+        v0 = h.x;
+        v1 = h.y;
     }
     for (var t = 0u; t < TILE; t++) {
         if t < nt {
@@ -90,12 +92,13 @@ fn logits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                                   table[base / 2u + i0 + 2u * LANES], table[base / 2u + i0 + 3u * LANES]);
                 for (var u = 0u; u < 4u; u++) {
                     let i = i0 + u * LANES;
-                    s += x[xw + 2u * i] * f16_pair_at(w[u], 0u) + x[xw + 2u * i + 1u] * f16_pair_at(w[u], 1u);
+                    let h = halves(w[u]);
+                    s += x[xw + 2u * i] * h.x + x[xw + 2u * i + 1u] * h.y;
                 }
             }
             for (var i = full + lane; i < words; i += LANES) {
-                let w = table[base / 2u + i];
-                s += x[xw + 2u * i] * f16_pair_at(w, 0u) + x[xw + 2u * i + 1u] * f16_pair_at(w, 1u);
+                let h = halves(table[base / 2u + i]);
+                s += x[xw + 2u * i] * h.x + x[xw + 2u * i + 1u] * h.y;
             }
             acc[0] = s;
         } else if p.ty != 0u {
