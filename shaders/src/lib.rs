@@ -16,8 +16,10 @@ pub struct Shader {
     pub dot4: bool,
     /// Calls the f16 conversions of [`F16`].
     pub f16: bool,
-    /// Calls `w3_word` and `put` ([`THIRD`] or [`NO_THIRD`]).
-    pub third: bool,
+    /// Two versions of one prelude, (usual, alternate): ternary.wgsl's
+    /// third matrix ([`NO_THIRD`], [`THIRD`]), attention.wgsl's cache
+    /// ([`CACHE_READ`], [`CACHE_NEW_TOKEN`]).
+    pub alt: Option<(&'static str, &'static str)>,
     /// Calls `quantize_row` ([`ROWQUANT`], which needs [`REDUCE`]).
     pub rowquant: bool,
     /// Calls `wg_reduce` ([`REDUCE`]).
@@ -32,7 +34,7 @@ const fn shader(name: &'static str, src: &'static str, dot4: bool, f16: bool) ->
         src,
         dot4,
         f16,
-        third: false,
+        alt: None,
         rowquant: false,
         reduce: false,
         halves: false,
@@ -71,6 +73,40 @@ pub const NO_THIRD: &str = "fn w3_word(i: u32) -> u32 { return 0u; }
 fn put(which: u32, at: u32, y: f32) {}
 ";
 
+/// attention.wgsl's usual cache bindings: read only (the rope kernel
+/// stored this batch's keys and values before).
+pub const CACHE_READ: &str = "@group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> vc: array<vec4<u32>>;
+const NEW_TOKEN: bool = false;
+fn new_k(i: u32) -> f32 { return 0.0; }
+fn new_v(i: u32) -> f32 { return 0.0; }
+fn new_angle(i: u32) -> vec2<f32> { return vec2<f32>(1.0, 0.0); }
+fn put_kv(is_v: bool, i: u32, w: vec4<u32>) {}
+";
+
+/// attention.wgsl for one new token (`attend` with `NEW_TOKEN`): its
+/// key and value come unrotated from `k_new` / `v_new`, with the cos/sin
+/// table, and the kernel stores them into the cache itself (so the cache
+/// is read-write).
+pub const CACHE_NEW_TOKEN: &str =
+    "@group(0) @binding(1) var<storage, read_write> kc: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> vc: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read> k_new: array<f32>;
+@group(0) @binding(6) var<storage, read> v_new: array<f32>;
+@group(0) @binding(7) var<storage, read> cs: array<f32>;
+const NEW_TOKEN: bool = true;
+fn new_k(i: u32) -> f32 { return k_new[i]; }
+fn new_v(i: u32) -> f32 { return v_new[i]; }
+fn new_angle(i: u32) -> vec2<f32> { return vec2<f32>(cs[2u * i], cs[2u * i + 1u]); }
+fn put_kv(is_v: bool, i: u32, w: vec4<u32>) {
+    if is_v {
+        vc[i] = w;
+    } else {
+        kc[i] = w;
+    }
+}
+";
+
 /// Per-token int8 activation quantization, optionally after RMSNorm (entry
 /// `quantize`).
 pub const QUANT: Shader = Shader {
@@ -85,7 +121,7 @@ pub const QUANT: Shader = Shader {
 /// Ternary × int8 matrix product for I2_S, TQ2_0 and TQ1_0 (entries `matmul`,
 /// and `matvec` / `matvec3` for one token, which quantize their own input).
 pub const TERNARY: Shader = Shader {
-    third: true,
+    alt: Some((NO_THIRD, THIRD)),
     rowquant: true,
     ..shader(
         "ternary.wgsl",
@@ -101,6 +137,7 @@ pub const NORM: Shader = shader("norm.wgsl", include_str!("../wgsl/norm.wgsl"), 
 pub const ROPE: Shader = shader("rope.wgsl", include_str!("../wgsl/rope.wgsl"), false, true);
 /// Attention over the KV cache (entry `attend`).
 pub const ATTENTION: Shader = Shader {
+    alt: Some((CACHE_READ, CACHE_NEW_TOKEN)),
     reduce: true,
     halves: true,
     ..shader(
@@ -137,9 +174,9 @@ impl Shader {
         self.source_with(dot4, halves, false)
     }
 
-    /// [`Shader::source`], with the [`THIRD`] prelude where `three` (the
-    /// module of `matvec3`).
-    pub fn source_with(&self, dot4: Dot4, halves: Halves, three: bool) -> String {
+    /// [`Shader::source`], with the alternate prelude (see
+    /// [`Shader::alt`]) where `alt`.
+    pub fn source_with(&self, dot4: Dot4, halves: Halves, alt: bool) -> String {
         let mut s = String::new();
         if self.dot4 {
             s.push_str(dot4.prelude());
@@ -150,8 +187,8 @@ impl Shader {
         if self.halves {
             s.push_str(halves.prelude());
         }
-        if self.third {
-            s.push_str(if three { THIRD } else { NO_THIRD });
+        if let Some((usual, other)) = self.alt {
+            s.push_str(if alt { other } else { usual });
         }
         if self.reduce || self.rowquant {
             s.push_str(REDUCE);

@@ -1,7 +1,13 @@
 // Causal grouped-query attention over the KV cache (needs the f16.wgsl,
-// reduce.wgsl and `halves` preludes). The keys and values of this batch
-// are already in the cache (rope.wgsl stores them, in the dispatch
-// before), so the cache is only read here.
+// reduce.wgsl and `halves` preludes, and one of the cache preludes).
+// Usually the keys and values of this batch are already in the cache
+// (rope.wgsl stores them, in the dispatch before), so the cache is only
+// read here. With NEW_TOKEN (one new token, decode) this kernel does that
+// part itself: it rotates the query and the new key (as rope.wgsl would),
+// takes the new key and value as the cache would hold them, and the
+// workgroup of the first query head of each KV head stores them at
+// position pos0. The other workgroups may see that position's old or new
+// cache contents; they use their own copy of the new key and value.
 //
 // The cache of one layer is [max_seq][kv_dim] values, f32 or f16 (two per
 // u32, element 2i in the low half), read 16 bytes at a time: head_dim is a
@@ -22,11 +28,11 @@ struct Params {
     pos0: u32,
     f16: u32,       // 1: the cache holds f16
     scale: f32,     // 1 / sqrt(head_dim)
+    half: u32,      // NEW_TOKEN: rope_dim / 2
+    style: u32,     // NEW_TOKEN: 0 NEOX pairs (i, i + half), 1 pairs (2i, 2i + 1)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> vc: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> q: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
@@ -39,6 +45,8 @@ var<workgroup> qh: array<vec4<f32>, 64>;     // this head's query (head_dim <= 2
 var<workgroup> sp: array<f32, 256>;          // the threads' partial scores
 var<workgroup> pr: array<f32, 256>;          // the tile's exp(score - max)
 var<workgroup> part: array<vec4<f32>, 512>;  // the groups' weighted sums
+var<workgroup> kn: array<vec4<f32>, 64>;     // NEW_TOKEN: the new key, as cached
+var<workgroup> vn: array<vec4<f32>, 64>;     // NEW_TOKEN: the new value, as cached
 
 // The values in 16 bytes of the cache: eight f16, or four f32 (`hi` zero).
 struct Oct {
@@ -86,13 +94,77 @@ fn kdot8(base: u32, i: u32, st: u32, n: u32, half: bool) -> f32 {
 // i = len on.
 fn pv(t0: u32, i: u32, len: u32, kv0: u32, d: u32, half: bool) -> Oct {
     let j = min(i, len - 1u);
-    let o = oct(vc[vec_at(t0 + j, kv0, half) + d], half);
+    var o = oct(vc[vec_at(t0 + j, kv0, half) + d], half);
+    if NEW_TOKEN {
+        let now = t0 + j == p.pos0;
+        var f = Oct(vn[d], vec4<f32>(0.0));
+        if half {
+            f = Oct(vn[2u * d], vn[2u * d + 1u]);
+        }
+        o = Oct(select(o.lo, f.lo, now), select(o.hi, f.hi, now));
+    }
     let w = select(0.0, pr[j], i < len);
     return Oct(w * o.lo, w * o.hi);
 }
 
 fn add(a: Oct, b: Oct) -> Oct {
     return Oct(a.lo + b.lo, a.hi + b.hi);
+}
+
+// x as the cache holds it.
+fn cached(x: f32, half: bool) -> f32 {
+    return select(x, f16_to_f32(f32_to_f16(x)), half);
+}
+
+// NEW_TOKEN: rotates element e of the query in `qh` and of the new key in
+// `kn` (with its partner, where e is the first of a pair; e past the
+// rotated part stays), rounds the key and value elements it owns as the
+// cache would, as rope.wgsl and the cache store do it.
+fn new_token_element(e: u32, half: bool) {
+    var partner = e;
+    var first = e;
+    var rotated = false;
+    if p.style == 0u {
+        rotated = e < 2u * p.half;
+        first = select(e - p.half, e, e < p.half);
+        partner = first + p.half;
+    } else {
+        rotated = e < 2u * p.half;
+        first = e & ~1u;
+        partner = first + 1u;
+    }
+    let i = select(first / 2u, first, p.style == 0u);  // the pair's angle
+    if rotated && e == first {
+        let t = new_angle((p.pos0 * p.half + i));
+        let qa = qh[e / 4u][e % 4u];
+        let qb = qh[partner / 4u][partner % 4u];
+        qh[e / 4u][e % 4u] = qa * t.x - qb * t.y;
+        qh[partner / 4u][partner % 4u] = qa * t.y + qb * t.x;
+        let ka = kn[e / 4u][e % 4u];
+        let kb = kn[partner / 4u][partner % 4u];
+        kn[e / 4u][e % 4u] = cached(ka * t.x - kb * t.y, half);
+        kn[partner / 4u][partner % 4u] = cached(ka * t.y + kb * t.x, half);
+    } else if !rotated {
+        kn[e / 4u][e % 4u] = cached(kn[e / 4u][e % 4u], half);
+    }
+    vn[e / 4u][e % 4u] = cached(vn[e / 4u][e % 4u], half);
+}
+
+// NEW_TOKEN: vector d of the new key (or value) as the cache stores it.
+fn new_word(is_v: bool, d: u32, half: bool) -> vec4<u32> {
+    var x0 = kn[2u * d];
+    var x1 = kn[min(2u * d + 1u, 63u)];
+    var x = kn[d];
+    if is_v {
+        x0 = vn[2u * d];
+        x1 = vn[min(2u * d + 1u, 63u)];
+        x = vn[d];
+    }
+    if half {
+        return vec4<u32>(f32_to_f16(x0.x) | (f32_to_f16(x0.y) << 16u), f32_to_f16(x0.z) | (f32_to_f16(x0.w) << 16u),
+                         f32_to_f16(x1.x) | (f32_to_f16(x1.y) << 16u), f32_to_f16(x1.z) | (f32_to_f16(x1.w) << 16u));
+    }
+    return bitcast<vec4<u32>>(x);
 }
 
 // Scores: SUBS threads per position (neighbouring threads on neighbouring
@@ -117,10 +189,29 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     for (var d = lid; d < hd / 4u; d += WG) {
         let i = q0 + 4u * d;
         qh[d] = vec4<f32>(q[i], q[i + 1u], q[i + 2u], q[i + 3u]);
+        if NEW_TOKEN {
+            let j = kv0 + 4u * d;
+            kn[d] = vec4<f32>(new_k(j), new_k(j + 1u), new_k(j + 2u), new_k(j + 3u));
+            vn[d] = vec4<f32>(new_v(j), new_v(j + 1u), new_v(j + 2u), new_v(j + 3u));
+        }
     }
     workgroupBarrier();
     let n = p.pos0 + row + 1u;
     let per = hd / select(4u, 8u, half);  // vectors per position
+    var s_new = 0.0;  // NEW_TOKEN: the new key's score
+    if NEW_TOKEN {
+        if lid < hd {
+            new_token_element(lid, half);
+        }
+        workgroupBarrier();
+        if h % p.group == 0u && lid < per {
+            let at = vec_at(p.pos0, kv0, half) + lid;
+            put_kv(false, at, new_word(false, lid, half));
+            put_kv(true, at, new_word(true, lid, half));
+        }
+        let e = min(lid, hd - 1u);
+        s_new = wg_reduce(lid, select(0.0, qh[e / 4u][e % 4u] * kn[e / 4u][e % 4u], lid < hd), false);
+    }
     let groups = WG / per;
     let g = lid / per;
     let d = lid % per;
@@ -141,6 +232,9 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         s = 0.0;
         for (var j = 0u; j < SUBS; j++) {
             s += sp[min(SUBS * lid + j, WG - 1u)];
+        }
+        if NEW_TOKEN && t0 + lid == p.pos0 {
+            s = s_new;
         }
         let score = select(NEG, s * p.scale, live);
         let m_new = max(m, wg_reduce(lid, score, true));

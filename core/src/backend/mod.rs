@@ -175,7 +175,8 @@ pub trait Backend: Send + Sync {
         cfg: &BitNetConfig,
     ) -> Self::Tensor;
     /// `rope_qk` then `attention`: a backend may rotate the keys and store
-    /// them in one step.
+    /// them in one step, and may leave `q` and `k` as they were (rotating
+    /// them only where it reads them).
     #[allow(clippy::too_many_arguments)]
     fn rope_attention(
         &self,

@@ -70,6 +70,8 @@ pub enum Op {
     RmsNorm,
     Rope,
     Attend,
+    /// `attend` for one new token, which rotates and stores it itself.
+    AttendOne,
     Glu,
     Add,
     Embed,
@@ -85,7 +87,7 @@ enum Access {
 use Access::{Read, Write};
 
 impl Op {
-    const ALL: [Op; 11] = [
+    const ALL: [Op; 12] = [
         Op::Quantize,
         Op::Matmul,
         Op::Matvec,
@@ -93,6 +95,7 @@ impl Op {
         Op::RmsNorm,
         Op::Rope,
         Op::Attend,
+        Op::AttendOne,
         Op::Glu,
         Op::Add,
         Op::Embed,
@@ -108,7 +111,7 @@ impl Op {
             Op::Matvec3 => (s::TERNARY, "matvec3"),
             Op::RmsNorm => (s::NORM, "rms_norm"),
             Op::Rope => (s::ROPE, "rope"),
-            Op::Attend => (s::ATTENTION, "attend"),
+            Op::Attend | Op::AttendOne => (s::ATTENTION, "attend"),
             Op::Glu => (s::ELEMENTWISE, "glu"),
             Op::Add => (s::ELEMENTWISE, "add"),
             Op::Embed => (s::TABLE, "embed"),
@@ -157,6 +160,15 @@ impl Op {
                 (6, Write),
             ],
             Op::Attend => &[(1, Read), (2, Read), (3, Read), (4, Write)],
+            Op::AttendOne => &[
+                (1, Write),
+                (2, Write),
+                (3, Read),
+                (4, Write),
+                (5, Read),
+                (6, Read),
+                (7, Read),
+            ],
             Op::Glu => &[(1, Read), (2, Read), (3, Write)],
             Op::Add => &[(1, Read), (3, Write)],
             Op::Embed => &[(1, Read), (2, Read), (3, Write)],
@@ -260,17 +272,18 @@ impl Gpu {
         let mut pipes = HashMap::new();
         for op in Op::ALL {
             let (shader, entry) = op.shader();
-            let three = op == Op::Matvec3;
+            // The shader's alternate prelude (bitnet_shaders::Shader::alt).
+            let alt = matches!(op, Op::Matvec3 | Op::AttendOne);
             if op.bindings().len() as u32 > limits.max_storage_buffers_per_shader_stage {
                 // Optional (`matvec3`): the ops it fuses run one by one.
                 log::debug!("{entry}: not built (the device has fewer storage bindings)");
                 continue;
             }
-            let module = match modules.get(&(shader.name, three)) {
+            let module = match modules.get(&(shader.name, alt)) {
                 Some(m) => m.clone(),
                 None => {
-                    let m = compile(&device, shader, dot4, halves, three, checks)?;
-                    modules.insert((shader.name, three), m.clone());
+                    let m = compile(&device, shader, dot4, halves, alt, checks)?;
+                    modules.insert((shader.name, alt), m.clone());
                     m
                 }
             };
@@ -920,12 +933,12 @@ fn compile(
     shader: Shader,
     dot4: Dot4,
     halves: Halves,
-    three: bool,
+    alt: bool,
     checks: Checks,
 ) -> Result<wgpu::ShaderModule, WgpuError> {
     let desc = wgpu::ShaderModuleDescriptor {
         label: Some(shader.name),
-        source: wgpu::ShaderSource::Wgsl(shader.source_with(dot4, halves, three).into()),
+        source: wgpu::ShaderSource::Wgsl(shader.source_with(dot4, halves, alt).into()),
     };
     let (module, err) = scoped(device, wgpu::ErrorFilter::Validation, || match checks {
         Checks::All => device.create_shader_module(desc),

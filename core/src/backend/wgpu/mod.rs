@@ -471,10 +471,13 @@ impl WgpuBackend {
     }
 
     /// Attention of `q` over the cache, whose positions up to pos0 +
-    /// q.rows are stored.
+    /// q.rows are stored; or with `new` (k, v and the cos/sin table, one
+    /// token), RoPE of `q` and `k` and the store of `k` and `v` as well
+    /// (attention.wgsl's NEW_TOKEN).
     fn attend(
         &self,
         q: &GpuTensor,
+        new: Option<(&GpuTensor, &GpuTensor, &GpuBuf)>,
         cache: &GpuKvCache,
         layer: usize,
         pos0: usize,
@@ -491,13 +494,25 @@ impl WgpuBackend {
             pos0 as u32,
             cache.f16 as u32,
             (1.0 / (hd as f32).sqrt()).to_bits(),
+            cfg.rope_dim as u32 / 2,
+            match cfg.rope_style {
+                RopeStyle::Neox => 0,
+                RopeStyle::Norm => 1,
+            },
         ];
-        self.gpu.dispatch(
-            Op::Attend,
-            &params,
-            &[&cache.k[layer], &cache.v[layer], q.buf(), out.buf()],
-            [cfg.n_head as u32, q.rows as u32, 1],
-        );
+        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+        let groups = [cfg.n_head as u32, q.rows as u32, 1];
+        match new {
+            Some((k, v, table)) => self.gpu.dispatch(
+                Op::AttendOne,
+                &params,
+                &[kc, vc, q.buf(), out.buf(), k.buf(), v.buf(), table],
+                groups,
+            ),
+            None => self
+                .gpu
+                .dispatch(Op::Attend, &params, &[kc, vc, q.buf(), out.buf()], groups),
+        }
         out
     }
 
@@ -931,11 +946,13 @@ impl Backend for WgpuBackend {
             return self.tensor(q.rows, q.cols);
         }
         self.rope_dispatch(None, Some(k), false, Some((v, cache, layer)), pos0, cfg);
-        self.attend(q, cache, layer, pos0, cfg)
+        self.attend(q, None, cache, layer, pos0, cfg)
     }
 
-    /// One dispatch rotates the queries and the keys and stores keys and
-    /// values; attention reads the cache only.
+    /// One token: one dispatch (attention rotates and stores the new key
+    /// itself; `q` and `k` stay as they were). Several: one dispatch
+    /// rotates the queries and the keys and stores keys and values, then
+    /// attention reads the cache only.
     fn rope_attention(
         &self,
         q: &mut GpuTensor,
@@ -946,6 +963,16 @@ impl Backend for WgpuBackend {
         pos0: usize,
         cfg: &BitNetConfig,
     ) -> GpuTensor {
+        if cache.error.is_none() && q.rows == 1 && self.gpu.has(Op::AttendOne) {
+            let table = match self.rope_table(cfg, pos0 + 1) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.gpu.fail(e.to_string());
+                    return self.tensor(q.rows, q.cols);
+                }
+            };
+            return self.attend(q, Some((k, v, &table)), cache, layer, pos0, cfg);
+        }
         if cache.error.is_some() || !kv_part_works(cfg) {
             self.rope_qk(q, k, pos0, cfg);
             return self.attention(q, k, v, cache, layer, pos0, cfg);
@@ -953,7 +980,7 @@ impl Backend for WgpuBackend {
         self.rope_dispatch(Some(q), Some(k), true, Some((v, cache, layer)), pos0, cfg);
         q.gen = next_gen();
         k.gen = next_gen();
-        self.attend(q, cache, layer, pos0, cfg)
+        self.attend(q, None, cache, layer, pos0, cfg)
     }
 
     fn glu(&self, gate: &GpuTensor, up: &GpuTensor, act: Activation) -> GpuTensor {
