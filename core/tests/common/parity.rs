@@ -230,12 +230,12 @@ pub async fn check_norm_rope_glu_add(g: &WgpuBackend) {
     }
 }
 
-/// Causal GQA attention, f32 and f16 caches, within 1e-10 NMSE: the plain
-/// op (a prefill longer than one tile, decode steps and a second batch),
-/// then RoPE and attention in one step, in each way rope.wgsl takes the
-/// keys (both pairings; NEOX with a partial rotation, and with an odd half,
-/// which rotates the keys apart from the store) and attention.wgsl rotates
-/// one new token.
+/// Causal GQA attention, f32 and f16 caches, within 1e-10 NMSE (f32) and
+/// 1e-8 (f16; see below): the plain op (a prefill longer than one tile,
+/// decode steps and a second batch), then RoPE and attention in one step,
+/// in each way rope.wgsl takes the keys (both pairings; NEOX with a partial
+/// rotation, and with an odd half, which rotates the keys apart from the
+/// store) and attention.wgsl rotates one new token.
 pub async fn check_attention(g: &WgpuBackend) {
     let cpu = CpuBackend::new();
     let mut rng = Rng(21);
@@ -294,7 +294,12 @@ pub async fn check_attention(g: &WgpuBackend) {
                     )
                 };
                 let e = nmse(&want.data, &read(g, &got).await);
-                assert!(e <= 1e-10, "{label}: NMSE {e}");
+                // A GPU may fuse RoPE's a * cos - b * sin into one FMA, so
+                // a rotated key can be an f32 ulp off the CPU's; rounded to
+                // f16 for the cache that is, rarely, an f16 ulp (an H100
+                // gave 9.6e-10 for one batch).
+                let tol = if kv == KvType::F16 { 1e-8 } else { 1e-10 };
+                assert!(e <= tol, "{label}: NMSE {e}");
                 pos += rows;
             }
         }
