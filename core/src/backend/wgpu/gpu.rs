@@ -226,8 +226,9 @@ pub struct Gpu {
     params: GpuBuf,
     /// Bound where an entry point has a writable binding the dispatch does
     /// not use (WebGPU forbids binding a buffer twice when one binding is
-    /// writable, so the dispatch's own buffers cannot stand in).
-    pub unused: GpuBuf,
+    /// writable, so the dispatch's own buffers cannot stand in, and a
+    /// dispatch that leaves several unused needs a different one for each).
+    pub unused: [GpuBuf; 5],
     /// Dispatches per submission at most (`PARAM_SLOTS`, or fewer to test
     /// the early submit).
     slots: usize,
@@ -322,16 +323,18 @@ impl Gpu {
             size: (PARAM_SLOTS * SLOT) as u64,
             dead: dead.clone(),
         });
-        let unused = Arc::new(Buf {
-            id: u64::MAX,
-            buffer: device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("bitnet:unused"),
+        let unused = std::array::from_fn(|i| {
+            Arc::new(Buf {
+                id: u64::MAX - i as u64,
+                buffer: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("bitnet:unused"),
+                    size: 256,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                }),
                 size: 256,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            }),
-            size: 256,
-            dead: dead.clone(),
+                dead: dead.clone(),
+            })
         });
         let profile = profile::Mode::from_env();
         let timer = (profile == Some(profile::Mode::Gpu)

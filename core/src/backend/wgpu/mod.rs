@@ -433,7 +433,7 @@ impl WgpuBackend {
         };
         let (hd, half) = (cfg.head_dim as usize, cfg.rope_dim as usize / 2);
         let (cols, kv_cols) = (x.map_or(0, |t| t.cols), k.map_or(0, |t| t.cols));
-        debug_assert!(k.is_none() || kv_part_works(cfg));
+        debug_assert!(k.is_none() || !rotate || kv_part_works(cfg));
         let n = rows * (cols / hd * half + kv_cols / 2);
         let style = match cfg.rope_style {
             RopeStyle::Neox => 0,
@@ -441,7 +441,7 @@ impl WgpuBackend {
         };
         let unused = &self.gpu.unused;
         let mut flags = if rotate { ROTATE } else { 0 };
-        let (mut v, mut kc, mut vc) = (unused, unused, unused);
+        let (mut v, mut kc, mut vc) = (&unused[2], &unused[3], &unused[4]);
         if let Some((vt, cache, layer)) = store {
             flags |= STORE | if cache.f16 { F16 } else { 0 };
             (v, kc, vc) = (vt.buf(), &cache.k[layer], &cache.v[layer]);
@@ -459,9 +459,9 @@ impl WgpuBackend {
                 flags,
             ],
             &[
-                x.map_or(unused, |t| t.buf()),
+                x.map_or(&unused[0], |t| t.buf()),
                 &table,
-                k.map_or(unused, |t| t.buf()),
+                k.map_or(&unused[1], |t| t.buf()),
                 v,
                 kc,
                 vc,
@@ -558,7 +558,7 @@ impl WgpuBackend {
         let (flag, eps, weight, out) = match norm {
             Some((w, eps, out)) => (1, eps, &w.buf, out.buf()),
             // Bound but never touched.
-            None => (0, 0.0, x.buf(), &self.gpu.unused),
+            None => (0, 0.0, x.buf(), &self.gpu.unused[0]),
         };
         self.gpu.dispatch(
             Op::Quantize,
