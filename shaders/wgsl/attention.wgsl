@@ -54,7 +54,6 @@ struct Oct {
     hi: vec4<f32>,
 }
 
-
 fn oct(x: vec4<u32>, half: bool) -> Oct {
     if half {
         return Oct(vec4<f32>(halves(x.x), halves(x.y)), vec4<f32>(halves(x.z), halves(x.w)));
