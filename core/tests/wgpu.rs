@@ -57,6 +57,21 @@ fn gpu() -> Option<WgpuBackend> {
     gpu_with(None)
 }
 
+/// A backend with the device's own f16 conversion (the builtin where it has
+/// one), and one with the integer conversion every device has; none
+/// without an adapter.
+fn gpus_each_f16_conversion() -> Vec<WgpuBackend> {
+    [None, Some(Halves::Portable)]
+        .into_iter()
+        .map_while(|halves| {
+            gpu_opts(WgpuOptions {
+                halves,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn activation_quantization_is_identical() {
     let Some(g) = gpu() else { return };
@@ -443,14 +458,7 @@ fn check_tables(g: &WgpuBackend, tokens: &[u32], ns: &[usize], seed: u64) {
 
 #[test]
 fn embedding_and_logits_match() {
-    // The device's own f16 conversion, and the integer one.
-    for halves in [None, Some(Halves::Portable)] {
-        let Some(g) = gpu_opts(WgpuOptions {
-            halves,
-            ..Default::default()
-        }) else {
-            return;
-        };
+    for g in gpus_each_f16_conversion() {
         check_tables(&g, &[0, 999, 5, 5, 512], &[1, 6], 9);
     }
 }
@@ -472,15 +480,7 @@ fn tables_split_across_bindings_give_the_same_results() {
 
 #[test]
 fn attention_matches_prefill_and_decode() {
-    // The device's own f16 conversion (the builtin where it has one), and
-    // the integer one every device has.
-    for halves in [None, Some(Halves::Portable)] {
-        let Some(g) = gpu_opts(WgpuOptions {
-            halves,
-            ..Default::default()
-        }) else {
-            return;
-        };
+    for g in gpus_each_f16_conversion() {
         pollster::block_on(check_attention(&g));
     }
 }

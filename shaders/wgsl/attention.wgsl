@@ -120,17 +120,12 @@ fn cached(x: f32, half: bool) -> f32 {
 // rotated part stays), rounds the key and value elements it owns as the
 // cache would, as rope.wgsl and the cache store do it.
 fn new_token_element(e: u32, half: bool) {
-    var partner = e;
-    var first = e;
-    var rotated = false;
+    let rotated = e < 2u * p.half;
+    var first = e & ~1u;
+    var partner = first + 1u;
     if p.style == 0u {
-        rotated = e < 2u * p.half;
         first = select(e - p.half, e, e < p.half);
         partner = first + p.half;
-    } else {
-        rotated = e < 2u * p.half;
-        first = e & ~1u;
-        partner = first + 1u;
     }
     let i = select(first / 2u, first, p.style == 0u);  // the pair's angle
     if rotated && e == first {

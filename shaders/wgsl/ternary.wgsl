@@ -15,11 +15,11 @@
 //           consecutive bytes, so they unpack into one packed code word.
 // Codes c are 0..2 for weights c-1, so per chunk sum(w*q) = sum(c*q) - sum(q);
 // the chunk sums of q come from quant.wgsl (`matmul`). The one-token
-// kernels turn the codes into signed bytes c - 1 instead (`weights_dot`). Integer sums are exact; the
-// rescale is the CPU's formula, f32(sum) * wscale / qscale (kinds 0, 1), or
-// sum over blocks of f32(block sum) * d, / qscale (kind 2), equal to the
-// CPU's within rounding (WGSL's `/` may be 2.5 ulp off, and kind 2 adds
-// its blocks in another order).
+// kernels turn the codes into signed bytes c - 1 instead (`weights_dot`).
+// Integer sums are exact; the rescale is the CPU's formula, f32(sum) *
+// wscale / qscale (kinds 0, 1), or sum over blocks of f32(block sum) * d,
+// / qscale (kind 2), equal to the CPU's within rounding (WGSL's `/` may be
+// 2.5 ulp off, and kind 2 adds its blocks in another order).
 //
 // `matmul` (several tokens): a workgroup computes ROWS output features for
 // TILE tokens from activations quantize.wgsl made; LANES threads share one
@@ -79,12 +79,8 @@ var<workgroup> red_f: array<f32, 256>;
 var<workgroup> red_i2: array<i32, 256>;
 var<workgroup> red_f2: array<f32, 256>;
 // matvec, matvec3: the token's codes (rows up to 8192 wide; the host sends
-// wider ones to `matmul`) and the sums of their chunks, from `quantize_row`.
+// wider ones to `matmul`), from `quantize_row`.
 var<workgroup> qs: array<u32, 2048>;
-var<workgroup> qss: array<i32, 64>;
-// The one-token kernels take signed weights (`weights_dot`), not codes
-// less chunk sums.
-const SIGNED: bool = true;
 
 fn emit_word(row: u32, x0: u32, w: u32, word: u32, v: vec4<f32>) {
     qs[w] = word;
@@ -98,9 +94,9 @@ fn rq_sync() {
     workgroupBarrier();
 }
 
-fn emit_chunk(row: u32, c: u32, sum: i32) {
-    qss[c] = sum;
-}
+// Never called: the one-token kernels take signed weights
+// (`weights_dot`) and ask `quantize_row` for no chunk sums.
+fn emit_chunk(row: u32, c: u32, sum: i32) {}
 
 // Word i of w (which = 0), w2 (1) or w3 (2; `w3_word` comes from a
 // prelude: the real binding for `matvec3`'s module, zero elsewhere).
@@ -367,18 +363,11 @@ struct Sums {
 }
 
 // Word u of packed row j, holding `wv`, against the one token's codes in
-// `qs`: sum(code * q) over its 16 weights, less the chunk's sum of q on the
-// chunk's first word; kind 2 also scaled by its block's d.
+// `qs`: sum(weight * q) over its 16 weights; kind 2 also scaled by its
+// block's d.
 fn word_dot(which: u32, kind: u32, j: u32, u: u32, wv: u32) -> Sums {
-    let ch = u / 8u;
-    let i = ch * 32u + u % 8u;
-    let a = vec4<u32>(qs[i], qs[i + 8u], qs[i + 16u], qs[i + 24u]);
-    var s: i32;
-    if SIGNED {
-        s = weights_dot(wv, a, kind == 0u);
-    } else {
-        s = codes_dot(wv, a, kind == 0u) - select(0, qss[ch], u % 8u == 0u);
-    }
+    let i = u / 8u * 32u + u % 8u;
+    let s = weights_dot(wv, vec4<u32>(qs[i], qs[i + 8u], qs[i + 16u], qs[i + 24u]), kind == 0u);
     var r: Sums;
     r.i = s;
     if kind == 2u {
@@ -519,7 +508,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if j < p.m {
         first = batch(0u, p.kind, j, glu, 1u, p.kind2, j, c, seg);
     }
-    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, !SIGNED, lid);
+    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, false, lid);
     // Float sums only for per-block scales.
     let fa = p.kind == 2u;
     let fb = glu && p.kind2 == 2u;
@@ -593,7 +582,7 @@ fn matvec3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     if live {
         first = batch(which, kind, jl, false, 0u, 0u, 0u, c, seg);
     }
-    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, !SIGNED, lid);
+    let qsc = quantize_row(0u, 0u, p.k, p.norm == 1u, p.eps, false, lid);
     var a: Sums;
     var unused: Sums;
     if live {

@@ -136,6 +136,14 @@ fn kv_part_works(cfg: &BitNetConfig) -> bool {
     cfg.head_dim % 2 == 0 && (cfg.rope_style == RopeStyle::Norm || cfg.rope_dim % 4 == 0)
 }
 
+/// The pairing as rope.wgsl and attention.wgsl take it: 0 NEOX, 1 llama.
+fn rope_style(cfg: &BitNetConfig) -> u32 {
+    match cfg.rope_style {
+        RopeStyle::Neox => 0,
+        RopeStyle::Norm => 1,
+    }
+}
+
 /// The widest row the one-token kernels take: they quantize it into
 /// workgroup memory (ternary.wgsl's `qs`, 8 KiB).
 const MATVEC_MAX_K: usize = 8192;
@@ -167,8 +175,8 @@ pub struct WgpuOptions {
     /// compiles it; the `BITNET_WGPU_DOT4=portable` variable also forces
     /// the portable one).
     pub dot4: Option<bitnet_shaders::Dot4>,
-    /// Force one f16-to-f32 conversion in attention (default: the builtin
-    /// where the device compiles it).
+    /// Force one f16-to-f32 conversion in attention and the LM head
+    /// (default: the builtin where the device compiles it).
     pub halves: Option<bitnet_shaders::Halves>,
     /// Use at most this many bytes per storage binding even where the
     /// device allows more (tests use it to split small tables).
@@ -435,10 +443,6 @@ impl WgpuBackend {
         let (cols, kv_cols) = (x.map_or(0, |t| t.cols), k.map_or(0, |t| t.cols));
         debug_assert!(k.is_none() || !rotate || kv_part_works(cfg));
         let n = rows * (cols / hd * half + kv_cols / 2);
-        let style = match cfg.rope_style {
-            RopeStyle::Neox => 0,
-            RopeStyle::Norm => 1,
-        };
         let unused = &self.gpu.unused;
         let mut flags = if rotate { ROTATE } else { 0 };
         let (mut v, mut kc, mut vc) = (&unused[2], &unused[3], &unused[4]);
@@ -454,7 +458,7 @@ impl WgpuBackend {
                 hd as u32,
                 half as u32,
                 pos0 as u32,
-                style,
+                rope_style(cfg),
                 kv_cols as u32,
                 flags,
             ],
@@ -495,10 +499,7 @@ impl WgpuBackend {
             cache.f16 as u32,
             (1.0 / (hd as f32).sqrt()).to_bits(),
             cfg.rope_dim as u32 / 2,
-            match cfg.rope_style {
-                RopeStyle::Neox => 0,
-                RopeStyle::Norm => 1,
-            },
+            rope_style(cfg),
         ];
         let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
         let groups = [cfg.n_head as u32, q.rows as u32, 1];
