@@ -112,17 +112,35 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
 /// Calls `f(i, chunk)` for every `len`-long chunk of `data` (the last may
 /// be shorter), in parallel as [`for_each`].
 pub fn for_each_chunk_mut<T: Send>(data: &mut [T], len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    let len = len.max(1);
-    let total = data.len();
-    let base = SendPtr(data.as_mut_ptr());
-    for_each(total.div_ceil(len), |i| {
-        let start = i * len;
-        let end = (start + len).min(total);
-        // SAFETY: `for_each` calls each i once, so the chunks [start, end)
-        // are disjoint and inside `data`, which stays mutably borrowed
+    for_each_chunk_mut_of([data], [len], |_, i, chunk| f(i, chunk));
+}
+
+/// [`for_each_chunk_mut`] over several slices in one parallel loop:
+/// `f(s, i, chunk)` for the i-th `len[s]`-long chunk of `data[s]`.
+pub fn for_each_chunk_mut_of<T: Send, const N: usize>(
+    data: [&mut [T]; N],
+    len: [usize; N],
+    f: impl Fn(usize, usize, &mut [T]) + Sync,
+) {
+    let len = len.map(|l| l.max(1));
+    let totals: [usize; N] = std::array::from_fn(|s| data[s].len());
+    let counts: [usize; N] = std::array::from_fn(|s| totals[s].div_ceil(len[s]));
+    let bases = data.map(|d| SendPtr(d.as_mut_ptr()));
+    for_each(counts.iter().sum(), |mut i| {
+        let mut s = 0;
+        while i >= counts[s] {
+            i -= counts[s];
+            s += 1;
+        }
+        let start = i * len[s];
+        let end = (start + len[s]).min(totals[s]);
+        // SAFETY: `for_each` calls each item once and items map one to one
+        // onto (slice, chunk) pairs, so the chunks [start, end) are
+        // disjoint and inside their slice, which stays mutably borrowed
         // until every call has returned.
-        let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
-        f(i, chunk)
+        let chunk =
+            unsafe { std::slice::from_raw_parts_mut(bases[s].get().add(start), end - start) };
+        f(s, i, chunk)
     });
 }
 
@@ -134,8 +152,8 @@ impl<T> SendPtr<T> {
         self.0
     }
 }
-// SAFETY: used only to hand disjoint chunks of one slice of `T: Send` to
-// other threads (`for_each_chunk_mut`).
+// SAFETY: used only to hand disjoint chunks of slices of `T: Send` to
+// other threads (`for_each_chunk_mut_of`).
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 /// Busy-wait iterations before a waiting thread starts yielding its core.

@@ -46,16 +46,29 @@ fn check_size(ty: GgmlType, data: &[u8], n: usize) -> Result<(), QuantError> {
 
 /// Dequantizes `n` elements of type `ty` to f32.
 pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>, QuantError> {
+    let mut out = Vec::new();
+    dequantize_into(ty, data, n, &mut out)?;
+    Ok(out)
+}
+
+/// [`dequantize`] into `out` (cleared first), reusing its buffer.
+pub fn dequantize_into(
+    ty: GgmlType,
+    data: &[u8],
+    n: usize,
+    out: &mut Vec<f32>,
+) -> Result<(), QuantError> {
     check_size(ty, data, n)?;
-    let mut out = Vec::with_capacity(n);
+    out.clear();
+    out.reserve(n);
     match ty {
-        GgmlType::F32 => float::f32_dequantize(data, &mut out),
-        GgmlType::F16 => float::f16_dequantize(data, &mut out),
-        GgmlType::BF16 => float::bf16_dequantize(data, &mut out),
-        GgmlType::Q8_0 => float::q8_0_dequantize(data, &mut out),
-        GgmlType::Q6_K => float::q6_k_dequantize(data, &mut out),
-        GgmlType::TQ1_0 => ternary::dequantize_blocks::<ternary::BlockTQ1_0>(data, &mut out),
-        GgmlType::TQ2_0 => ternary::dequantize_blocks::<ternary::BlockTQ2_0>(data, &mut out),
+        GgmlType::F32 => float::f32_dequantize(data, out),
+        GgmlType::F16 => float::f16_dequantize(data, out),
+        GgmlType::BF16 => float::bf16_dequantize(data, out),
+        GgmlType::Q8_0 => float::q8_0_dequantize(data, out),
+        GgmlType::Q6_K => float::q6_k_dequantize(data, out),
+        GgmlType::TQ1_0 => ternary::dequantize_blocks::<ternary::BlockTQ1_0>(data, out),
+        GgmlType::TQ2_0 => ternary::dequantize_blocks::<ternary::BlockTQ2_0>(data, out),
         GgmlType::I2_S => {
             // Sizes were checked above, so both reads succeed.
             let scale = ternary::i2s_scale(data, n).unwrap_or_default();
@@ -69,7 +82,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>, Quant
             })
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Encodes ternary weights (values in {-1, 0, 1}) with one scale per tensor

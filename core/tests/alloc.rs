@@ -1,0 +1,83 @@
+//! The CPU forward pass allocates nothing per decoded token once warm but
+//! the logits it returns: activations, scratch and quantized rows come from
+//! buffers kept between tokens. Counted with a global allocator that counts
+//! every allocation (this test binary only).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bitnet::backend::cpu::CpuBackend;
+use bitnet::backend::KvType;
+use bitnet::fixture::FixtureConfig;
+use bitnet::gguf::GgufFile;
+use bitnet::model::BitNet;
+use bitnet::GgmlType;
+
+struct Counting;
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: the caller's contract, unchanged.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: the caller's contract, unchanged.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: the caller's contract, unchanged.
+        unsafe { System.realloc(p, l, n) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: the caller's contract, unchanged.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn decoding_a_token_allocates_only_the_returned_logits() {
+    for (ty, kv, threads) in [
+        (GgmlType::I2_S, KvType::F32, 1),
+        (GgmlType::I2_S, KvType::F16, 2),
+        (GgmlType::TQ2_0, KvType::F32, 2),
+        (GgmlType::TQ1_0, KvType::F32, 2),
+    ] {
+        let file = GgufFile::from_vec(FixtureConfig::tiny(ty).to_bytes().unwrap()).unwrap();
+        let m = BitNet::load(Arc::new(file), CpuBackend::new()).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut s = m.new_session(64, kv);
+            m.forward(&mut s, &[496, 10, 200, 3, 77], false).unwrap();
+            for t in 0..3 {
+                m.forward(&mut s, &[t], false).unwrap();
+            }
+            for t in 0..4 {
+                let before = ALLOCATIONS.load(Relaxed);
+                let logits = m.forward(&mut s, &[10 + t], false).unwrap();
+                let n = ALLOCATIONS.load(Relaxed) - before;
+                assert_eq!(logits.len(), 512);
+                // The returned logits, rayon's job for each helper thread
+                // of the pass (`team::with_team`), and a little slack for
+                // rayon's own queues; before the buffers were kept, a
+                // token of this 2-layer model took 377 or more.
+                let most = 1 + (threads - 1) + 3;
+                assert!(
+                    n <= most,
+                    "{ty} {kv:?} {threads} threads: {n} allocations per token, want ≤ {most}"
+                );
+            }
+        });
+    }
+}
