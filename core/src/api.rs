@@ -220,7 +220,7 @@ impl BitNetModel {
             Device::Wgpu(n) => {
                 if config.output_table != OutputTable::File {
                     return Err(EngineError::Config(
-                        "the int8 output table is a CPU option; the wgpu backend reads the file's table".into(),
+                        "the compact output tables (int8, int6) are a CPU option; the wgpu backend reads the file's table".into(),
                     ));
                 }
                 let backend = wgpu_backend(n)?;

@@ -162,16 +162,16 @@ fn products(
     );
     let (cx, gx) = (cpu_tensor(rows, k, x), g.upload_tensor(rows, k, x));
     let plain = (
-        cpu.bitlinear(&cx, &cw).data,
+        cpu.bitlinear(&cx, &cw).into_data(),
         g.read(&g.bitlinear(&gx, &gw)).unwrap(),
     );
     let mut cb = cpu_tensor(rows, m, base);
     cpu.bitlinear_add(&mut cb, &cx, None, &cw);
     let mut gb = g.upload_tensor(rows, m, base);
     g.bitlinear_add(&mut gb, &gx, None, &gw);
-    let added = (cb.data, g.read(&gb).unwrap());
+    let added = (cb.into_data(), g.read(&gb).unwrap());
     let glu = (
-        cpu.bitlinear_glu(&cx, None, &cw, &cw2, act).data,
+        cpu.bitlinear_glu(&cx, None, &cw, &cw2, act).into_data(),
         g.read(&g.bitlinear_glu(&gx, None, &gw, &gw2, act)).unwrap(),
     );
     [plain, added, glu]
@@ -350,12 +350,12 @@ fn normalised_products_equal_the_unfused_ops() {
             g.bitlinear_add(&mut u, &gh, None, &gw[0]);
             let mut c = cpu_tensor(rows, m, &base);
             cpu.bitlinear_add(&mut c, &cx, cnorm, &cw[0]);
-            all.push(("add".into(), read(&f), read(&u), c.data));
+            all.push(("add".into(), read(&f), read(&u), c.into_data()));
             for act in [Activation::Relu2, Activation::Silu] {
                 let f = g.bitlinear_glu(&gx, gnorm, &gw[0], &gw[1], act);
                 let u = g.bitlinear_glu(&gh, None, &gw[0], &gw[1], act);
                 let c = cpu.bitlinear_glu(&cx, cnorm, &cw[0], &cw[1], act);
-                all.push((format!("glu {act:?}"), read(&f), read(&u), c.data));
+                all.push((format!("glu {act:?}"), read(&f), read(&u), c.into_data()));
             }
             for (op, fused, unfused, want) in all {
                 let what = format!("{op} kind {kind} k={k} m={m} rows={rows}");

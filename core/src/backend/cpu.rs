@@ -158,6 +158,11 @@ impl CpuTensor {
         })
     }
 
+    /// The values, row-major (the buffer leaves the backend's pool).
+    pub fn into_data(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.data)
+    }
+
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
@@ -194,23 +199,28 @@ impl CpuLinear {
 }
 
 /// A float (or 8-bit) table of `rows` rows of `cols` values, in the file,
-/// plus, for the LM head when asked, a compact int8 copy.
+/// plus, for the LM head when asked, a compact copy.
 pub struct CpuTable {
     file: Arc<GgufFile>,
     info: TensorInfo,
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    int8: Option<Int8Table>,
+    compact: Option<Compact>,
 }
 
-/// The compact output table: int8 values in 32-wide blocks with an f32
-/// scale each (absmax / 127), made at load time from the file's table.
-struct Int8Table {
-    q: Vec<i8>,
-    scales: Vec<f32>,
-    /// Blocks per row.
-    blocks: usize,
+/// A compact output table, made at load time from the file's table and
+/// multiplied with activations quantized to int8 in 32-wide blocks.
+enum Compact {
+    /// int8 values in 32-wide blocks with an f32 scale each (absmax / 127).
+    Int8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        /// Blocks per row.
+        blocks: usize,
+    },
+    /// 6-bit values in 52-byte groups of 64 ([`kernels::quantize_q6_row`]).
+    Int6 { data: Vec<u8>, row_bytes: usize },
 }
 
 impl CpuTable {
@@ -295,6 +305,10 @@ pub enum OutputTable {
     /// activations. Fewer bytes per token, slightly different logits (see
     /// docs/perf.md for the measured change).
     Int8,
+    /// A 6-bit copy (32-wide blocks, f16 scales: 0.8125 bytes per weight,
+    /// 267 MB for 2B4T), the same product. Needs rows whose width is a
+    /// multiple of 64.
+    Int6,
 }
 
 impl std::str::FromStr for OutputTable {
@@ -303,8 +317,9 @@ impl std::str::FromStr for OutputTable {
         match s.to_ascii_lowercase().as_str() {
             "file" => Ok(OutputTable::File),
             "int8" | "q8" => Ok(OutputTable::Int8),
+            "int6" | "q6" => Ok(OutputTable::Int6),
             other => Err(format!(
-                "output table {other:?} is not supported (file, int8)"
+                "output table {other:?} is not supported (file, int8, int6)"
             )),
         }
     }
@@ -730,30 +745,59 @@ impl Backend for CpuBackend {
             rows,
             cols,
             row_bytes,
-            int8: None,
+            compact: None,
         })
     }
 
     fn prepare_output(&self, table: &mut CpuTable) -> Result<(), BackendError> {
-        if self.output != OutputTable::Int8 || table.int8.is_some() {
+        if table.compact.is_some() {
             return Ok(());
         }
         let (rows, cols) = (table.rows, table.cols);
-        let blocks = cols.div_ceil(32);
-        let mut q = vec![0i8; rows * cols];
-        let mut scales = vec![0f32; rows * blocks];
-        q.par_chunks_mut(cols)
-            .zip(scales.par_chunks_mut(blocks))
-            .enumerate()
-            .for_each_init(Vec::new, |row, (r, (qr, sr))| {
-                table.row_into(r, row);
-                kernels::quantize_q8_blocks(row, qr, sr);
-            });
+        let compact = match self.output {
+            OutputTable::File => return Ok(()),
+            OutputTable::Int8 => {
+                let blocks = cols.div_ceil(32);
+                let mut q = vec![0i8; rows * cols];
+                let mut scales = vec![0f32; rows * blocks];
+                q.par_chunks_mut(cols)
+                    .zip(scales.par_chunks_mut(blocks))
+                    .enumerate()
+                    .for_each_init(Vec::new, |row, (r, (qr, sr))| {
+                        table.row_into(r, row);
+                        kernels::quantize_q8_blocks(row, qr, sr);
+                    });
+                Compact::Int8 { q, scales, blocks }
+            }
+            OutputTable::Int6 => {
+                if cols % 64 != 0 {
+                    return Err(bad(
+                        &table.info.name,
+                        format!("the int6 output table needs rows a multiple of 64 wide; these are {cols}"),
+                    ));
+                }
+                let row_bytes = cols / 64 * kernels::Q6_GROUP_BYTES;
+                let mut data = vec![0u8; rows * row_bytes];
+                data.par_chunks_mut(row_bytes).enumerate().for_each_init(
+                    Vec::new,
+                    |row, (r, out)| {
+                        table.row_into(r, row);
+                        kernels::quantize_q6_row(row, out);
+                    },
+                );
+                Compact::Int6 { data, row_bytes }
+            }
+        };
+        let bytes = match &compact {
+            Compact::Int8 { q, scales, .. } => q.len() + 4 * scales.len(),
+            Compact::Int6 { data, .. } => data.len(),
+        };
         log::debug!(
-            "int8 output table: {rows} x {cols}, {} MB",
-            (q.len() + 4 * scales.len()) / 1_000_000
+            "{:?} output table: {rows} x {cols}, {} MB",
+            self.output,
+            bytes / 1_000_000
         );
-        table.int8 = Some(Int8Table { q, scales, blocks });
+        table.compact = Some(compact);
         Ok(())
     }
 
@@ -923,30 +967,41 @@ impl Backend for CpuBackend {
             0
         };
         let n = x.rows - first;
-        if let Some(t8) = &table.int8 {
-            // Each token's activations to int8 once, then int8 × int8.
-            let cols = table.cols;
+        if let Some(compact) = &table.compact {
+            // Each token's activations to int8 once (32-wide blocks), then
+            // the compact table's integer product.
+            let (cols, blocks) = (table.cols, table.cols.div_ceil(32));
             let mut xq = I8S.take(n * cols);
-            let mut xs = F32S.take(n * t8.blocks);
+            let mut xs = F32S.take(n * blocks);
             for (j, r) in (first..x.rows).enumerate() {
                 kernels::quantize_q8_blocks(
                     x.row(r),
                     &mut xq[j * cols..(j + 1) * cols],
-                    &mut xs[j * t8.blocks..(j + 1) * t8.blocks],
+                    &mut xs[j * blocks..(j + 1) * blocks],
                 );
             }
-            let dot_q8 = self.kernels.dot_q8;
+            let (dot_q8, dot_q6) = (self.kernels.dot_q8, self.kernels.dot_q6);
+            let token = |j: usize| {
+                (
+                    &xq[j * cols..(j + 1) * cols],
+                    &xs[j * blocks..(j + 1) * blocks],
+                )
+            };
             let [y] = CpuTensor::par_columns(n, [table.rows], |_, v0, block| {
                 for (v, out) in (v0..).zip(block.chunks_exact_mut(n)) {
-                    let w = &t8.q[v * cols..(v + 1) * cols];
-                    let ws = &t8.scales[v * t8.blocks..(v + 1) * t8.blocks];
                     for (j, o) in out.iter_mut().enumerate() {
-                        *o = dot_q8(
-                            w,
-                            ws,
-                            &xq[j * cols..(j + 1) * cols],
-                            &xs[j * t8.blocks..(j + 1) * t8.blocks],
-                        );
+                        let (x, x_scale) = token(j);
+                        *o = match compact {
+                            Compact::Int8 { q, scales, blocks } => dot_q8(
+                                &q[v * cols..(v + 1) * cols],
+                                &scales[v * blocks..(v + 1) * blocks],
+                                x,
+                                x_scale,
+                            ),
+                            Compact::Int6 { data, row_bytes } => {
+                                dot_q6(&data[v * row_bytes..(v + 1) * row_bytes], x, x_scale)
+                            }
+                        };
                     }
                 }
             });

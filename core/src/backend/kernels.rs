@@ -206,7 +206,13 @@ pub struct Kernels {
     /// (int8 weights and activations, exact integer block sums): the
     /// compact output table's product.
     pub dot_q8: DotQ8,
+    /// The same for a row of the 6-bit output table ([`quantize_q6_row`]'s
+    /// 52-byte groups) and 32-wide int8 activation blocks.
+    pub dot_q6: DotQ6,
 }
+
+/// `(6-bit row, activations, activation block scales)`.
+pub type DotQ6 = fn(&[u8], &[i8], &[f32]) -> f32;
 
 impl Kernels {
     /// The kernels of `level`, or an error naming why it cannot run here.
@@ -227,6 +233,7 @@ impl Kernels {
                 dot_f16: avx2::dot_f16,
                 dot_f32: avx2::dot_f32,
                 dot_q8: avx2::dot_q8,
+                dot_q6: avx2::dot_q6,
             },
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Sse => Kernels {
@@ -239,6 +246,7 @@ impl Kernels {
                 dot_f16: dot_f16_scalar,
                 dot_f32: sse::dot_f32,
                 dot_q8: sse::dot_q8,
+                dot_q6: dot_q6_scalar,
             },
             #[cfg(not(target_arch = "x86_64"))]
             SimdLevel::Sse | SimdLevel::Avx2 => {
@@ -255,6 +263,7 @@ impl Kernels {
                 dot_f16: dot_f16_scalar,
                 dot_f32: neon::dot_f32,
                 dot_q8: neon::dot_q8,
+                dot_q6: dot_q6_scalar,
             },
             #[cfg(not(target_arch = "aarch64"))]
             SimdLevel::Neon => unreachable!("supported() is false off aarch64"),
@@ -292,6 +301,7 @@ const SCALAR: Kernels = Kernels {
     dot_f16: dot_f16_scalar,
     dot_f32: dot_f32_scalar,
     dot_q8: dot_q8_scalar,
+    dot_q6: dot_q6_scalar,
 };
 
 /// The reference order of [`Kernels::dot_f32`]: lane i % 8 accumulates
@@ -327,6 +337,98 @@ pub fn dot_q8_scalar(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f3
             dot as f32 * (sw * sx)
         })
         .sum()
+}
+
+/// Bytes of one group of the 6-bit output table: 64 values (two 32-wide
+/// blocks) as 6-bit codes u = value + 32, value in -31..=31:
+/// - bytes 0..32: the low four bits, value i of block b in nibble b of
+///   byte i;
+/// - bytes 32..48: the high two bits, value e (0..64) at bits 2·(e / 16) of
+///   byte 32 + e % 16;
+/// - bytes 48..52: each block's scale (absmax / 31), f16.
+pub const Q6_GROUP_BYTES: usize = 52;
+
+/// Quantizes `x` (a multiple of 64 long) into 6-bit groups (see
+/// [`Q6_GROUP_BYTES`]), rounding ties to even.
+pub fn quantize_q6_row(x: &[f32], out: &mut [u8]) {
+    debug_assert!(x.len() % 64 == 0 && out.len() == x.len() / 64 * Q6_GROUP_BYTES);
+    for (xg, g) in x.chunks_exact(64).zip(out.chunks_exact_mut(Q6_GROUP_BYTES)) {
+        g.fill(0);
+        for (b, xb) in xg.chunks_exact(32).enumerate() {
+            let d = f16::from_f32(q6_scale(xb).min(f16::MAX.to_f32()));
+            g[48 + 2 * b..50 + 2 * b].copy_from_slice(&d.to_le_bytes());
+            let inv = if d.to_f32() > 0.0 {
+                1.0 / d.to_f32()
+            } else {
+                0.0
+            };
+            for (i, v) in xb.iter().enumerate() {
+                let u = ((v * inv).round_ties_even().clamp(-31.0, 31.0) as i32 + 32) as u8;
+                let e = 32 * b + i;
+                g[i] |= (u & 15) << (4 * b);
+                g[32 + e % 16] |= (u >> 4) << (2 * (e / 16));
+            }
+        }
+    }
+}
+
+/// The scale of one 32-wide block of the 6-bit table: of the grids
+/// absmax / (31 + k/4), k = -4..=8, the one whose least-squares scale
+/// (Σ x·v / Σ v², v the values the grid rounds to) leaves the smallest
+/// squared error. absmax / 31 alone wastes levels on the one largest value.
+fn q6_scale(x: &[f32]) -> f32 {
+    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if max == 0.0 || !max.is_finite() {
+        return max / 31.0;
+    }
+    let err_of = |d: f32| -> f32 {
+        x.iter()
+            .map(|&v| (v - d * (v / d).round_ties_even().clamp(-31.0, 31.0)).powi(2))
+            .sum()
+    };
+    let mut best = (err_of(max / 31.0), max / 31.0);
+    for k in -4..=8 {
+        let inv = (31.0 + k as f32 / 4.0) / max;
+        let (mut xv, mut vv) = (0f32, 0f32);
+        for &v in x {
+            let q = (v * inv).round_ties_even().clamp(-31.0, 31.0);
+            xv += v * q;
+            vv += q * q;
+        }
+        let d = xv / vv;
+        let err = err_of(d);
+        if err < best.0 {
+            best = (err, d);
+        }
+    }
+    best.1
+}
+
+/// Value `e` (0..64) of a 6-bit group, and its block's scale.
+pub fn q6_value(g: &[u8], e: usize) -> (i8, f32) {
+    let (b, i) = (e / 32, e % 32);
+    let lo = (g[i] >> (4 * b)) & 15;
+    let hi = (g[32 + e % 16] >> (2 * (e / 16))) & 3;
+    let d = f16::from_le_bytes([g[48 + 2 * b], g[49 + 2 * b]]).to_f32();
+    ((lo | hi << 4) as i8 - 32, d)
+}
+
+/// Scalar reference of [`Kernels::dot_q6`]: per 32-wide block, the exact
+/// integer Σ value·x times (block scale · activation scale), added in order.
+pub fn dot_q6_scalar(row: &[u8], x: &[i8], x_scale: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for (g, grp) in row.chunks_exact(Q6_GROUP_BYTES).enumerate() {
+        for b in 0..2 {
+            let (mut dot, mut d) = (0i32, 0f32);
+            for i in 0..32 {
+                let (v, s) = q6_value(grp, 32 * b + i);
+                dot += i32::from(v) * i32::from(x[64 * g + 32 * b + i]);
+                d = s;
+            }
+            sum += dot as f32 * (d * x_scale[2 * g + b]);
+        }
+    }
+    sum
 }
 
 /// Quantizes `x` to int8 in 32-wide blocks (scale = absmax / 127, rounding
@@ -863,6 +965,75 @@ mod avx2 {
             let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
             let scale = _mm256_set1_ps(ws[b] * xs[b]);
             acc = _mm256_fmadd_ps(sums, scale, acc);
+        }
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    pub fn dot_q6(row: &[u8], x: &[i8], x_scale: &[f32]) -> f32 {
+        let groups = row.len() / super::Q6_GROUP_BYTES;
+        assert!(x.len() >= groups * 64 && x_scale.len() >= groups * 2);
+        // SAFETY: reachable only when AVX2, FMA and F16C were detected; the
+        // assert keeps every load in bounds.
+        unsafe { dot_q6_avx2(row, x, x_scale, groups) }
+    }
+
+    /// Each group's two blocks unpacked to int8 values in registers (the
+    /// high bits moved into place by per-lane variable shifts: lane 0 of a
+    /// block holds values 0..16, lane 1 values 16..32), then as `dot_q8`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_q6_avx2(row: &[u8], x: &[i8], xs: &[f32], groups: usize) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let (low, high, off) = (
+            _mm256_set1_epi8(0x0f),
+            _mm256_set1_epi8(0x30),
+            _mm256_set1_epi8(32),
+        );
+        // Block 0's high bits sit at bits 0-1 (lane 0) and 2-3 (lane 1) of
+        // each byte, block 1's at 4-5 and 6-7; both move to bits 4-5.
+        let up0 = _mm256_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2);
+        let down1 = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+        let mut acc = _mm256_setzero_ps();
+        for g in 0..groups {
+            // SAFETY: group g's 52 bytes are in `row`, its 64 activations
+            // and 2 scales in `x` and `xs` (g < groups, asserted by the
+            // caller).
+            let (ql, qh, d, s, xv) = unsafe {
+                let p = row.as_ptr().add(super::Q6_GROUP_BYTES * g);
+                let px = x.as_ptr().add(64 * g);
+                (
+                    _mm256_loadu_si256(p.cast()),
+                    _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(32).cast())),
+                    _mm_cvtph_ps(_mm_cvtsi32_si128(p.add(48).cast::<i32>().read_unaligned())),
+                    _mm_castpd_ps(_mm_load_sd(xs.as_ptr().add(2 * g).cast())),
+                    [
+                        _mm256_loadu_si256(px.cast()),
+                        _mm256_loadu_si256(px.add(32).cast()),
+                    ],
+                )
+            };
+            let u0 = _mm256_or_si256(
+                _mm256_and_si256(ql, low),
+                _mm256_and_si256(_mm256_sllv_epi32(qh, up0), high),
+            );
+            let u1 = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low),
+                _mm256_and_si256(_mm256_srlv_epi32(qh, down1), high),
+            );
+            let scale = _mm_mul_ps(d, s);
+            let scales = [
+                _mm256_broadcastss_ps(scale),
+                _mm256_broadcastss_ps(_mm_movehdup_ps(scale)),
+            ];
+            for (b, u) in [u0, u1].into_iter().enumerate() {
+                let v = _mm256_sub_epi8(u, off);
+                // |v| ≤ 32: pair sums ≤ 2·32·128, within i16.
+                let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(xv[b], v));
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
+                acc = _mm256_fmadd_ps(sums, scales[b], acc);
+            }
         }
         let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -1509,6 +1680,60 @@ mod tests {
                 .sum();
             for k in levels() {
                 let got = (k.dot_q8)(&w, &ws, &x, &xs);
+                assert!(
+                    (got - want).abs() <= 1e-5 * mag.max(1e-6),
+                    "{} n {n}: {got} vs {want}",
+                    k.level
+                );
+            }
+        }
+    }
+
+    /// The 6-bit table: every level's product agrees with the scalar one
+    /// to rounding (integer block sums exact), on random rows with
+    /// extreme codes and saturated activations; and quantizing a row then
+    /// reading it back is within half a step of each value (or clamped).
+    #[test]
+    fn dot_q6_close_to_scalar_and_round_trips() {
+        let mut rng = Rng(0x6b17);
+        for n in [64usize, 128, 2560, 192] {
+            let row_f: Vec<f32> = (0..n)
+                .map(|i| match i % 11 {
+                    0 => 0.0,
+                    1 => -3.5,
+                    _ => (rng.next() % 2001) as f32 / 1000.0 - 1.0,
+                })
+                .collect();
+            let mut row = vec![0u8; n / 64 * Q6_GROUP_BYTES];
+            quantize_q6_row(&row_f, &mut row);
+            for (e, &v) in row_f.iter().enumerate() {
+                let (q, d) = q6_value(&row[e / 64 * Q6_GROUP_BYTES..], e % 64);
+                // Within half a step, or clamped at the grid's end.
+                assert!((-31..=31).contains(&q));
+                let err = (f32::from(q) * d - v).abs();
+                let ok = err <= 0.5 * d + 1e-6 || (q.abs() == 31 && v.abs() >= 30.5 * d);
+                assert!(ok, "{e}: {v} vs {q}·{d}");
+            }
+            let x: Vec<i8> = (0..n)
+                .map(|i| match i % 5 {
+                    0 => 127,
+                    1 => -127,
+                    // Activations are quantized to -127..=127.
+                    _ => (rng.next() as i8).max(-127),
+                })
+                .collect();
+            let xs: Vec<f32> = (0..n / 32)
+                .map(|_| (rng.next() % 1000) as f32 / 1e4)
+                .collect();
+            let want = dot_q6_scalar(&row, &x, &xs);
+            let mag: f32 = (0..n)
+                .map(|e| {
+                    let (q, d) = q6_value(&row[e / 64 * Q6_GROUP_BYTES..], e % 64);
+                    (f32::from(q) * f32::from(x[e])).abs() * d * xs[e / 32]
+                })
+                .sum();
+            for k in levels() {
+                let got = (k.dot_q6)(&row, &x, &xs);
                 assert!(
                     (got - want).abs() <= 1e-5 * mag.max(1e-6),
                     "{} n {n}: {got} vs {want}",

@@ -73,7 +73,7 @@ pub struct Args {
     /// CPU kernel levels to test (comma list: scalar, sse, avx2, neon; default: the best).
     #[arg(long, value_delimiter = ',')]
     simd_level: Vec<SimdLevel>,
-    /// LM head tables to test (comma list: file, int8).
+    /// LM head tables to test (comma list: file, int8, int6).
     #[arg(long, value_delimiter = ',', default_value = "file")]
     output_table: Vec<OutputTable>,
     /// Prompt batch sizes to test (comma list; 0 = the whole prompt at once).
@@ -157,8 +157,8 @@ impl Config {
             }
             d => d.to_string(),
         };
-        if self.output_table == OutputTable::Int8 {
-            s += " int8-head";
+        if self.output_table != OutputTable::File {
+            s += &format!(" {}-head", head_name(self.output_table));
         }
         if self.kv_cache_type == KvType::F16 {
             s += " kv-f16";
@@ -489,6 +489,7 @@ fn head_name(o: OutputTable) -> &'static str {
     match o {
         OutputTable::File => "file",
         OutputTable::Int8 => "int8",
+        OutputTable::Int6 => "int6",
     }
 }
 
@@ -534,8 +535,9 @@ impl Report<'_> {
             let c = &self.configs[r.config];
             let (m, sd) = self.ts(r);
             let mut extras = Vec::new();
-            if c.output_table == OutputTable::Int8 {
-                extras.push("int8 head");
+            let head = format!("{} head", head_name(c.output_table));
+            if c.output_table != OutputTable::File {
+                extras.push(head.as_str());
             }
             if c.kv_cache_type == KvType::F16 {
                 extras.push("f16 KV");

@@ -94,8 +94,8 @@ pub struct SamplingArgs {
     /// (default: the best this CPU runs; also BITNET_SIMD_LEVEL).
     #[arg(long)]
     pub simd_level: Option<SimdLevel>,
-    /// LM head table: `file` (as stored) or `int8` (a compact copy made at
-    /// load: fewer bytes read per token, logits change slightly).
+    /// LM head table: `file` (as stored), `int8` or `int6` (a compact copy
+    /// made at load: fewer bytes read per token, logits change slightly).
     #[arg(long, default_value = "file")]
     pub output_table: OutputTable,
     /// Read the model into memory instead of mapping it.
