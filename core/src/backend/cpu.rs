@@ -311,6 +311,18 @@ pub enum OutputTable {
     Int6,
 }
 
+impl OutputTable {
+    /// Bytes of the compact copy of a `rows` × `cols` table (None: the
+    /// file's own table is read).
+    pub fn compact_bytes(self, rows: u64, cols: u64) -> Option<u64> {
+        match self {
+            OutputTable::File => None,
+            OutputTable::Int8 => Some(rows * (cols + 4 * cols.div_ceil(32))),
+            OutputTable::Int6 => Some(rows * cols / 64 * kernels::Q6_GROUP_BYTES as u64),
+        }
+    }
+}
+
 impl std::str::FromStr for OutputTable {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -440,16 +440,37 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.bandwidth {
         let t = configs.iter().map(|c| c.threads).max().unwrap_or(1);
         let bw = read_bandwidth(t)?;
+        eprintln!("memory read bandwidth ({t} threads): {:.2} GB/s", bw / 1e9);
         // Per decoded token every weight is read once: the ternary
         // projections and the LM head (the whole table); the file is that
-        // plus one embedding row per token.
-        let floor = file_size as f64 / bw;
-        eprintln!(
-            "memory read bandwidth ({t} threads): {:.2} GB/s; decode floor for this model: {:.1} ms/token ({:.1} tokens/s)",
-            bw / 1e9,
-            floor * 1e3,
-            1.0 / floor
-        );
+        // plus one embedding row per token. A compact head replaces the
+        // file's table by its copy.
+        let head = ["output.weight", "token_embd.weight"]
+            .iter()
+            .find_map(|n| file.tensor_infos().iter().find(|t| t.name == *n));
+        let mut tables: Vec<OutputTable> = Vec::new();
+        for c in &configs {
+            if !tables.contains(&c.output_table) {
+                tables.push(c.output_table);
+            }
+        }
+        for o in tables {
+            let bytes = match (o, head) {
+                (OutputTable::File, _) | (_, None) => file_size,
+                (o, Some(h)) => {
+                    let compact = o.compact_bytes(h.n_rows(), h.row_len()).unwrap_or(h.size);
+                    file_size - h.size + compact
+                }
+            };
+            let floor = bytes as f64 / bw;
+            eprintln!(
+                "decode floor with the {} head: {:.0} MB per token, {:.1} ms/token ({:.1} tokens/s)",
+                head_name(o),
+                bytes as f64 / 1e6,
+                floor * 1e3,
+                1.0 / floor
+            );
+        }
     }
     let ctx = Report {
         backends: &backends,
