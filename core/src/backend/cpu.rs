@@ -120,7 +120,7 @@ impl CpuTensor {
     }
 
     /// `rows` × `cols[i]` tensors, computed a block of output columns at a
-    /// time, all in one parallel loop: `f(init, i, c0, out)` writes the
+    /// time, all in one parallel loop: `f(i, c0, out)` writes the
     /// `rows` values of columns c0, c0 + 1, ... of tensor i one column
     /// after another to `out` (how the row-parallel matrix kernels produce
     /// results: one weight row read once for every token), then a

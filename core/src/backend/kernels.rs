@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
+use crate::quant::act::round_small;
 use crate::quant::ternary::tq1_unpack_codes;
 
 /// How 2-bit codes sit in a byte, and where the 32-byte chunks are.
@@ -363,7 +364,7 @@ pub fn quantize_q6_row(x: &[f32], out: &mut [u8]) {
                 0.0
             };
             for (i, v) in xb.iter().enumerate() {
-                let u = ((v * inv).round_ties_even().clamp(-31.0, 31.0) as i32 + 32) as u8;
+                let u = (round_small(v * inv).clamp(-31.0, 31.0) as i32 + 32) as u8;
                 let e = 32 * b + i;
                 g[i] |= (u & 15) << (4 * b);
                 g[32 + e % 16] |= (u >> 4) << (2 * (e / 16));
@@ -374,31 +375,27 @@ pub fn quantize_q6_row(x: &[f32], out: &mut [u8]) {
 
 /// The scale of one 32-wide block of the 6-bit table: of the grids
 /// absmax / (31 + k/4), k = -4..=8, the one whose least-squares scale
-/// (Σ x·v / Σ v², v the values the grid rounds to) leaves the smallest
-/// squared error. absmax / 31 alone wastes levels on the one largest value.
+/// d = Σ x·v / Σ v² (v: the values the grid rounds to) leaves the smallest
+/// squared error, Σ x² − (Σ x·v)² / Σ v²; absmax / 31 alone wastes levels
+/// on the one largest value.
 fn q6_scale(x: &[f32]) -> f32 {
     let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     if max == 0.0 || !max.is_finite() {
         return max / 31.0;
     }
-    let err_of = |d: f32| -> f32 {
-        x.iter()
-            .map(|&v| (v - d * (v / d).round_ties_even().clamp(-31.0, 31.0)).powi(2))
-            .sum()
-    };
-    let mut best = (err_of(max / 31.0), max / 31.0);
+    let mut best = (0f32, max / 31.0);
     for k in -4..=8 {
         let inv = (31.0 + k as f32 / 4.0) / max;
         let (mut xv, mut vv) = (0f32, 0f32);
         for &v in x {
-            let q = (v * inv).round_ties_even().clamp(-31.0, 31.0);
+            let q = round_small(v * inv).clamp(-31.0, 31.0);
             xv += v * q;
             vv += q * q;
         }
-        let d = xv / vv;
-        let err = err_of(d);
-        if err < best.0 {
-            best = (err, d);
+        // Maximising (Σ x·v)² / Σ v² minimises the error.
+        let gain = xv * xv / vv;
+        if gain > best.0 {
+            best = (gain, xv / vv);
         }
     }
     best.1

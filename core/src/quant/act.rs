@@ -48,7 +48,7 @@ pub fn absmax(x: &[f32]) -> f32 {
 /// |x| < 2²²; larger values (never met: |v · scale| ≤ 127) stay beyond the
 /// clamp's range with their sign, so the clamped result is the same.
 #[inline]
-fn round_small(x: f32) -> f32 {
+pub(crate) fn round_small(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
     (x + MAGIC) - MAGIC
 }
