@@ -104,9 +104,17 @@ fi
 if [ "$browser" = 1 ]; then
   rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
   wbg=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/[^0-9.]/,""); print}' Cargo.lock)
+  # --locked first (the tools' own lockfiles); if the registry lacks a crate
+  # version such a lockfile pins, the newest compatible versions instead.
+  install_tool() {
+    cargo install -q --locked "$@" || {
+      echo "note: $1's lockfile pins a crate this registry lacks; installing without --locked"
+      cargo install -q "$@"
+    }
+  }
   wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $wbg" \
-    || cargo install -q --locked wasm-bindgen-cli --version "$wbg"
-  command -v wasm-pack >/dev/null || cargo install -q --locked wasm-pack --version 0.15.1
+    || install_tool wasm-bindgen-cli --version "$wbg"
+  command -v wasm-pack >/dev/null || install_tool wasm-pack --version 0.15.1
 
   step "cargo clippy for wasm32 (the core with wgpu, the wasm package and its tests)"
   cargo clippy -q --target wasm32-unknown-unknown -p bitnet-rt --features wgpu --lib -- -D warnings
