@@ -96,14 +96,14 @@ async fn ternary_products_match_in_every_format() {
                     let (cx, gx) = (cpu_tensor(rows, k, &x), g.upload_tensor(rows, k, &x));
                     let base = rng.vec(rows * m, 3.0);
                     let want = [
-                        cpu.bitlinear(&cx, &cw).data,
+                        cpu.bitlinear(&cx, &cw).into_data(),
                         {
                             let mut b = cpu_tensor(rows, m, &base);
                             cpu.bitlinear_add(&mut b, &cx, None, &cw);
-                            b.data
+                            b.into_data()
                         },
                         cpu.bitlinear_glu(&cx, None, &cw, &cw2, Activation::Relu2)
-                            .data,
+                            .into_data(),
                     ];
                     let got = [
                         read(&g, &g.bitlinear(&gx, &gw)).await,
