@@ -251,7 +251,7 @@ fn f16_kv_cache_stays_close_to_transformers() {
 /// divergence of the next-token distributions, and top-1 agreement out of
 /// how many positions (recorded in docs/perf.md).
 fn compact_table_closeness(table: bitnet::OutputTable) -> (f64, f64, usize, usize) {
-    let (mut kl_sum, mut n, mut agree, mut worst_kl) = (0f64, 0usize, 0usize, 0f64);
+    let mut c = common::Closeness::default();
     for dir in golden_dirs() {
         let golden: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap())
@@ -281,16 +281,10 @@ fn compact_table_closeness(table: bitnet::OutputTable) -> (f64, f64, usize, usiz
                     .unwrap()
             };
             let (a, b) = (run(&file_engine), run(&compact_engine));
-            for (la, lb) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)) {
-                let kl = common::kl_divergence(la, lb);
-                kl_sum += kl;
-                worst_kl = worst_kl.max(kl);
-                n += 1;
-                agree += usize::from(bitnet::sampler::argmax(la) == bitnet::sampler::argmax(lb));
-            }
+            c.add(&a, &b, vocab);
         }
     }
-    let mean_kl = kl_sum / n as f64;
+    let (mean_kl, worst_kl, agree, n) = (c.mean_kl(), c.worst_kl, c.agree, c.n);
     eprintln!(
         "{table:?} output table: mean KL {mean_kl:.3e} nats (worst {worst_kl:.3e}), top-1 agreement {agree}/{n}"
     );

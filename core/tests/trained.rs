@@ -118,7 +118,7 @@ fn compact_output_tables_on_the_trained_model() {
         [(OutputTable::Int8, 2e-4, 98), (OutputTable::Int6, 1e-3, 94)]
     {
         let compact = engine(table);
-        let (mut kl_sum, mut worst, mut n, mut agree) = (0f64, 0f64, 0usize, 0usize);
+        let mut c = common::Closeness::default();
         for p in golden["prompts"].as_array().unwrap() {
             let input = ids(&p["input_ids"]);
             let run = |e: &Engine<CpuBackend>| {
@@ -126,15 +126,9 @@ fn compact_output_tables_on_the_trained_model() {
                 e.model.forward(&mut s, &input, true).unwrap()
             };
             let (a, b) = (run(&file), run(&compact));
-            for (la, lb) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)) {
-                let kl = common::kl_divergence(la, lb);
-                kl_sum += kl;
-                worst = worst.max(kl);
-                n += 1;
-                agree += usize::from(bitnet::sampler::argmax(la) == bitnet::sampler::argmax(lb));
-            }
+            c.add(&a, &b, vocab);
         }
-        let mean = kl_sum / n as f64;
+        let (mean, worst, agree, n) = (c.mean_kl(), c.worst_kl, c.agree, c.n);
         eprintln!(
             "trained model, {table:?} output table: mean KL {mean:.3e} nats (worst {worst:.3e}), top-1 agreement {agree}/{n}"
         );

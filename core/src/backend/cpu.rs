@@ -212,13 +212,9 @@ pub struct CpuTable {
 /// A compact output table, made at load time from the file's table and
 /// multiplied with activations quantized to int8 in 32-wide blocks.
 enum Compact {
-    /// int8 values in 32-wide blocks with an f32 scale each (absmax / 127).
-    Int8 {
-        q: Vec<i8>,
-        scales: Vec<f32>,
-        /// Blocks per row.
-        blocks: usize,
-    },
+    /// int8 values in 32-wide blocks with an f32 scale each (absmax / 127),
+    /// `cols.div_ceil(32)` scales per row.
+    Int8 { q: Vec<i8>, scales: Vec<f32> },
     /// 6-bit values in 52-byte groups of 64 ([`kernels::quantize_q6_row`]).
     Int6 { data: Vec<u8>, row_bytes: usize },
 }
@@ -779,7 +775,7 @@ impl Backend for CpuBackend {
                         table.row_into(r, row);
                         kernels::quantize_q8_blocks(row, qr, sr);
                     });
-                Compact::Int8 { q, scales, blocks }
+                Compact::Int8 { q, scales }
             }
             OutputTable::Int6 => {
                 if cols % 64 != 0 {
@@ -800,10 +796,10 @@ impl Backend for CpuBackend {
                 Compact::Int6 { data, row_bytes }
             }
         };
-        let bytes = match &compact {
-            Compact::Int8 { q, scales, .. } => q.len() + 4 * scales.len(),
-            Compact::Int6 { data, .. } => data.len(),
-        };
+        let bytes = self
+            .output
+            .compact_bytes(rows as u64, cols as u64)
+            .unwrap_or(0);
         log::debug!(
             "{:?} output table: {rows} x {cols}, {} MB",
             self.output,
@@ -1004,7 +1000,7 @@ impl Backend for CpuBackend {
                     for (j, o) in out.iter_mut().enumerate() {
                         let (x, x_scale) = token(j);
                         *o = match compact {
-                            Compact::Int8 { q, scales, blocks } => dot_q8(
+                            Compact::Int8 { q, scales } => dot_q8(
                                 &q[v * cols..(v + 1) * cols],
                                 &scales[v * blocks..(v + 1) * blocks],
                                 x,

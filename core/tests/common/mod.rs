@@ -20,3 +20,32 @@ pub fn kl_divergence(p: &[f32], q: &[f32]) -> f64 {
     let (lp, lq) = (logp(p), logp(q));
     lp.iter().zip(&lq).map(|(x, y)| x.exp() * (x - y)).sum()
 }
+
+/// Two logit tables compared row by row: the sum and worst of the KL
+/// divergences, the rows compared, and the rows whose argmax agrees.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+#[derive(Default)]
+pub struct Closeness {
+    pub kl_sum: f64,
+    pub worst_kl: f64,
+    pub n: usize,
+    pub agree: usize,
+}
+
+#[allow(dead_code)]
+impl Closeness {
+    /// Adds every `vocab`-wide row of `a` against the same row of `b`.
+    pub fn add(&mut self, a: &[f32], b: &[f32], vocab: usize) {
+        for (la, lb) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)) {
+            let kl = kl_divergence(la, lb);
+            self.kl_sum += kl;
+            self.worst_kl = self.worst_kl.max(kl);
+            self.n += 1;
+            self.agree += usize::from(bitnet::sampler::argmax(la) == bitnet::sampler::argmax(lb));
+        }
+    }
+
+    pub fn mean_kl(&self) -> f64 {
+        self.kl_sum / self.n as f64
+    }
+}
