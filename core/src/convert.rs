@@ -404,7 +404,7 @@ fn ternary(
         return Ok((w, 1.0 / inv));
     };
     let w = if t.dtype == "U8" {
-        if t.shape != [m / 4, k] || m % 4 != 0 {
+        if t.shape != [m / 4, k] || !m.is_multiple_of(4) {
             return Err(bad(format!(
                 "packed shape {:?}, expected [{}, {k}]",
                 t.shape,

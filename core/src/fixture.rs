@@ -109,13 +109,13 @@ impl FixtureConfig {
         if self.n_layers == 0 || self.n_embd == 0 || self.n_ff == 0 || self.n_ctx == 0 {
             return bad("layers, widths and context must be non-zero".into());
         }
-        if self.n_head == 0 || self.n_head_kv == 0 || self.n_head % self.n_head_kv != 0 {
+        if self.n_head == 0 || self.n_head_kv == 0 || !self.n_head.is_multiple_of(self.n_head_kv) {
             return bad(format!(
                 "head_count_kv {} must divide head_count {}",
                 self.n_head_kv, self.n_head
             ));
         }
-        if self.n_embd % self.n_head != 0 || self.head_dim() % 2 != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) || !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "head_count {} must divide embedding_length {} into an even head size",
                 self.n_head, self.n_embd
@@ -133,7 +133,7 @@ impl FixtureConfig {
                 ));
             }
         }
-        if self.n_embd % self.embedding_type.block_size() != 0 {
+        if !self.n_embd.is_multiple_of(self.embedding_type.block_size()) {
             return bad(format!(
                 "embedding_length must be a multiple of {}",
                 self.embedding_type.block_size()

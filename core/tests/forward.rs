@@ -267,3 +267,44 @@ fn every_simd_level_matches_scalar() {
         }
     }
 }
+
+/// The lookup-table kernels (TL1, TL2: weights repacked at load) compute
+/// the same exact integer sums as the packed ones, so the logits of a
+/// prompt and the greedy tokens are identical, bit for bit, for every
+/// ternary format, at the scalar level and the best one this CPU runs.
+#[test]
+fn lookup_table_kernels_equal_the_packed_ones() {
+    use bitnet::backend::cpu::TernaryKernels;
+    use bitnet::backend::kernels::SimdLevel;
+    use bitnet::{Engine, GenerationConfig};
+    let cfg = GenerationConfig {
+        max_tokens: Some(6),
+        ..GenerationConfig::greedy()
+    };
+    for ty in [GgmlType::I2_S, GgmlType::TQ2_0, GgmlType::TQ1_0] {
+        let bytes = FixtureConfig::tiny(ty).to_bytes().unwrap();
+        for level in [SimdLevel::Scalar, SimdLevel::detect()] {
+            let run = |kernels: &str| {
+                let file = Arc::new(GgufFile::from_vec(bytes.clone()).unwrap());
+                let backend = CpuBackend::with_level(level)
+                    .unwrap()
+                    .with_ternary_kernels(kernels.parse::<TernaryKernels>().unwrap());
+                let engine = Engine::load(file, backend).unwrap();
+                let prompt = engine.tokenizer.encode("Hello there, general", true);
+                let m = &engine.model;
+                let logits = m
+                    .forward(&mut m.new_session(64, KvType::F32), &prompt, true)
+                    .unwrap();
+                let tokens = engine
+                    .generate("Hello there, general", &cfg, |_| true)
+                    .unwrap()
+                    .tokens;
+                (logits, tokens)
+            };
+            let want = run("i2s");
+            for kernels in ["tl1", "tl2"] {
+                assert_eq!(run(kernels), want, "{ty} {level} {kernels}");
+            }
+        }
+    }
+}

@@ -30,7 +30,7 @@ fn main() {
     println!("kernel levels:");
     for level in SimdLevel::ALL {
         println!(
-            "  {:<7} {}",
+            "  {:<10} {}",
             level.name(),
             if level.supported() {
                 "runs here"

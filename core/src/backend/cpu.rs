@@ -11,6 +11,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::kernels::{self, Kernels, Packing, SimdLevel};
+use super::lut::{self, Lut, LutMatrix};
 use super::{bad, find, normed, team, Backend, BackendError, KvType};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::model::config::{Activation, BitNetConfig, RopeStyle};
@@ -26,6 +27,7 @@ struct Pool<T>(Mutex<Vec<Vec<T>>>);
 static F32S: Pool<f32> = Pool::new();
 static I8S: Pool<i8> = Pool::new();
 static I32S: Pool<i32> = Pool::new();
+static U8S: Pool<u8> = Pool::new();
 
 impl<T: Copy + Default> Pool<T> {
     const MAX_BYTES: usize = 1 << 20;
@@ -136,7 +138,11 @@ impl CpuTensor {
         // little undone), at least 32 columns each: a column can be a few
         // hundred bytes of work, less than handing out a block.
         let total: usize = cols.iter().sum();
-        let per = total.div_ceil(16 * team::threads()).max(32);
+        // Whole 32-row tiles for the lookup-table kernels.
+        let per = total
+            .div_ceil(16 * team::threads())
+            .max(32)
+            .next_multiple_of(lut::ROWS);
         team::for_each_chunk_mut_of(
             by_col.each_mut().map(|t| t.data.as_mut_slice()),
             [per * rows; N],
@@ -190,6 +196,9 @@ pub struct CpuLinear {
     k: usize,
     m: usize,
     scale: Scale,
+    /// The weights repacked for a lookup-table kernel, when the backend
+    /// uses one ([`TernaryKernels`]).
+    lut: Option<LutMatrix>,
 }
 
 impl CpuLinear {
@@ -288,6 +297,43 @@ impl KvElem for u16 {
 pub struct CpuBackend {
     kernels: Kernels,
     output: OutputTable,
+    ternary: TernaryKernels,
+}
+
+/// Which kernels multiply the ternary weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TernaryKernels {
+    /// The packed kernels, on the weights as the file stores them (I2_S,
+    /// TQ2_0 or TQ1_0; `i2s` on the command line, after bitnet.cpp).
+    #[default]
+    File,
+    /// A lookup-table kernel on the weights repacked at load time
+    /// ([`super::lut`]); needs one scale per tensor.
+    Lut(Lut),
+}
+
+impl TernaryKernels {
+    pub fn name(self) -> &'static str {
+        match self {
+            TernaryKernels::File => "i2s",
+            TernaryKernels::Lut(Lut::Tl1) => "tl1",
+            TernaryKernels::Lut(Lut::Tl2) => "tl2",
+        }
+    }
+}
+
+impl std::str::FromStr for TernaryKernels {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "i2s" | "i2_s" | "file" | "packed" => Ok(TernaryKernels::File),
+            "tl1" => Ok(TernaryKernels::Lut(Lut::Tl1)),
+            "tl2" => Ok(TernaryKernels::Lut(Lut::Tl2)),
+            other => Err(format!(
+                "ternary kernels {other:?} are not supported (i2s: the file's packing, tl1, tl2)"
+            )),
+        }
+    }
 }
 
 /// What the CPU backend reads for the LM head.
@@ -345,6 +391,7 @@ impl CpuBackend {
         CpuBackend {
             kernels: *Kernels::global(),
             output: OutputTable::File,
+            ternary: TernaryKernels::File,
         }
     }
 
@@ -353,12 +400,20 @@ impl CpuBackend {
         Ok(CpuBackend {
             kernels: Kernels::for_level(level).map_err(BackendError::Unsupported)?,
             output: OutputTable::File,
+            ternary: TernaryKernels::File,
         })
     }
 
     /// Chooses what the LM head reads (see [`OutputTable`]).
     pub fn with_output_table(mut self, output: OutputTable) -> Self {
         self.output = output;
+        self
+    }
+
+    /// Chooses the ternary kernels (see [`TernaryKernels`]); applies to
+    /// the projections loaded after it.
+    pub fn with_ternary_kernels(mut self, ternary: TernaryKernels) -> Self {
+        self.ternary = ternary;
         self
     }
 
@@ -460,6 +515,10 @@ struct Quantized {
     /// Σ weight·q = Σ code·q − Σ q.
     block_sums: Vec<i32>,
     row_sums: Vec<i32>,
+    /// Per token, the lookup tables of a TL1/TL2 product (empty unless
+    /// [`Quantized::build_tables`] ran), `table_bytes` apart.
+    tables: Vec<u8>,
+    table_bytes: usize,
     t: usize,
     k: usize,
 }
@@ -493,9 +552,23 @@ impl Quantized {
             scales,
             block_sums,
             row_sums,
+            tables: Vec::new(),
+            table_bytes: 0,
             t,
             k,
         }
+    }
+
+    /// Every token's tables for `lut`.
+    fn build_tables(&mut self, lut: Lut) {
+        let k = self.k;
+        self.table_bytes = Lut::table_bytes(lut.groups(k));
+        let mut tables = U8S.take(self.t * self.table_bytes);
+        let q = &self.q;
+        team::for_each_chunk_mut(&mut tables, self.table_bytes, |r, t| {
+            lut.build_tables(&q[r * k..(r + 1) * k], t)
+        });
+        self.tables = tables;
     }
 }
 
@@ -505,6 +578,7 @@ impl Drop for Quantized {
         F32S.put(std::mem::take(&mut self.scales));
         I32S.put(std::mem::take(&mut self.block_sums));
         I32S.put(std::mem::take(&mut self.row_sums));
+        U8S.put(std::mem::take(&mut self.tables));
     }
 }
 
@@ -512,7 +586,12 @@ impl Quantized {
     /// Output of token r from Σ code·q of one row: (Σ code·q − Σ q) is
     /// Σ weight·q, times the weight scale `s`, over the token's scale.
     fn output(&self, r: usize, dot: i32, s: f32) -> f32 {
-        (dot - self.row_sums[r]) as f32 * s / self.scales[r]
+        self.scaled(r, dot - self.row_sums[r], s)
+    }
+
+    /// Output of token r from Σ weight·q of one row.
+    fn scaled(&self, r: usize, sum: i32, s: f32) -> f32 {
+        sum as f32 * s / self.scales[r]
     }
 
     /// Outputs of `rows` for every token (`outs`: `t` values per row),
@@ -567,6 +646,22 @@ impl CpuBackend {
         let dot_multi = self.kernels.dot_codes_multi;
         let dot_u8 = self.kernels.dot_u8_multi;
         let unpack_tq1 = self.kernels.unpack_tq1;
+        if let (Some(m), &Scale::Tensor(s)) = (&w.lut, &w.scale) {
+            // Lookup tables: a 32-row tile against each token's tables
+            // (`row0` is a whole number of tiles: `par_columns`).
+            debug_assert_eq!(row0 % lut::ROWS, 0);
+            let mut dots = [0i32; lut::ROWS];
+            for (i, outs) in block.chunks_mut(lut::ROWS * t).enumerate() {
+                let tile = m.tile(row0 / lut::ROWS + i);
+                for (r, tables) in a.tables.chunks_exact(a.table_bytes).enumerate() {
+                    (self.kernels.lut_tile)(m.lut, tile, m.groups, tables, &mut dots);
+                    for (out, &d) in outs.chunks_exact_mut(t).zip(&dots) {
+                        out[r] = a.scaled(r, d, s);
+                    }
+                }
+            }
+            return;
+        }
         let data = w.data();
         let n_rows = block.len() / t;
         // The one-scale packed layouts: I2_S, and TQ2_0 whose blocks
@@ -711,12 +806,29 @@ impl Backend for CpuBackend {
                 return Err(bad(name, format!("scale is {s}")));
             }
         }
+        let lut = match (self.ternary, &scale) {
+            (TernaryKernels::File, _) => None,
+            (TernaryKernels::Lut(l), Scale::Tensor(_)) => {
+                let w = quant::decode_ternary(info.ty, data, k * m)
+                    .map_err(|e| bad(name, e.to_string()))?;
+                Some(LutMatrix::new(l, &w, m, k))
+            }
+            (TernaryKernels::Lut(_), Scale::Block) => {
+                return Err(BackendError::Unsupported(format!(
+                    "{name}: the {} kernels need one scale per tensor, and this {} tensor \
+                     has a different scale per block (use the file's kernels: i2s)",
+                    self.ternary.name(),
+                    info.ty
+                )))
+            }
+        };
         Ok(CpuLinear {
             file: file.clone(),
             info,
             k,
             m,
             scale,
+            lut,
         })
     }
 
@@ -868,7 +980,12 @@ impl Backend for CpuBackend {
         ws: [&CpuLinear; N],
     ) -> [CpuTensor; N] {
         let mut h = None;
-        let a = Quantized::new(normed(self, x, norm, &mut h));
+        let mut a = Quantized::new(normed(self, x, norm, &mut h));
+        // Projections of one call share their input and the backend's
+        // kernels, so one set of tables serves them all.
+        if let Some(m) = ws.iter().find_map(|w| w.lut.as_ref()) {
+            a.build_tables(m.lut);
+        }
         let t = a.t;
         // Blocks of output rows of every W in one parallel loop; each row
         // is read once and dotted with every token (the packed kernels take
@@ -1157,6 +1274,12 @@ mod bitlinear_tests {
                 let b = CpuBackend::with_level(level).unwrap();
                 let lin = b.load_linear(&file, "w").unwrap();
                 assert!(matches!(lin.scale, Scale::Block), "{ty}");
+                // The lookup-table kernels take one scale per tensor and
+                // say so, rather than dropping the block scales.
+                let tl1 = b.with_ternary_kernels("tl1".parse().unwrap());
+                let err = tl1.load_linear(&file, "w").err().unwrap().to_string();
+                assert!(err.contains("one scale per tensor"), "{err}");
+                let b = CpuBackend::with_level(level).unwrap();
                 for rows in [1, t] {
                     let xr = CpuTensor {
                         data: x.data[..rows * k].to_vec(),
@@ -1233,10 +1356,18 @@ mod bitlinear_tests {
                     }
                 }
                 for level in SimdLevel::ALL.into_iter().filter(|l| l.supported()) {
-                    let b = CpuBackend::with_level(level).unwrap();
-                    let lin = b.load_linear(&file, "w").unwrap();
-                    let got = b.bitlinear(&x, &lin);
-                    assert_eq!(got.data, want, "{ty} k {k} m {m} t {t} at {level}");
+                    for kernels in ["i2s", "tl1", "tl2"] {
+                        let b = CpuBackend::with_level(level)
+                            .unwrap()
+                            .with_ternary_kernels(kernels.parse().unwrap());
+                        let lin = b.load_linear(&file, "w").unwrap();
+                        assert_eq!(lin.lut.is_some(), kernels != "i2s");
+                        let got = b.bitlinear(&x, &lin);
+                        assert_eq!(
+                            got.data, want,
+                            "{ty} k {k} m {m} t {t} at {level} {kernels}"
+                        );
+                    }
                 }
             }
         }

@@ -13,13 +13,14 @@
 //!
 //! Levels: scalar, SSE (SSSE3 integer kernels), AVX2 (with FMA and F16C for
 //! the float kernels, and a TQ1_0 kernel that decodes base-3 codes in
-//! registers), NEON on aarch64. AVX-512 versions are not written yet:
-//! [`SimdLevel::detect`] never picks a level that has no kernels.
+//! registers), AVX-512 (F and BW: 512-bit ternary, int8 and F16 products),
+//! AVX-512 VNNI (the same with `vpdpbusd`), NEON on aarch64.
 
 use std::sync::OnceLock;
 
 use half::f16;
 
+use super::lut::{self, LutTile};
 use crate::quant::act::round_small;
 use crate::quant::ternary::tq1_unpack_codes;
 
@@ -68,6 +69,11 @@ pub enum SimdLevel {
     /// SSSE3 (128-bit integer kernels; the float kernels stay scalar).
     Sse,
     Avx2,
+    /// AVX-512 F and BW (with AVX2, FMA and F16C for the kernels it
+    /// shares with AVX2).
+    Avx512,
+    /// AVX-512 with VNNI: the integer products by `vpdpbusd`.
+    Avx512Vnni,
     /// aarch64's Advanced SIMD (128-bit integer kernels and the f32 dot
     /// product; the F16 head stays scalar).
     Neon,
@@ -76,10 +82,12 @@ pub enum SimdLevel {
 impl SimdLevel {
     /// Every level, lowest first (per architecture; the others are not
     /// `supported()` there).
-    pub const ALL: [SimdLevel; 4] = [
+    pub const ALL: [SimdLevel; 6] = [
         SimdLevel::Scalar,
         SimdLevel::Sse,
         SimdLevel::Avx2,
+        SimdLevel::Avx512,
+        SimdLevel::Avx512Vnni,
         SimdLevel::Neon,
     ];
 
@@ -88,6 +96,8 @@ impl SimdLevel {
             SimdLevel::Scalar => "scalar",
             SimdLevel::Sse => "sse",
             SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+            SimdLevel::Avx512Vnni => "avx512vnni",
             SimdLevel::Neon => "neon",
         }
     }
@@ -98,6 +108,8 @@ impl SimdLevel {
             SimdLevel::Scalar => true,
             SimdLevel::Sse => ssse3_available(),
             SimdLevel::Avx2 => avx2_available(),
+            SimdLevel::Avx512 => avx512_available(false),
+            SimdLevel::Avx512Vnni => avx512_available(true),
             SimdLevel::Neon => neon_available(),
         }
     }
@@ -119,12 +131,15 @@ impl std::str::FromStr for SimdLevel {
             "scalar" | "none" => Ok(SimdLevel::Scalar),
             "sse" | "ssse3" | "sse4" => Ok(SimdLevel::Sse),
             "avx2" => Ok(SimdLevel::Avx2),
+            "avx512" | "avx512bw" => Ok(SimdLevel::Avx512),
+            "avx512vnni" | "avx512_vnni" | "vnni" => Ok(SimdLevel::Avx512Vnni),
             "neon" => Ok(SimdLevel::Neon),
-            "avx" | "avx512" | "avx512vnni" => Err(format!(
-                "SIMD level {s:?} has no kernels yet (available: scalar, sse, avx2, neon)"
+            "avx" => Err(format!(
+                "SIMD level {s:?} has no kernels (available: scalar, sse, avx2, avx512, \
+                 avx512vnni, neon)"
             )),
             _ => Err(format!(
-                "unknown SIMD level {s:?} (scalar, sse, avx2, neon)"
+                "unknown SIMD level {s:?} (scalar, sse, avx2, avx512, avx512vnni, neon)"
             )),
         }
     }
@@ -145,6 +160,21 @@ fn avx2_available() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2_available() -> bool {
+    false
+}
+
+/// AVX-512 F and BW (and VNNI when asked) on top of the AVX2 level's
+/// features.
+#[cfg(target_arch = "x86_64")]
+fn avx512_available(vnni: bool) -> bool {
+    avx2_available()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && (!vnni || is_x86_feature_detected!("avx512vnni"))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_available(_vnni: bool) -> bool {
     false
 }
 
@@ -210,6 +240,9 @@ pub struct Kernels {
     /// The same for a row of the 6-bit output table ([`quantize_q6_row`]'s
     /// 52-byte groups) and 32-wide int8 activation blocks.
     pub dot_q6: DotQ6,
+    /// Σ weight·q of one 32-row tile of a TL1/TL2 matrix against one
+    /// token's tables ([`super::lut`]).
+    pub lut_tile: LutTile,
 }
 
 /// `(6-bit row, activations, activation block scales)`.
@@ -235,7 +268,29 @@ impl Kernels {
                 dot_f32: avx2::dot_f32,
                 dot_q8: avx2::dot_q8,
                 dot_q6: avx2::dot_q6,
+                lut_tile: lut::avx2::dot_tile,
             },
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 | SimdLevel::Avx512Vnni => {
+                let vnni = level == SimdLevel::Avx512Vnni;
+                Kernels {
+                    level,
+                    dot_rows: [avx512::dot_rows::<false>, avx512::dot_rows::<true>][vnni as usize],
+                    dot_codes_multi: [
+                        avx512::dot_codes_multi::<false>,
+                        avx512::dot_codes_multi::<true>,
+                    ][vnni as usize],
+                    dot_u8_multi: [avx512::dot_u8_multi::<false>, avx512::dot_u8_multi::<true>]
+                        [vnni as usize],
+                    unpack_tq1: avx2::unpack_tq1,
+                    dot_tq1: avx2::dot_tq1,
+                    dot_f16: avx512::dot_f16,
+                    dot_f32: avx2::dot_f32,
+                    dot_q8: [avx512::dot_q8::<false>, avx512::dot_q8::<true>][vnni as usize],
+                    dot_q6: avx2::dot_q6,
+                    lut_tile: lut::avx2::dot_tile,
+                }
+            }
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Sse => Kernels {
                 level,
@@ -248,9 +303,10 @@ impl Kernels {
                 dot_f32: sse::dot_f32,
                 dot_q8: sse::dot_q8,
                 dot_q6: dot_q6_scalar,
+                lut_tile: lut::dot_tile_scalar,
             },
             #[cfg(not(target_arch = "x86_64"))]
-            SimdLevel::Sse | SimdLevel::Avx2 => {
+            SimdLevel::Sse | SimdLevel::Avx2 | SimdLevel::Avx512 | SimdLevel::Avx512Vnni => {
                 unreachable!("supported() is false off x86_64")
             }
             #[cfg(target_arch = "aarch64")]
@@ -265,6 +321,7 @@ impl Kernels {
                 dot_f32: neon::dot_f32,
                 dot_q8: neon::dot_q8,
                 dot_q6: dot_q6_scalar,
+                lut_tile: lut::dot_tile_scalar,
             },
             #[cfg(not(target_arch = "aarch64"))]
             SimdLevel::Neon => unreachable!("supported() is false off aarch64"),
@@ -303,6 +360,7 @@ const SCALAR: Kernels = Kernels {
     dot_f32: dot_f32_scalar,
     dot_q8: dot_q8_scalar,
     dot_q6: dot_q6_scalar,
+    lut_tile: lut::dot_tile_scalar,
 };
 
 /// The reference order of [`Kernels::dot_f32`]: lane i % 8 accumulates
@@ -352,7 +410,7 @@ pub const Q6_GROUP_BYTES: usize = 52;
 /// Quantizes `x` (a multiple of 64 long) into 6-bit groups (see
 /// [`Q6_GROUP_BYTES`]), rounding ties to even.
 pub fn quantize_q6_row(x: &[f32], out: &mut [u8]) {
-    debug_assert!(x.len() % 64 == 0 && out.len() == x.len() / 64 * Q6_GROUP_BYTES);
+    debug_assert!(x.len().is_multiple_of(64) && out.len() == x.len() / 64 * Q6_GROUP_BYTES);
     for (xg, g) in x.chunks_exact(64).zip(out.chunks_exact_mut(Q6_GROUP_BYTES)) {
         g.fill(0);
         for (b, xb) in xg.chunks_exact(32).enumerate() {
@@ -1099,6 +1157,334 @@ mod avx2 {
         let mut sum = _mm_cvtss_f32(s);
         sum += super::dot_f16_scalar(&row[2 * i..2 * n], &x[i..n]);
         sum
+    }
+}
+
+/// AVX-512 F and BW, with VNNI's `vpdpbusd` where `V` (the `avx512vnni`
+/// level): the ternary products, the unpacked-code product, the int8
+/// table and the F16 head. The level's other kernels are AVX2's (every
+/// AVX-512 CPU has AVX2): `dot_f32` keeps its fixed eight-lane order, and
+/// TQ1_0's and the 6-bit table's in-register decoders work on 256 bits.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Packing;
+
+    pub fn dot_rows<const V: bool>(
+        packed: &[u8],
+        row_bytes: usize,
+        q: &[i8],
+        packing: Packing,
+        out: &mut [i32],
+    ) {
+        assert!(packed.len() >= out.len() * row_bytes);
+        assert!(q.len() >= packing.chunks(row_bytes) * 128);
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = &packed[r * row_bytes..(r + 1) * row_bytes];
+            // SAFETY: reachable only through `Kernels::for_level` of an
+            // AVX-512 level (VNNI's when `V`), which checks the CPU features
+            // at run time; the asserts keep every load in bounds.
+            *o = unsafe { dot_n::<1, V>(row, q, 0, packing) }[0];
+        }
+    }
+
+    pub fn dot_codes_multi<const V: bool>(
+        packed: &[u8],
+        q: &[i8],
+        stride: usize,
+        packing: Packing,
+        out: &mut [i32],
+    ) {
+        super::assert_tokens_fit(q, stride, out.len(), packing.chunks(packed.len()) * 128);
+        for (g, o) in out.chunks_mut(4).enumerate() {
+            let q = &q[g * 4 * stride..];
+            // SAFETY: as in `dot_rows`; the assert above keeps every load
+            // of every token row in bounds, and `Packing` only names chunks
+            // inside `packed`.
+            unsafe {
+                match o.len() {
+                    1 => o.copy_from_slice(&dot_n::<1, V>(packed, q, stride, packing)),
+                    2 => o.copy_from_slice(&dot_n::<2, V>(packed, q, stride, packing)),
+                    3 => o.copy_from_slice(&dot_n::<3, V>(packed, q, stride, packing)),
+                    _ => o.copy_from_slice(&dot_n::<4, V>(packed, q, stride, packing)),
+                }
+            }
+        }
+    }
+
+    /// The packing as a constant (`P`: 0 = I2_S, 1 = TQ2_0 codes, 2 = a
+    /// whole TQ2_0 row), and the function compiled with the features `V`
+    /// asks for.
+    unsafe fn dot_n<const N: usize, const V: bool>(
+        packed: &[u8],
+        q: &[i8],
+        stride: usize,
+        packing: Packing,
+    ) -> [i32; N] {
+        // SAFETY: the caller's contract, unchanged.
+        unsafe {
+            match (packing, V) {
+                (Packing::I2S, false) => dot_p_bw::<N, 0>(packed, q, stride),
+                (Packing::Tq2, false) => dot_p_bw::<N, 1>(packed, q, stride),
+                (Packing::Tq2Row, false) => dot_p_bw::<N, 2>(packed, q, stride),
+                (Packing::I2S, true) => dot_p_vnni::<N, 0>(packed, q, stride),
+                (Packing::Tq2, true) => dot_p_vnni::<N, 1>(packed, q, stride),
+                (Packing::Tq2Row, true) => dot_p_vnni::<N, 2>(packed, q, stride),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn dot_p_bw<const N: usize, const P: u8>(
+        packed: &[u8],
+        q: &[i8],
+        stride: usize,
+    ) -> [i32; N] {
+        // SAFETY: the caller's contract; the body is inlined here.
+        unsafe { dot_p::<N, P, false>(packed, q, stride) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dot_p_vnni<const N: usize, const P: u8>(
+        packed: &[u8],
+        q: &[i8],
+        stride: usize,
+    ) -> [i32; N] {
+        // SAFETY: the caller's contract; the body is inlined here.
+        unsafe { dot_p::<N, P, true>(packed, q, stride) }
+    }
+
+    /// A 32-byte chunk (128 weights, weight 32·l + p in byte p) becomes
+    /// two 64-byte code vectors: weights 0..64 and 64..128 in order, so
+    /// each meets one plain 64-byte load of activations. The chunk goes
+    /// in the low half and itself shifted by two bits in the high half;
+    /// one more shift of the whole then brings codes l and l + 1 to bits
+    /// 0-1 of the two halves. With VNNI each product is one `vpdpbusd`
+    /// into i32 lanes; without, `vpmaddubsw` into i16 lanes widened every
+    /// 16 chunks (two accumulators of 16 · 768, ≤ 24,576 together).
+    #[inline(always)]
+    unsafe fn dot_p<const N: usize, const P: u8, const V: bool>(
+        packed: &[u8],
+        q: &[i8],
+        stride: usize,
+    ) -> [i32; N] {
+        let packing = [Packing::I2S, Packing::Tq2, Packing::Tq2Row][P as usize];
+        let chunks = packing.chunks(packed.len());
+        assert!(chunks == 0 || packing.chunk_at(chunks - 1) + 32 <= packed.len());
+        // SAFETY: inlined only into `dot_p_bw`/`dot_p_vnni`, whose callers
+        // checked the features; every load is in bounds: chunk c inside
+        // `packed` (asserted above), token j's 128 activations of chunk c
+        // inside `q` (asserted by the caller).
+        unsafe {
+            let mask = _mm512_set1_epi8(3);
+            let ones = _mm512_set1_epi16(1);
+            let mut acc32 = [[_mm512_setzero_si512(); 2]; N];
+            let mut c = 0;
+            while c < chunks {
+                let end = if V { chunks } else { (c + 16).min(chunks) };
+                let mut acc16 = [[_mm512_setzero_si512(); 2]; N];
+                while c < end {
+                    let v = _mm256_loadu_si256(packed.as_ptr().add(packing.chunk_at(c)).cast());
+                    let codes = if P == 0 {
+                        // I2_S: l = 0 at bits 6-7 of the low half, l = 1
+                        // (bits 4-5) at 6-7 of the high half; then 2-3.
+                        let w = _mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(v),
+                            _mm256_slli_epi16::<2>(v),
+                        );
+                        [
+                            _mm512_and_si512(_mm512_srli_epi16::<6>(w), mask),
+                            _mm512_and_si512(_mm512_srli_epi16::<2>(w), mask),
+                        ]
+                    } else {
+                        // TQ2_0: l = 0 at bits 0-1 of the low half, l = 1
+                        // (bits 2-3) at 0-1 of the high half; then 4-5.
+                        let w = _mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(v),
+                            _mm256_srli_epi16::<2>(v),
+                        );
+                        [
+                            _mm512_and_si512(w, mask),
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask),
+                        ]
+                    };
+                    for j in 0..N {
+                        let x = q.as_ptr().add(j * stride + c * 128);
+                        for h in 0..2 {
+                            let xv = _mm512_loadu_si512(x.add(64 * h).cast());
+                            if V {
+                                acc32[j][h] = _mm512_dpbusd_epi32(acc32[j][h], codes[h], xv);
+                            } else {
+                                let p = _mm512_maddubs_epi16(codes[h], xv);
+                                acc16[j][h] = _mm512_add_epi16(acc16[j][h], p);
+                            }
+                        }
+                    }
+                    c += 1;
+                }
+                if !V {
+                    for (a32, a16) in acc32.iter_mut().zip(acc16) {
+                        let sum = _mm512_add_epi16(a16[0], a16[1]);
+                        a32[0] = _mm512_add_epi32(a32[0], _mm512_madd_epi16(sum, ones));
+                    }
+                }
+            }
+            acc32.map(|[a, b]| _mm512_reduce_add_epi32(_mm512_add_epi32(a, b)))
+        }
+    }
+
+    pub fn dot_u8_multi<const V: bool>(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
+        super::dot_u8_multi_with(codes, q, stride, out, 64, |c, x, full| {
+            // SAFETY: reachable only when the level's features were
+            // detected; `full` ≤ the length of both slices.
+            unsafe {
+                if V {
+                    dot_u8_vnni(c, x, full)
+                } else {
+                    dot_u8_bw(c, x, full)
+                }
+            }
+        });
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn dot_u8_bw(codes: &[u8], q: &[i8], full: usize) -> i32 {
+        // SAFETY: the caller's contract; the body is inlined here.
+        unsafe { dot_u8::<false>(codes, q, full) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dot_u8_vnni(codes: &[u8], q: &[i8], full: usize) -> i32 {
+        // SAFETY: the caller's contract; the body is inlined here.
+        unsafe { dot_u8::<true>(codes, q, full) }
+    }
+
+    /// u8 codes (≤ 3) × i8 over `full` bytes (a multiple of 64): two i32
+    /// accumulators by `vpdpbusd`, or i16 sums widened every 32 vectors
+    /// (32 × 768 ≤ 24,576).
+    #[inline(always)]
+    unsafe fn dot_u8<const V: bool>(codes: &[u8], q: &[i8], full: usize) -> i32 {
+        // SAFETY: inlined only into `dot_u8_bw`/`dot_u8_vnni`; 64 bytes at
+        // 64·i < full ≤ the length of both slices.
+        unsafe {
+            let ones = _mm512_set1_epi16(1);
+            let mut acc32 = [_mm512_setzero_si512(); 2];
+            let mut acc16 = _mm512_setzero_si512();
+            for i in 0..full / 64 {
+                let c = _mm512_loadu_si512(codes.as_ptr().add(64 * i).cast());
+                let x = _mm512_loadu_si512(q.as_ptr().add(64 * i).cast());
+                if V {
+                    acc32[i % 2] = _mm512_dpbusd_epi32(acc32[i % 2], c, x);
+                } else {
+                    acc16 = _mm512_add_epi16(acc16, _mm512_maddubs_epi16(c, x));
+                    if i % 32 == 31 {
+                        acc32[0] = _mm512_add_epi32(acc32[0], _mm512_madd_epi16(acc16, ones));
+                        acc16 = _mm512_setzero_si512();
+                    }
+                }
+            }
+            let rest = _mm512_madd_epi16(acc16, ones);
+            _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(acc32[0], acc32[1]), rest))
+        }
+    }
+
+    /// Pairs of 32-wide blocks in one 512-bit vector; an odd last block
+    /// and a short tail go to AVX2's kernel.
+    pub fn dot_q8<const V: bool>(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let pairs = (n / 64).min(w_scale.len() / 2).min(x_scale.len() / 2);
+        // SAFETY: reachable only when the level's features were detected;
+        // only the first `pairs` pairs of full blocks (and their scales)
+        // are loaded.
+        let head = unsafe {
+            if V {
+                dot_q8_vnni(w, w_scale, x, x_scale, pairs)
+            } else {
+                dot_q8_bw(w, w_scale, x, x_scale, pairs)
+            }
+        };
+        let (b, at) = (2 * pairs, 64 * pairs);
+        head + super::avx2::dot_q8(&w[at..n], &w_scale[b..], &x[at..n], &x_scale[b..])
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn dot_q8_bw(w: &[i8], ws: &[f32], x: &[i8], xs: &[f32], pairs: usize) -> f32 {
+        // SAFETY: the caller's contract; the body is inlined here.
+        unsafe { dot_q8_pairs::<false>(w, ws, x, xs, pairs) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dot_q8_vnni(w: &[i8], ws: &[f32], x: &[i8], xs: &[f32], pairs: usize) -> f32 {
+        // SAFETY: the caller's contract; the body is inlined here.
+        unsafe { dot_q8_pairs::<true>(w, ws, x, xs, pairs) }
+    }
+
+    /// i8 × i8 as |w| (u8) × x with w's sign; |w|, |x| ≤ 127 (the table and
+    /// the activations never hold -128), so pair sums fit i16.
+    #[inline(always)]
+    unsafe fn dot_q8_pairs<const V: bool>(
+        w: &[i8],
+        ws: &[f32],
+        x: &[i8],
+        xs: &[f32],
+        pairs: usize,
+    ) -> f32 {
+        // SAFETY: inlined only into `dot_q8_bw`/`dot_q8_vnni`; pair p's 64
+        // values and 2 scales lie inside the slices (p < pairs).
+        unsafe {
+            let zero = _mm512_setzero_si512();
+            let ones = _mm512_set1_epi16(1);
+            let mut acc = _mm512_setzero_ps();
+            for p in 0..pairs {
+                let wv = _mm512_loadu_si512(w.as_ptr().add(64 * p).cast());
+                let xv = _mm512_loadu_si512(x.as_ptr().add(64 * p).cast());
+                let aw = _mm512_abs_epi8(wv);
+                let sx = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(wv), zero, xv);
+                let sums = if V {
+                    _mm512_dpbusd_epi32(zero, aw, sx)
+                } else {
+                    _mm512_madd_epi16(_mm512_maddubs_epi16(aw, sx), ones)
+                };
+                let scale = _mm512_mask_blend_ps(
+                    0xff00,
+                    _mm512_set1_ps(ws[2 * p] * xs[2 * p]),
+                    _mm512_set1_ps(ws[2 * p + 1] * xs[2 * p + 1]),
+                );
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc);
+            }
+            _mm512_reduce_add_ps(acc)
+        }
+    }
+
+    pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+        let n = (row.len() / 2).min(x.len());
+        let full = n / 64 * 64;
+        // SAFETY: reachable only when AVX-512 F was detected; loads stay
+        // below `full` elements.
+        let head = unsafe { dot_f16_avx512(row, x, full) };
+        head + super::avx2::dot_f16(&row[2 * full..2 * n], &x[full..n])
+    }
+
+    /// Four accumulators of sixteen lanes, 64 values per pass.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot_f16_avx512(row: &[u8], x: &[f32], full: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for i in (0..full).step_by(64) {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let at = i + 16 * j;
+                // SAFETY: at + 16 ≤ full elements of both slices.
+                let (h, v) = unsafe {
+                    (
+                        _mm256_loadu_si256(row.as_ptr().add(2 * at).cast()),
+                        _mm512_loadu_ps(x.as_ptr().add(at)),
+                    )
+                };
+                *a = _mm512_fmadd_ps(_mm512_cvtph_ps(h), v, *a);
+            }
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
     }
 }
 
@@ -1858,10 +2244,20 @@ mod tests {
         assert_eq!("AVX2".parse::<SimdLevel>(), Ok(SimdLevel::Avx2));
         assert_eq!("sse".parse::<SimdLevel>(), Ok(SimdLevel::Sse));
         assert_eq!("scalar".parse::<SimdLevel>(), Ok(SimdLevel::Scalar));
-        assert!("avx512"
+        assert_eq!("avx512".parse::<SimdLevel>(), Ok(SimdLevel::Avx512));
+        assert_eq!("AVX512VNNI".parse::<SimdLevel>(), Ok(SimdLevel::Avx512Vnni));
+        assert!("avx"
             .parse::<SimdLevel>()
             .unwrap_err()
-            .contains("no kernels yet"));
+            .contains("no kernels"));
+        for level in SimdLevel::ALL {
+            assert_eq!(level.name().parse::<SimdLevel>(), Ok(level));
+        }
+        // A level this CPU lacks is refused by name, not silently replaced.
+        for level in SimdLevel::ALL.into_iter().filter(|l| !l.supported()) {
+            let err = Kernels::for_level(level).unwrap_err();
+            assert!(err.contains(level.name()), "{err}");
+        }
         assert!("mmx".parse::<SimdLevel>().unwrap_err().contains("unknown"));
         assert!(SimdLevel::detect().supported());
     }

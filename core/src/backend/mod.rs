@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod kernels;
+pub mod lut;
 mod team;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

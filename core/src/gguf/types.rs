@@ -184,7 +184,7 @@ impl GgmlType {
     /// count is not a whole number of blocks or the size overflows `u64`.
     /// I2_S adds bitnet.cpp's 32-byte per-tensor trailer.
     pub fn byte_size(self, n_elements: u64) -> Option<u64> {
-        if n_elements % self.block_size() != 0 {
+        if !n_elements.is_multiple_of(self.block_size()) {
             return None;
         }
         let body = (n_elements / self.block_size()).checked_mul(self.type_size())?;

@@ -153,7 +153,7 @@ impl GgufWriter {
         }
         let n_elements = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         let size = n_elements
-            .filter(|_| dims[0] % ty.block_size() == 0)
+            .filter(|_| dims[0].is_multiple_of(ty.block_size()))
             .and_then(|n| ty.byte_size(n))
             .ok_or_else(|| WriteError::NotBlockMultiple {
                 name: name.to_owned(),

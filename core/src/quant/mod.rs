@@ -85,6 +85,31 @@ pub fn dequantize_into(
     Ok(())
 }
 
+/// The ternary weights (each -1, 0 or 1; block scales dropped) of `n`
+/// elements of a ternary type, in tensor order.
+pub fn decode_ternary(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<i8>, QuantError> {
+    check_size(ty, data, n)?;
+    fn blocks<B: ternary::TernaryBlock>(data: &[u8], n: usize) -> Vec<i8> {
+        let mut out = Vec::with_capacity(n);
+        for chunk in data.chunks_exact(B::BYTES).take(n / ternary::QK_K) {
+            out.extend_from_slice(&B::read(chunk).unpack());
+        }
+        out
+    }
+    Ok(match ty {
+        // The size was checked above, so the read succeeds.
+        GgmlType::I2_S => ternary::i2s_decode(data, n).unwrap_or_default(),
+        GgmlType::TQ2_0 => blocks::<ternary::BlockTQ2_0>(data, n),
+        GgmlType::TQ1_0 => blocks::<ternary::BlockTQ1_0>(data, n),
+        _ => {
+            return Err(QuantError::Unsupported {
+                op: "ternary decoding",
+                ty,
+            })
+        }
+    })
+}
+
 /// Encodes ternary weights (values in {-1, 0, 1}) with one scale per tensor
 /// in a ternary type: the fixture generator and the converter use this.
 pub fn encode_ternary(ty: GgmlType, weights: &[i8], scale: f32) -> Result<Vec<u8>, QuantError> {
@@ -96,7 +121,7 @@ pub fn encode_ternary(ty: GgmlType, weights: &[i8], scale: f32) -> Result<Vec<u8
         return Err(QuantError::NotTernary { index, value });
     }
     let n = weights.len();
-    if n as u64 % ty.block_size() != 0 {
+    if !(n as u64).is_multiple_of(ty.block_size()) {
         return Err(QuantError::NotBlockMultiple {
             ty,
             n,

@@ -133,7 +133,8 @@ const F16: u32 = 4;
 /// Whether rope.wgsl's second part can take the keys: a thread owns two
 /// elements (one f16 word) and, in the NEOX pairing, their partners.
 fn kv_part_works(cfg: &BitNetConfig) -> bool {
-    cfg.head_dim % 2 == 0 && (cfg.rope_style == RopeStyle::Norm || cfg.rope_dim % 4 == 0)
+    cfg.head_dim.is_multiple_of(2)
+        && (cfg.rope_style == RopeStyle::Norm || cfg.rope_dim.is_multiple_of(4))
 }
 
 /// The pairing as rope.wgsl and attention.wgsl take it: 0 NEOX, 1 llama.
@@ -415,7 +416,7 @@ impl WgpuBackend {
     /// always takes `matmul`).
     fn one_token(&self, x: &GpuTensor, ws: &[&GpuLinear]) -> bool {
         x.rows == 1
-            && x.cols % 128 == 0
+            && x.cols.is_multiple_of(128)
             && x.cols <= MATVEC_MAX_K
             && ws.iter().all(|w| w.kind < 3 && w.k == x.cols)
     }
@@ -726,7 +727,7 @@ impl Backend for WgpuBackend {
         };
         let bytes = (max_seq * kv_dim * if f16 { 2 } else { 4 }) as u64;
         let made = (|| -> Result<(), BackendError> {
-            if cfg.head_dim > 256 || cfg.head_dim % 8 != 0 {
+            if cfg.head_dim > 256 || !cfg.head_dim.is_multiple_of(8) {
                 return Err(BackendError::Unsupported(format!(
                     "head_dim {} (the wgpu attention kernel takes multiples of 8 up to 256)",
                     cfg.head_dim
@@ -796,7 +797,7 @@ impl Backend for WgpuBackend {
 
     fn rms_norm(&self, x: &GpuTensor, weight: &GpuVector, eps: f32) -> GpuTensor {
         let out = self.tensor(x.rows, x.cols);
-        if x.cols % 128 == 0 {
+        if x.cols.is_multiple_of(128) {
             // Quantized in the same pass: the BitLinear that follows every
             // RMSNorm of a layer finds it done.
             let mut cache = self
