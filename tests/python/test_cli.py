@@ -153,8 +153,21 @@ def test_benchmark_reports_llama_bench_fields():
 def test_benchmark_refuses_bad_options():
     proc = run_cli("benchmark", "-r", "0", check=False)
     assert proc.returncode != 0 and "repetitions" in proc.stderr
-    proc = run_cli("benchmark", "--simd-level", "avx512", check=False)
-    assert proc.returncode != 0 and "no kernels yet" in proc.stderr
+    proc = run_cli("benchmark", "--simd-level", "mmx", check=False)
+    assert proc.returncode != 0 and "unknown SIMD level" in proc.stderr
+    proc = run_cli("benchmark", "--quantization", "tl3", check=False)
+    assert proc.returncode != 0 and "tl1, tl2" in proc.stderr
+
+
+def test_lookup_table_kernels_give_the_same_tokens():
+    args = ("inference", "-p", "Once upon a time", "-n", "12", "--temp", "0", "--device", "cpu")
+    want = run_cli(*args).stdout
+    for q in ("tl1", "tl2"):
+        assert run_cli(*args, "--quantization", q).stdout == want, q
+    proc = run_cli("benchmark", "-p", "8", "-n", "2", "-r", "1", "--warmup", "0", "-t", "1", "-o", "json",
+                   "--device", "cpu", "--quantization", "i2s,tl1,tl2")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["quantization"] for r in json.loads(proc.stdout)] == ["i2s", "i2s", "tl1", "tl1", "tl2", "tl2"]
 
 
 def test_benchmark_configs_compare_and_prompts(tmp_path):

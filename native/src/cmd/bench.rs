@@ -9,9 +9,9 @@
 //! tokens/s is the mean ± sample standard deviation over repetitions.
 //!
 //! Configurations: the product of the comma lists `--threads`,
-//! `--simd-level`, `--output-table`, `--batch-sizes`, or one per TOML file
-//! given to `--configs` (keys: name, threads, simd_level, output_table,
-//! kv_cache_type, batch_size). `--compare` adds a table of every test's
+//! `--simd-level`, `--quantization`, `--output-table`, `--batch-sizes`, or
+//! one per TOML file given to `--configs` (keys: name, threads, simd_level,
+//! quantization, output_table, kv_cache_type, batch_size). `--compare` adds a table of every test's
 //! tokens/s per configuration with the ratio to the first.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use bitnet::backend::cpu::{CpuBackend, OutputTable};
+use bitnet::backend::cpu::{CpuBackend, OutputTable, TernaryKernels};
 use bitnet::backend::kernels::SimdLevel;
 use bitnet::backend::{Backend, KvType};
 use bitnet::model::BitNet;
@@ -70,9 +70,15 @@ pub struct Args {
     /// Devices to test (comma list: auto, cpu, wgpu, wgpu:N).
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     device: Vec<DeviceChoice>,
-    /// CPU kernel levels to test (comma list: scalar, sse, avx2, neon; default: the best).
+    /// CPU kernel levels to test (comma list: scalar, sse, avx2, avx512,
+    /// avx512vnni, neon; default: the best).
     #[arg(long, value_delimiter = ',')]
     simd_level: Vec<SimdLevel>,
+    /// Ternary kernel families to test (comma list: i2s = the packed
+    /// kernels on the file's layout, tl1, tl2 = lookup tables on weights
+    /// repacked at load).
+    #[arg(long, value_delimiter = ',', default_value = "i2s")]
+    quantization: Vec<TernaryKernels>,
     /// LM head tables to test (comma list: file, int8, int6).
     #[arg(long, value_delimiter = ',', default_value = "file")]
     output_table: Vec<OutputTable>,
@@ -121,6 +127,8 @@ struct Config {
     #[serde(default = "best_level", deserialize_with = "parse")]
     simd_level: SimdLevel,
     #[serde(default, deserialize_with = "parse")]
+    quantization: TernaryKernels,
+    #[serde(default, deserialize_with = "parse")]
     output_table: OutputTable,
     #[serde(default, deserialize_with = "parse")]
     kv_cache_type: KvType,
@@ -157,6 +165,9 @@ impl Config {
             }
             d => d.to_string(),
         };
+        if self.quantization != TernaryKernels::File {
+            s += &format!(" {}", self.quantization.name());
+        }
         if self.output_table != OutputTable::File {
             s += &format!(" {}-head", head_name(self.output_table));
         }
@@ -347,18 +358,21 @@ fn configs(a: &Args) -> anyhow::Result<Vec<Config>> {
     let mut out = Vec::new();
     for &device in &a.device {
         for &simd_level in &levels {
-            for &output_table in &a.output_table {
-                for &threads in &threads {
-                    for &batch_size in &a.batch_sizes {
-                        out.push(Config {
-                            name: String::new(),
-                            device,
-                            threads,
-                            simd_level,
-                            output_table,
-                            kv_cache_type: KvType::F32,
-                            batch_size,
-                        });
+            for &quantization in &a.quantization {
+                for &output_table in &a.output_table {
+                    for &threads in &threads {
+                        for &batch_size in &a.batch_sizes {
+                            out.push(Config {
+                                name: String::new(),
+                                device,
+                                threads,
+                                simd_level,
+                                quantization,
+                                output_table,
+                                kv_cache_type: KvType::F32,
+                                batch_size,
+                            });
+                        }
                     }
                 }
             }
@@ -422,8 +436,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut backends = Vec::new();
     for (ci, cfg) in configs.iter().enumerate() {
         let b = backend(cfg.device, || {
-            Ok(CpuBackend::with_level(cfg.simd_level)?.with_output_table(cfg.output_table))
+            Ok(CpuBackend::with_level(cfg.simd_level)?
+                .with_ternary_kernels(cfg.quantization)
+                .with_output_table(cfg.output_table))
         })?;
+        if cfg.quantization != TernaryKernels::File && !matches!(b, AnyBackend::Cpu(_)) {
+            anyhow::bail!(
+                "{}: --quantization {} is a CPU option (the GPU runs the file's layout); add --device cpu",
+                cfg.label(),
+                cfg.quantization.name()
+            );
+        }
         with_any!(AnyBackend, b, b => {
             let model = BitNet::load(file.clone(), b).with_context(|| source.display())?;
             desc = format!(
@@ -557,6 +580,9 @@ impl Report<'_> {
             let (m, sd) = self.ts(r);
             let mut extras = Vec::new();
             let head = format!("{} head", head_name(c.output_table));
+            if c.quantization != TernaryKernels::File {
+                extras.push(c.quantization.name());
+            }
             if c.output_table != OutputTable::File {
                 extras.push(head.as_str());
             }
@@ -606,6 +632,7 @@ impl Report<'_> {
                     "device": self.backends[r.config],
                     "config": c.label(),
                     "simd_level": c.simd_level.name(),
+                    "quantization": c.quantization.name(),
                     "output_table": head_name(c.output_table),
                     "type_k": if c.kv_cache_type == KvType::F16 { "f16" } else { "f32" },
                     "model_type": self.desc,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bitnet::backend::cpu::{CpuBackend, OutputTable};
+use bitnet::backend::cpu::{CpuBackend, OutputTable, TernaryKernels};
 use bitnet::backend::kernels::SimdLevel;
 use bitnet::backend::{Backend, KvType};
 use bitnet::{DeviceChoice, Engine, GenerationConfig, GenerationStats, SamplingStrategy};
@@ -90,14 +90,20 @@ pub struct SamplingArgs {
     /// included) or wgpu:N (adapter N of `bitnet-cli devices`).
     #[arg(long, default_value = "auto", env = "BITNET_DEVICE")]
     pub device: DeviceChoice,
-    /// CPU kernel level: scalar, sse, avx2 (x86-64) or neon (aarch64)
-    /// (default: the best this CPU runs; also BITNET_SIMD_LEVEL).
+    /// CPU kernel level: scalar, sse, avx2, avx512, avx512vnni (x86-64) or
+    /// neon (aarch64) (default: the best this CPU runs; also
+    /// BITNET_SIMD_LEVEL).
     #[arg(long)]
     pub simd_level: Option<SimdLevel>,
     /// LM head table: `file` (as stored), `int8` or `int6` (a compact copy
     /// made at load: fewer bytes read per token, logits change slightly).
     #[arg(long, default_value = "file")]
     pub output_table: OutputTable,
+    /// Ternary kernels on the CPU: `i2s` (the packed kernels on the file's
+    /// layout) or `tl1` / `tl2` (lookup tables on weights repacked at load;
+    /// the same results).
+    #[arg(long, default_value = "i2s")]
+    pub quantization: TernaryKernels,
     /// Read the model into memory instead of mapping it.
     #[arg(long)]
     pub no_mmap: bool,
@@ -155,8 +161,15 @@ pub fn load_engine(
             Some(level) => CpuBackend::with_level(level)?,
             None => CpuBackend::new(),
         }
+        .with_ternary_kernels(args.quantization)
         .with_output_table(args.output_table))
     })?;
+    if args.quantization != TernaryKernels::File && !matches!(b, AnyBackend::Cpu(_)) {
+        anyhow::bail!(
+            "--quantization {} is a CPU option (the GPU runs the file's layout); add --device cpu",
+            args.quantization.name()
+        );
+    }
     let mut engine = match b {
         AnyBackend::Cpu(b) => AnyEngine::Cpu(load(&file, b, &source)?),
         #[cfg(feature = "wgpu")]
