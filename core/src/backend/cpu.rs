@@ -516,9 +516,8 @@ struct Quantized {
     block_sums: Vec<i32>,
     row_sums: Vec<i32>,
     /// Per token, the lookup tables of a TL1/TL2 product (empty unless
-    /// [`Quantized::build_tables`] ran), `table_bytes` apart.
+    /// [`Quantized::build_tables`] ran), [`Lut::table_bytes`] apart.
     tables: Vec<u8>,
-    table_bytes: usize,
     t: usize,
     k: usize,
 }
@@ -553,7 +552,6 @@ impl Quantized {
             block_sums,
             row_sums,
             tables: Vec::new(),
-            table_bytes: 0,
             t,
             k,
         }
@@ -562,10 +560,10 @@ impl Quantized {
     /// Every token's tables for `lut`.
     fn build_tables(&mut self, lut: Lut) {
         let k = self.k;
-        self.table_bytes = Lut::table_bytes(lut.groups(k));
-        let mut tables = U8S.take(self.t * self.table_bytes);
+        let bytes = Lut::table_bytes(lut.groups(k));
+        let mut tables = U8S.take(self.t * bytes);
         let q = &self.q;
-        team::for_each_chunk_mut(&mut tables, self.table_bytes, |r, t| {
+        team::for_each_chunk_mut(&mut tables, bytes, |r, t| {
             lut.build_tables(&q[r * k..(r + 1) * k], t)
         });
         self.tables = tables;
@@ -653,7 +651,11 @@ impl CpuBackend {
             let mut dots = [0i32; lut::ROWS];
             for (i, outs) in block.chunks_mut(lut::ROWS * t).enumerate() {
                 let tile = m.tile(row0 / lut::ROWS + i);
-                for (r, tables) in a.tables.chunks_exact(a.table_bytes).enumerate() {
+                for (r, tables) in a
+                    .tables
+                    .chunks_exact(Lut::table_bytes(m.groups))
+                    .enumerate()
+                {
                     (self.kernels.lut_tile)(m.lut, tile, m.groups, tables, &mut dots);
                     for (out, &d) in outs.chunks_exact_mut(t).zip(&dots) {
                         out[r] = a.scaled(r, d, s);

@@ -275,11 +275,9 @@ impl Kernels {
                 let vnni = level == SimdLevel::Avx512Vnni;
                 Kernels {
                     level,
-                    dot_rows: [avx512::dot_rows::<false>, avx512::dot_rows::<true>][vnni as usize],
-                    dot_codes_multi: [
-                        avx512::dot_codes_multi::<false>,
-                        avx512::dot_codes_multi::<true>,
-                    ][vnni as usize],
+                    dot_rows: [avx512::bw::dot_rows, avx512::vnni::dot_rows][vnni as usize],
+                    dot_codes_multi: [avx512::bw::dot_codes_multi, avx512::vnni::dot_codes_multi]
+                        [vnni as usize],
                     dot_u8_multi: [avx512::dot_u8_multi::<false>, avx512::dot_u8_multi::<true>]
                         [vnni as usize],
                     unpack_tq1: avx2::unpack_tq1,
@@ -692,7 +690,12 @@ macro_rules! dot_codes_by_fours {
             packing: Packing,
             out: &mut [i32],
         ) {
-            super::assert_tokens_fit(q, stride, out.len(), packing.chunks(packed.len()) * 128);
+            $crate::backend::kernels::assert_tokens_fit(
+                q,
+                stride,
+                out.len(),
+                packing.chunks(packed.len()) * 128,
+            );
             for (g, o) in out.chunks_mut(4).enumerate() {
                 let q = &q[g * 4 * stride..];
                 // SAFETY: reachable only through `Kernels::for_level` of
@@ -713,7 +716,7 @@ macro_rules! dot_codes_by_fours {
     };
 }
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-use dot_codes_by_fours;
+pub(crate) use dot_codes_by_fours;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -1171,45 +1174,38 @@ mod avx512 {
 
     use super::Packing;
 
-    pub fn dot_rows<const V: bool>(
-        packed: &[u8],
-        row_bytes: usize,
-        q: &[i8],
-        packing: Packing,
-        out: &mut [i32],
-    ) {
-        assert!(packed.len() >= out.len() * row_bytes);
-        assert!(q.len() >= packing.chunks(row_bytes) * 128);
-        for (r, o) in out.iter_mut().enumerate() {
-            let row = &packed[r * row_bytes..(r + 1) * row_bytes];
-            // SAFETY: reachable only through `Kernels::for_level` of an
-            // AVX-512 level (VNNI's when `V`), which checks the CPU features
-            // at run time; the asserts keep every load in bounds.
-            *o = unsafe { dot_n::<1, V>(row, q, 0, packing) }[0];
+    /// The entry points of the level without VNNI.
+    pub mod bw {
+        use super::Packing;
+
+        crate::backend::kernels::dot_codes_by_fours!();
+
+        unsafe fn dot_n<const N: usize>(
+            packed: &[u8],
+            q: &[i8],
+            stride: usize,
+            packing: Packing,
+        ) -> [i32; N] {
+            // SAFETY: the caller's contract (AVX-512 F and BW detected).
+            unsafe { super::dot_n::<N, false>(packed, q, stride, packing) }
         }
     }
 
-    pub fn dot_codes_multi<const V: bool>(
-        packed: &[u8],
-        q: &[i8],
-        stride: usize,
-        packing: Packing,
-        out: &mut [i32],
-    ) {
-        super::assert_tokens_fit(q, stride, out.len(), packing.chunks(packed.len()) * 128);
-        for (g, o) in out.chunks_mut(4).enumerate() {
-            let q = &q[g * 4 * stride..];
-            // SAFETY: as in `dot_rows`; the assert above keeps every load
-            // of every token row in bounds, and `Packing` only names chunks
-            // inside `packed`.
-            unsafe {
-                match o.len() {
-                    1 => o.copy_from_slice(&dot_n::<1, V>(packed, q, stride, packing)),
-                    2 => o.copy_from_slice(&dot_n::<2, V>(packed, q, stride, packing)),
-                    3 => o.copy_from_slice(&dot_n::<3, V>(packed, q, stride, packing)),
-                    _ => o.copy_from_slice(&dot_n::<4, V>(packed, q, stride, packing)),
-                }
-            }
+    /// The entry points of the level with VNNI.
+    pub mod vnni {
+        use super::Packing;
+
+        crate::backend::kernels::dot_codes_by_fours!();
+
+        unsafe fn dot_n<const N: usize>(
+            packed: &[u8],
+            q: &[i8],
+            stride: usize,
+            packing: Packing,
+        ) -> [i32; N] {
+            // SAFETY: the caller's contract (AVX-512 F, BW and VNNI
+            // detected).
+            unsafe { super::dot_n::<N, true>(packed, q, stride, packing) }
         }
     }
 

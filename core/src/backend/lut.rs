@@ -162,10 +162,6 @@ impl LutMatrix {
         let n = self.lut.tile_bytes(self.groups);
         &self.data[b * n..(b + 1) * n]
     }
-
-    pub fn bytes(&self) -> usize {
-        self.data.len()
-    }
 }
 
 /// Byte and bit of TL2's sign of group `g`, row `r` inside a tile's sign
