@@ -151,6 +151,28 @@ impl std::fmt::Display for SimdLevel {
     }
 }
 
+/// How far ahead of their reads the x86 kernels that stream weights from
+/// memory (the ternary, F16, int8, 6-bit and lookup-table products) ask
+/// for them, in
+/// bytes. The hardware prefetcher alone keeps too few lines in flight
+/// while the core is busy with arithmetic: on the 2-core Zen 3 VM the
+/// decode kernel read 7-8 GB/s from DRAM with one thread and 13-16 with
+/// two, and 9.5-10 and 16-17.5 with a prefetch 2 KiB ahead (docs/perf.md).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Asks for the cache line `PREFETCH_AHEAD` bytes past `p`. A hint only:
+/// it never faults, so `p` may point anywhere (the address is formed with
+/// `wrapping_add` and never dereferenced).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_ahead(p: *const u8) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    // SAFETY: prefetching is a hint that never faults, whatever the
+    // address; SSE is part of the x86-64 baseline.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD).cast()) }
+}
+
 #[cfg(target_arch = "x86_64")]
 fn avx2_available() -> bool {
     is_x86_feature_detected!("avx2")
@@ -745,11 +767,17 @@ mod avx2 {
         }
     }
 
-    /// Each 32-byte chunk is unpacked once into four vectors of codes and
-    /// multiplied with every token; the four products of a chunk go into
-    /// two i16 accumulators per token (independent add chains), widened to
-    /// i32 every 8 chunks: each accumulator then holds at most 16 maddubs
-    /// of |3·128·2| = 768, ≤ 12,288, no overflow even for the unused code 3.
+    /// Each 32-byte chunk is unpacked once into four vectors and multiplied
+    /// with every token. One shift serves two fields: with t = v >> 4,
+    /// `v & 3` and `t & 3` are codes, `v & 12` and `t & 12` four times
+    /// codes, so a chunk costs one shift and four ands. The plain products
+    /// go into one i16 accumulator per token, the fourfold ones into two
+    /// more (one field each); every 8 chunks they are widened to i32 as
+    /// 4·plain + fourfold, and the total divided by 4 (exact) at the end.
+    /// Bounds, even for the unused code 3 and x = -128: a maddubs of codes
+    /// is at most 3·128·2 = 768, of fourfold codes 3,072, so 8 chunks put
+    /// at most 12,288 in the plain accumulator and 24,576 in each of the
+    /// others, within i16.
     #[target_feature(enable = "avx2")]
     unsafe fn dot_p<const N: usize, const P: u8>(
         packed: &[u8],
@@ -757,57 +785,54 @@ mod avx2 {
         stride: usize,
     ) -> [i32; N] {
         let packing = [Packing::I2S, Packing::Tq2, Packing::Tq2Row][P as usize];
-        let mask = _mm256_set1_epi8(3);
-        let ones = _mm256_set1_epi16(1);
+        let (mask, mask4) = (_mm256_set1_epi8(3), _mm256_set1_epi8(12));
+        let (ones, fours) = (_mm256_set1_epi16(1), _mm256_set1_epi16(4));
         let chunks = packing.chunks(packed.len());
         assert!(chunks == 0 || packing.chunk_at(chunks - 1) + 32 <= packed.len());
+        // The field at bits 2l holds weight 32·f(l) + p: I2_S puts weight
+        // 32·l + p at bits 6 − 2l, TQ2_0 at bits 2l.
+        let at = |l: usize| if P == 0 { 32 * (3 - l) } else { 32 * l };
         let mut acc32 = [_mm256_setzero_si256(); N];
         let mut c = 0;
         while c < chunks {
             let end = (c + 8).min(chunks);
-            let mut acc16 = [[_mm256_setzero_si256(); 2]; N];
+            let mut acc16 = [[_mm256_setzero_si256(); 3]; N];
             while c < end {
                 // SAFETY: chunk c lies inside `packed` (asserted above);
                 // unaligned load.
                 let v =
                     unsafe { _mm256_loadu_si256(packed.as_ptr().add(packing.chunk_at(c)).cast()) };
-                let (s6, s4, s2, s0) = (
-                    _mm256_and_si256(_mm256_srli_epi16::<6>(v), mask),
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
-                    _mm256_and_si256(_mm256_srli_epi16::<2>(v), mask),
-                    _mm256_and_si256(v, mask),
-                );
-                // Codes of weights 32·l + p, l = 0..4.
-                let codes = if P == 0 {
-                    [s6, s4, s2, s0]
-                } else {
-                    [s0, s2, s4, s6]
-                };
+                if c % 2 == 0 {
+                    super::prefetch_ahead(packed.as_ptr().wrapping_add(packing.chunk_at(c)));
+                }
+                let t = _mm256_srli_epi16::<4>(v);
+                // Bits 0-1 and 4-5 as codes, bits 2-3 and 6-7 as 4·code.
+                let (f0, f2) = (_mm256_and_si256(v, mask), _mm256_and_si256(t, mask));
+                let (f1, f3) = (_mm256_and_si256(v, mask4), _mm256_and_si256(t, mask4));
                 for (j, a) in acc16.iter_mut().enumerate() {
                     // SAFETY: token j's 128 activations of chunk c are in
                     // bounds (asserted by the caller).
                     let x = |l: usize| unsafe {
-                        _mm256_loadu_si256(q.as_ptr().add(j * stride + c * 128 + 32 * l).cast())
+                        _mm256_loadu_si256(q.as_ptr().add(j * stride + c * 128 + at(l)).cast())
                     };
-                    let p01 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(codes[0], x(0)),
-                        _mm256_maddubs_epi16(codes[1], x(1)),
+                    let plain = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(f0, x(0)),
+                        _mm256_maddubs_epi16(f2, x(2)),
                     );
-                    let p23 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(codes[2], x(2)),
-                        _mm256_maddubs_epi16(codes[3], x(3)),
-                    );
-                    a[0] = _mm256_add_epi16(a[0], p01);
-                    a[1] = _mm256_add_epi16(a[1], p23);
+                    a[0] = _mm256_add_epi16(a[0], plain);
+                    a[1] = _mm256_add_epi16(a[1], _mm256_maddubs_epi16(f1, x(1)));
+                    a[2] = _mm256_add_epi16(a[2], _mm256_maddubs_epi16(f3, x(3)));
                 }
                 c += 1;
             }
-            for (a32, a16) in acc32.iter_mut().zip(acc16) {
-                let wide = _mm256_madd_epi16(_mm256_add_epi16(a16[0], a16[1]), ones);
+            for (a32, [plain, f1, f3]) in acc32.iter_mut().zip(acc16) {
+                let fourfold =
+                    _mm256_add_epi32(_mm256_madd_epi16(f1, ones), _mm256_madd_epi16(f3, ones));
+                let wide = _mm256_add_epi32(_mm256_madd_epi16(plain, fours), fourfold);
                 *a32 = _mm256_add_epi32(*a32, wide);
             }
         }
-        acc32.map(|a| hsum_i32(a))
+        acc32.map(|a| hsum_i32(a) >> 2)
     }
 
     #[target_feature(enable = "avx2")]
@@ -1010,6 +1035,9 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
         for b in 0..blocks {
+            if b % 2 == 0 {
+                super::prefetch_ahead(w.as_ptr().wrapping_add(32 * b).cast());
+            }
             // SAFETY: b < blocks ≤ len / 32 of both slices.
             let (wv, xv) = unsafe {
                 (
@@ -1055,6 +1083,7 @@ mod avx2 {
         let down1 = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
         let mut acc = _mm256_setzero_ps();
         for g in 0..groups {
+            super::prefetch_ahead(row.as_ptr().wrapping_add(super::Q6_GROUP_BYTES * g));
             // SAFETY: group g's 52 bytes are in `row`, its 64 activations
             // and 2 scales in `x` and `xs` (g < groups, asserted by the
             // caller).
@@ -1140,6 +1169,8 @@ mod avx2 {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= n {
+            // 64 bytes of the row per step: one line.
+            super::prefetch_ahead(row.as_ptr().wrapping_add(2 * i));
             for (j, a) in acc.iter_mut().enumerate() {
                 let at = i + 8 * j;
                 // SAFETY: at + 8 ≤ n elements of both slices.
@@ -1281,6 +1312,9 @@ mod avx512 {
                 let end = if V { chunks } else { (c + 16).min(chunks) };
                 let mut acc16 = [[_mm512_setzero_si512(); 2]; N];
                 while c < end {
+                    if c % 2 == 0 {
+                        super::prefetch_ahead(packed.as_ptr().wrapping_add(packing.chunk_at(c)));
+                    }
                     let v = _mm256_loadu_si256(packed.as_ptr().add(packing.chunk_at(c)).cast());
                     let codes = if P == 0 {
                         // I2_S: l = 0 at bits 6-7 of the low half, l = 1
@@ -1433,6 +1467,7 @@ mod avx512 {
             let ones = _mm512_set1_epi16(1);
             let mut acc = _mm512_setzero_ps();
             for p in 0..pairs {
+                super::prefetch_ahead(w.as_ptr().wrapping_add(64 * p).cast());
                 let wv = _mm512_loadu_si512(w.as_ptr().add(64 * p).cast());
                 let xv = _mm512_loadu_si512(x.as_ptr().add(64 * p).cast());
                 let aw = _mm512_abs_epi8(wv);
@@ -1467,6 +1502,9 @@ mod avx512 {
     unsafe fn dot_f16_avx512(row: &[u8], x: &[f32], full: usize) -> f32 {
         let mut acc = [_mm512_setzero_ps(); 4];
         for i in (0..full).step_by(64) {
+            // 128 bytes of the row per step: two lines.
+            super::prefetch_ahead(row.as_ptr().wrapping_add(2 * i));
+            super::prefetch_ahead(row.as_ptr().wrapping_add(2 * i + 64));
             for (j, a) in acc.iter_mut().enumerate() {
                 let at = i + 16 * j;
                 // SAFETY: at + 16 ≤ full elements of both slices.

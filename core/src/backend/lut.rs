@@ -244,6 +244,9 @@ pub(crate) mod avx2 {
             let mut acc16 = [_mm256_setzero_si256(); 4];
             let mut sign = [_mm256_setzero_si256(); 4];
             while s < end {
+                if s % 2 == 0 {
+                    crate::backend::kernels::prefetch_ahead(idx.wrapping_add(32 * s));
+                }
                 // SAFETY: step s < steps reads 32 index bytes at 32·s <
                 // 16·groups, 64 table bytes at 64·s, and every 16th step
                 // the 128 sign bytes of its 32 groups: all in bounds by the
