@@ -152,7 +152,7 @@ impl std::fmt::Display for SimdLevel {
 }
 
 /// How far ahead of their reads the x86 kernels that stream weights from
-/// memory (the ternary, F16, int8, 6-bit and lookup-table products) ask
+/// memory (the ternary (TQ1_0's too), F16, int8, 6-bit and lookup-table products) ask
 /// for them, in
 /// bytes. The hardware prefetcher alone keeps too few lines in flight
 /// while the core is busy with arithmetic: on the 2-core Zen 3 VM the
@@ -935,6 +935,7 @@ mod avx2 {
             let end = (b + 8).min(nb);
             let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
             while b < end {
+                super::prefetch_ahead(blocks.as_ptr().wrapping_add(b * 54));
                 let blk = &blocks[b * 54..b * 54 + 54];
                 // SAFETY: 256 activations of block b are in bounds
                 // (asserted by the caller); loads within `blk`.
