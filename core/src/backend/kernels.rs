@@ -420,11 +420,14 @@ pub fn dot_q8_scalar(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f3
 
 /// Bytes of one group of the 6-bit output table: 64 values (two 32-wide
 /// blocks) as 6-bit codes u = value + 32, value in -31..=31:
-/// - bytes 0..32: the low four bits, value i of block b in nibble b of
-///   byte i;
-/// - bytes 32..48: the high two bits, value e (0..64) at bits 2·(e / 16) of
-///   byte 32 + e % 16;
-/// - bytes 48..52: each block's scale (absmax / 31), f16.
+/// - bytes 0..32: byte i holds block 0's u of value i in bits 0-5 and
+///   bits 4-5 of block 1's u of value i in bits 6-7;
+/// - bytes 32..48: the low four bits of block 1's u, value i in the low
+///   nibble of byte 32 + i and value 16 + i in its high nibble;
+/// - bytes 48..52: each block's scale, f16.
+///
+/// So block 0 is one mask away, and block 1 (as 16 + 16 values, one per
+/// 128-bit half) a shift, a per-half shift, two masks and an or.
 pub const Q6_GROUP_BYTES: usize = 52;
 
 /// Quantizes `x` (a multiple of 64 long) into 6-bit groups (see
@@ -443,9 +446,12 @@ pub fn quantize_q6_row(x: &[f32], out: &mut [u8]) {
             };
             for (i, v) in xb.iter().enumerate() {
                 let u = (round_small(v * inv).clamp(-31.0, 31.0) as i32 + 32) as u8;
-                let e = 32 * b + i;
-                g[i] |= (u & 15) << (4 * b);
-                g[32 + e % 16] |= (u >> 4) << (2 * (e / 16));
+                if b == 0 {
+                    g[i] |= u;
+                } else {
+                    g[i] |= (u >> 4) << 6;
+                    g[32 + i % 16] |= (u & 15) << (4 * (i / 16));
+                }
             }
         }
     }
@@ -482,10 +488,13 @@ fn q6_scale(x: &[f32]) -> f32 {
 /// Value `e` (0..64) of a 6-bit group, and its block's scale.
 pub fn q6_value(g: &[u8], e: usize) -> (i8, f32) {
     let (b, i) = (e / 32, e % 32);
-    let lo = (g[i] >> (4 * b)) & 15;
-    let hi = (g[32 + e % 16] >> (2 * (e / 16))) & 3;
+    let u = if b == 0 {
+        g[i] & 63
+    } else {
+        (g[i] >> 6) << 4 | (g[32 + i % 16] >> (4 * (i / 16))) & 15
+    };
     let d = f16::from_le_bytes([g[48 + 2 * b], g[49 + 2 * b]]).to_f32();
-    ((lo | hi << 4) as i8 - 32, d)
+    (u as i8 - 32, d)
 }
 
 /// Scalar reference of [`Kernels::dot_q6`]: per 32-wide block, the exact
@@ -1067,28 +1076,30 @@ mod avx2 {
         unsafe { dot_q6_avx2(row, x, x_scale, groups) }
     }
 
-    /// Each group's two blocks unpacked to int8 values in registers (the
-    /// high bits moved into place by per-lane variable shifts: lane 0 of a
-    /// block holds values 0..16, lane 1 values 16..32), then as `dot_q8`.
+    /// Each group's two blocks unpacked to their unsigned codes u in
+    /// registers, multiplied with the activations as u8 × i8 (pair sums
+    /// ≤ 2·63·127, within i16), less 32·(x₀ + x₁) per pair (the codes'
+    /// offset, one more maddubs), so each i32 lane holds the exact
+    /// Σ value·x of four values; then scaled per block as `dot_q8`.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_q6_avx2(row: &[u8], x: &[i8], xs: &[f32], groups: usize) -> f32 {
         let ones = _mm256_set1_epi16(1);
-        let (low, high, off) = (
+        let (six, low, high, off) = (
+            _mm256_set1_epi8(0x3f),
             _mm256_set1_epi8(0x0f),
             _mm256_set1_epi8(0x30),
             _mm256_set1_epi8(32),
         );
-        // Block 0's high bits sit at bits 0-1 (lane 0) and 2-3 (lane 1) of
-        // each byte, block 1's at 4-5 and 6-7; both move to bits 4-5.
-        let up0 = _mm256_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2);
-        let down1 = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+        // Block 1's low bits: values 0..16 (lane 0) in the low nibbles,
+        // 16..32 (lane 1) in the high ones.
+        let nibble = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
         let mut acc = _mm256_setzero_ps();
         for g in 0..groups {
             super::prefetch_ahead(row.as_ptr().wrapping_add(super::Q6_GROUP_BYTES * g));
             // SAFETY: group g's 52 bytes are in `row`, its 64 activations
             // and 2 scales in `x` and `xs` (g < groups, asserted by the
             // caller).
-            let (ql, qh, d, s, xv) = unsafe {
+            let (a, b, d, s, xv) = unsafe {
                 let p = row.as_ptr().add(super::Q6_GROUP_BYTES * g);
                 let px = x.as_ptr().add(64 * g);
                 (
@@ -1102,13 +1113,10 @@ mod avx2 {
                     ],
                 )
             };
-            let u0 = _mm256_or_si256(
-                _mm256_and_si256(ql, low),
-                _mm256_and_si256(_mm256_sllv_epi32(qh, up0), high),
-            );
+            let u0 = _mm256_and_si256(a, six);
             let u1 = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low),
-                _mm256_and_si256(_mm256_srlv_epi32(qh, down1), high),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(a), high),
+                _mm256_and_si256(_mm256_srlv_epi32(b, nibble), low),
             );
             let scale = _mm_mul_ps(d, s);
             let scales = [
@@ -1116,9 +1124,10 @@ mod avx2 {
                 _mm256_broadcastss_ps(_mm_movehdup_ps(scale)),
             ];
             for (b, u) in [u0, u1].into_iter().enumerate() {
-                let v = _mm256_sub_epi8(u, off);
-                // |v| ≤ 32: pair sums ≤ 2·32·128, within i16.
-                let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(xv[b], v));
+                let prod = _mm256_sub_epi16(
+                    _mm256_maddubs_epi16(u, xv[b]),
+                    _mm256_maddubs_epi16(off, xv[b]),
+                );
                 let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
                 acc = _mm256_fmadd_ps(sums, scales[b], acc);
             }
