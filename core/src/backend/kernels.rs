@@ -779,14 +779,15 @@ mod avx2 {
     /// Each 32-byte chunk is unpacked once into four vectors and multiplied
     /// with every token. One shift serves two fields: with t = v >> 4,
     /// `v & 3` and `t & 3` are codes, `v & 12` and `t & 12` four times
-    /// codes, so a chunk costs one shift and four ands. The plain products
-    /// go into one i16 accumulator per token, the fourfold ones into two
-    /// more (one field each); every 8 chunks they are widened to i32 as
+    /// codes, so a chunk costs one shift and four ands. Per token the plain
+    /// products go into one i16 accumulator and the fourfold ones into
+    /// another (two per token, so four tokens' fit in the 16 registers with
+    /// the fields); every 4 chunks they are widened to i32 as
     /// 4·plain + fourfold, and the total divided by 4 (exact) at the end.
     /// Bounds, even for the unused code 3 and x = -128: a maddubs of codes
-    /// is at most 3·128·2 = 768, of fourfold codes 3,072, so 8 chunks put
-    /// at most 12,288 in the plain accumulator and 24,576 in each of the
-    /// others, within i16.
+    /// is at most 3·128·2 = 768, of fourfold codes 3,072, so 4 chunks put
+    /// at most 6,144 in the plain accumulator and 24,576 in the other,
+    /// within i16.
     #[target_feature(enable = "avx2")]
     unsafe fn dot_p<const N: usize, const P: u8>(
         packed: &[u8],
@@ -804,8 +805,8 @@ mod avx2 {
         let mut acc32 = [_mm256_setzero_si256(); N];
         let mut c = 0;
         while c < chunks {
-            let end = (c + 8).min(chunks);
-            let mut acc16 = [[_mm256_setzero_si256(); 3]; N];
+            let end = (c + 4).min(chunks);
+            let mut acc16 = [[_mm256_setzero_si256(); 2]; N];
             while c < end {
                 // SAFETY: chunk c lies inside `packed` (asserted above);
                 // unaligned load.
@@ -828,16 +829,20 @@ mod avx2 {
                         _mm256_maddubs_epi16(f0, x(0)),
                         _mm256_maddubs_epi16(f2, x(2)),
                     );
+                    let fourfold = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(f1, x(1)),
+                        _mm256_maddubs_epi16(f3, x(3)),
+                    );
                     a[0] = _mm256_add_epi16(a[0], plain);
-                    a[1] = _mm256_add_epi16(a[1], _mm256_maddubs_epi16(f1, x(1)));
-                    a[2] = _mm256_add_epi16(a[2], _mm256_maddubs_epi16(f3, x(3)));
+                    a[1] = _mm256_add_epi16(a[1], fourfold);
                 }
                 c += 1;
             }
-            for (a32, [plain, f1, f3]) in acc32.iter_mut().zip(acc16) {
-                let fourfold =
-                    _mm256_add_epi32(_mm256_madd_epi16(f1, ones), _mm256_madd_epi16(f3, ones));
-                let wide = _mm256_add_epi32(_mm256_madd_epi16(plain, fours), fourfold);
+            for (a32, [plain, fourfold]) in acc32.iter_mut().zip(acc16) {
+                let wide = _mm256_add_epi32(
+                    _mm256_madd_epi16(plain, fours),
+                    _mm256_madd_epi16(fourfold, ones),
+                );
                 *a32 = _mm256_add_epi32(*a32, wide);
             }
         }
