@@ -151,13 +151,13 @@ impl std::fmt::Display for SimdLevel {
     }
 }
 
-/// How far ahead of their reads the x86 kernels that stream weights from
-/// memory (the ternary (TQ1_0's too), F16, int8, 6-bit and lookup-table products) ask
-/// for them, in
-/// bytes. The hardware prefetcher alone keeps too few lines in flight
-/// while the core is busy with arithmetic: on the 2-core Zen 3 VM the
-/// decode kernel read 7-8 GB/s from DRAM with one thread and 13-16 with
-/// two, and 9.5-10 and 16-17.5 with a prefetch 2 KiB ahead (docs/perf.md).
+/// How far ahead of their reads, in bytes, the x86 kernels that stream
+/// weights from memory (ternary, TQ1_0, F16, int8, 6-bit and lookup-table
+/// products) ask for them. The hardware prefetcher alone keeps too few
+/// lines in flight while the core is busy with arithmetic: on the 2-core
+/// Zen 3 VM the decode kernel read 7.2-8.5 GB/s from DRAM with one thread
+/// and 12.8-16.0 with two, and 9.2-10.5 and 15.8-17.4 with a prefetch
+/// 2 KiB ahead (docs/perf.md).
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_AHEAD: usize = 2048;
 
@@ -1220,40 +1220,39 @@ mod avx512 {
 
     use super::Packing;
 
-    /// The entry points of the level without VNNI.
-    pub mod bw {
-        use super::Packing;
+    /// A level's `dot_rows` and `dot_codes_multi` in a module of their own,
+    /// with `dot_n` fixed to VNNI or not.
+    macro_rules! level {
+        ($(#[$doc:meta])* $name:ident, $vnni:literal) => {
+            $(#[$doc])*
+            pub mod $name {
+                use super::Packing;
 
-        crate::backend::kernels::dot_codes_by_fours!();
+                crate::backend::kernels::dot_codes_by_fours!();
 
-        unsafe fn dot_n<const N: usize>(
-            packed: &[u8],
-            q: &[i8],
-            stride: usize,
-            packing: Packing,
-        ) -> [i32; N] {
-            // SAFETY: the caller's contract (AVX-512 F and BW detected).
-            unsafe { super::dot_n::<N, false>(packed, q, stride, packing) }
-        }
+                unsafe fn dot_n<const N: usize>(
+                    packed: &[u8],
+                    q: &[i8],
+                    stride: usize,
+                    packing: Packing,
+                ) -> [i32; N] {
+                    // SAFETY: the caller's contract (the level's features,
+                    // AVX-512 F and BW, and VNNI for `vnni`, detected).
+                    unsafe { super::dot_n::<N, $vnni>(packed, q, stride, packing) }
+                }
+            }
+        };
     }
-
-    /// The entry points of the level with VNNI.
-    pub mod vnni {
-        use super::Packing;
-
-        crate::backend::kernels::dot_codes_by_fours!();
-
-        unsafe fn dot_n<const N: usize>(
-            packed: &[u8],
-            q: &[i8],
-            stride: usize,
-            packing: Packing,
-        ) -> [i32; N] {
-            // SAFETY: the caller's contract (AVX-512 F, BW and VNNI
-            // detected).
-            unsafe { super::dot_n::<N, true>(packed, q, stride, packing) }
-        }
-    }
+    level!(
+        /// The entry points of the level without VNNI.
+        bw,
+        false
+    );
+    level!(
+        /// The entry points of the level with VNNI.
+        vnni,
+        true
+    );
 
     /// The packing as a constant (`P`: 0 = I2_S, 1 = TQ2_0 codes, 2 = a
     /// whole TQ2_0 row), and the function compiled with the features `V`
