@@ -77,8 +77,11 @@ struct Scratch {
     /// One row of a table in f32, or a position's RoPE angles.
     row: Vec<f32>,
     angles: Vec<(f32, f32)>,
-    /// Attention scores of one (token, head).
+    /// Attention scores of one (token, heads) item.
     scores: Vec<f32>,
+    /// One head's keys and values widened to f32 (an F16 cache).
+    keys: Vec<f32>,
+    values: Vec<f32>,
 }
 
 thread_local! {
@@ -154,10 +157,21 @@ impl CpuTensor {
                 std::mem::swap(&mut by_col.rows, &mut by_col.cols);
                 return by_col;
             }
-            let mut out = CpuTensor::zeros(rows, by_col.rows);
-            team::for_each_chunk_mut(&mut out.data, by_col.rows, |r, row| {
-                for (c, o) in row.iter_mut().enumerate() {
-                    *o = by_col.data[c * rows + r];
+            // Sixteen tokens at a time: each column's values for them are
+            // one cache line of `by_col`, read once (a row at a time would
+            // read a line per value, thousands of lines apart). The lines
+            // are `rows` values apart, too far for the hardware prefetcher
+            // to follow across pages: ask for them eight columns ahead.
+            let cols = by_col.rows;
+            let mut out = CpuTensor::zeros(rows, cols);
+            team::for_each_chunk_mut(&mut out.data, 16 * cols, |b, block| {
+                let r0 = 16 * b;
+                for (c, col) in by_col.data.chunks_exact(rows).enumerate() {
+                    kernels::prefetch(col.as_ptr().wrapping_add(8 * rows + r0));
+                    let col = &col[r0..r0 + block.len() / cols];
+                    for (o, &x) in block[c..].iter_mut().step_by(cols).zip(col) {
+                        *o = x;
+                    }
                 }
             });
             out
@@ -253,20 +267,30 @@ enum KvStore {
 /// An element type the KV cache can hold.
 trait KvElem: Copy + Send + Sync {
     fn store(x: f32) -> Self;
-    fn load(self) -> f32;
-    /// q · k (an attention score before scaling).
-    fn dot(q: &[f32], k: &[Self], dot_f32: fn(&[f32], &[f32]) -> f32) -> f32;
+    /// `n` rows of `hd` values, `stride` apart from the start of `cache`,
+    /// as f32 rows and their stride: the cache itself, or widened into
+    /// `buf`.
+    fn rows<'a>(
+        cache: &'a [Self],
+        n: usize,
+        hd: usize,
+        stride: usize,
+        buf: &'a mut Vec<f32>,
+    ) -> (&'a [f32], usize);
 }
 
 impl KvElem for f32 {
     fn store(x: f32) -> Self {
         x
     }
-    fn load(self) -> f32 {
-        self
-    }
-    fn dot(q: &[f32], k: &[f32], dot_f32: fn(&[f32], &[f32]) -> f32) -> f32 {
-        dot_f32(q, k)
+    fn rows<'a>(
+        cache: &'a [f32],
+        n: usize,
+        hd: usize,
+        stride: usize,
+        _: &'a mut Vec<f32>,
+    ) -> (&'a [f32], usize) {
+        (&cache[..(n - 1) * stride + hd], stride)
     }
 }
 
@@ -274,20 +298,19 @@ impl KvElem for u16 {
     fn store(x: f32) -> Self {
         f16::from_f32(x).to_bits()
     }
-    fn load(self) -> f32 {
-        f16::from_bits(self).to_f32()
-    }
-    fn dot(q: &[f32], k: &[u16], dot_f32: fn(&[f32], &[f32]) -> f32) -> f32 {
-        // Widen, then the same product as f32 keys.
-        let mut buf = [0f32; 256];
-        if k.len() > buf.len() {
-            let wide: Vec<f32> = k.iter().map(|v| v.load()).collect();
-            return dot_f32(q, &wide);
+    fn rows<'a>(
+        cache: &'a [u16],
+        n: usize,
+        hd: usize,
+        stride: usize,
+        buf: &'a mut Vec<f32>,
+    ) -> (&'a [f32], usize) {
+        buf.clear();
+        for p in 0..n {
+            let row = &cache[p * stride..p * stride + hd];
+            buf.extend(row.iter().map(|&h| f16::from_bits(h).to_f32()));
         }
-        for (b, v) in buf.iter_mut().zip(k) {
-            *b = v.load();
-        }
-        dot_f32(q, &buf[..k.len()])
+        (buf, hd)
     }
 }
 
@@ -459,7 +482,7 @@ fn attend<T: KvElem>(
     kv_dim: usize,
     pos0: usize,
     cfg: &BitNetConfig,
-    dot_f32: fn(&[f32], &[f32]) -> f32,
+    kernels: &Kernels,
 ) -> CpuTensor {
     for r in 0..k.rows {
         let p = pos0 + r;
@@ -475,30 +498,49 @@ fn attend<T: KvElem>(
     let group = (cfg.n_head / cfg.n_head_kv) as usize;
     let scale = 1.0 / (hd as f32).sqrt();
     let n_head = q.cols / hd;
+    // A prompt: the `group` query heads that share a key/value head in one
+    // item, so each key and value is read once for all of them. One token:
+    // a head per item, so that its few key/value heads leave no thread
+    // idle.
+    let m = if q.rows > 1 { group } else { 1 };
+    let items_per_token = n_head / m;
+    let max_seq = kc.len() / kv_dim.max(1);
     let mut out = CpuTensor::zeros(q.rows, q.cols);
-    // One (token, head) pair per item: a decoded token's heads in parallel.
-    team::for_each_chunk_mut(&mut out.data, hd, |i, oh| {
-        let (r, h) = (i / n_head, i % n_head);
+    team::for_each_chunk_mut(&mut out.data, m * hd, |i, oh| {
+        let (r, h) = (i / items_per_token, (i % items_per_token) * m);
         let n = pos0 + r + 1; // causal: positions 0..=pos0+r
-        let qh = &q.row(r)[h * hd..(h + 1) * hd];
-        let at = |p: usize| p * kv_dim + (h / group) * hd;
-        with_scratch(|Scratch { scores, .. }| {
-            scores.clear();
+        let qh = &q.row(r)[h * hd..(h + m) * hd];
+        let first = (h / group) * hd;
+        with_scratch(|scratch| {
+            let Scratch {
+                scores,
+                keys,
+                values,
+                ..
+            } = scratch;
             // Room for the whole cache at once, not growing with the context.
-            scores.reserve(kc.len() / kv_dim.max(1));
-            scores.extend((0..n).map(|p| T::dot(qh, &kc[at(p)..at(p) + hd], dot_f32) * scale));
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut total = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                total += *s;
-            }
-            for (p, s) in scores.iter().enumerate() {
-                let w = s / total;
-                for (o, v) in oh.iter_mut().zip(&vc[at(p)..at(p) + hd]) {
-                    *o += w * v.load();
+            scores.clear();
+            scores.reserve(m * max_seq);
+            scores.resize(m * n, 0.0);
+            let (ks, stride) = T::rows(&kc[first..], n, hd, kv_dim, keys);
+            (kernels.scores)(qh, hd, ks, stride, scores);
+            for s in scores.chunks_exact_mut(n) {
+                let mut max = f32::NEG_INFINITY;
+                for x in s.iter_mut() {
+                    *x *= scale;
+                    max = max.max(*x);
+                }
+                let mut total = 0.0;
+                for x in s.iter_mut() {
+                    *x = (*x - max).exp();
+                    total += *x;
+                }
+                for x in s.iter_mut() {
+                    *x /= total;
                 }
             }
+            let (vs, stride) = T::rows(&vc[first..], n, hd, kv_dim, values);
+            (kernels.weighted_sum)(scores, vs, stride, hd, oh);
         })
     });
     out
@@ -1045,7 +1087,7 @@ impl Backend for CpuBackend {
                 kv_dim,
                 pos0,
                 cfg,
-                self.kernels.dot_f32,
+                &self.kernels,
             ),
             KvStore::F16 { k: kc, v: vc } => attend(
                 q,
@@ -1056,7 +1098,7 @@ impl Backend for CpuBackend {
                 kv_dim,
                 pos0,
                 cfg,
-                self.kernels.dot_f32,
+                &self.kernels,
             ),
         }
     }
@@ -1181,6 +1223,69 @@ mod tests {
             *v = (x % 2001) as f32 / 250.0 - 4.0;
         }
         t
+    }
+
+    /// A prompt's attention (its query heads grouped per key/value head)
+    /// equals the same tokens' attention one at a time (a head per item),
+    /// bit for bit, at every level this CPU runs, for both cache types.
+    #[test]
+    fn prompt_attention_equals_token_by_token() {
+        let file =
+            GgufFile::from_vec(FixtureConfig::tiny(GgmlType::I2_S).to_bytes().unwrap()).unwrap();
+        let cfg = BitNetConfig::from_gguf(&file).unwrap();
+        assert!(cfg.n_head > cfg.n_head_kv, "the fixture groups query heads");
+        let (q_cols, kv_cols) = (
+            (cfg.n_head * cfg.head_dim) as usize,
+            (cfg.n_head_kv * cfg.head_dim) as usize,
+        );
+        let rows = 40; // more than one 32-position block of values
+        let (q, k, v) = (
+            tensor(rows, q_cols, 7),
+            tensor(rows, kv_cols, 8),
+            tensor(rows, kv_cols, 9),
+        );
+        let row = |t: &CpuTensor, r: usize| CpuTensor {
+            data: t.row(r).to_vec(),
+            rows: 1,
+            cols: t.cols,
+        };
+        let mut want = None;
+        for level in SimdLevel::ALL.into_iter().filter(|l| l.supported()) {
+            let b = CpuBackend::with_level(level).unwrap();
+            for ty in [KvType::F32, KvType::F16] {
+                // Two tokens already cached, then the prompt's rest.
+                let mut c = b.new_kv_cache(&cfg, 64, ty);
+                let head = |t: &CpuTensor| CpuTensor {
+                    data: t.data[..2 * t.cols].to_vec(),
+                    rows: 2,
+                    cols: t.cols,
+                };
+                let tail = |t: &CpuTensor| CpuTensor {
+                    data: t.data[2 * t.cols..].to_vec(),
+                    rows: rows - 2,
+                    cols: t.cols,
+                };
+                let mut prompt = b.attention(&head(&q), &head(&k), &head(&v), &mut c, 0, 0, &cfg);
+                let rest = b.attention(&tail(&q), &tail(&k), &tail(&v), &mut c, 0, 2, &cfg);
+                prompt.data.extend_from_slice(&rest.data);
+                let mut c = b.new_kv_cache(&cfg, 64, ty);
+                for r in 0..rows {
+                    let one =
+                        b.attention(&row(&q, r), &row(&k, r), &row(&v, r), &mut c, 0, r, &cfg);
+                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(one.row(0)),
+                        bits(prompt.row(r)),
+                        "{level} {ty:?} token {r}"
+                    );
+                }
+                // Every level gives the same values.
+                if ty == KvType::F32 {
+                    let want = want.get_or_insert_with(|| prompt.data.clone());
+                    assert_eq!(want, &prompt.data, "{level}");
+                }
+            }
+        }
     }
 
     /// The f16 cache is exactly the f32 cache fed with f16-rounded keys and

@@ -167,10 +167,22 @@ const PREFETCH_AHEAD: usize = 2048;
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn prefetch_ahead(p: *const u8) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    // SAFETY: prefetching is a hint that never faults, whatever the
-    // address; SSE is part of the x86-64 baseline.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD).cast()) }
+    prefetch(p.wrapping_add(PREFETCH_AHEAD));
+}
+
+/// Asks for the cache line at `p` (a hint, as [`prefetch_ahead`]; nothing
+/// off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: prefetching is a hint that never faults, whatever the
+        // address; SSE is part of the x86-64 baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -249,12 +261,16 @@ pub struct Kernels {
     pub dot_tq1: fn(blocks: &[u8], q: &[i8]) -> i32,
     /// Σ f16(row[i]) · x[i], in f32.
     pub dot_f16: fn(row: &[u8], x: &[f32]) -> f32,
-    /// Σ a[i]·b[i] in f32, in one fixed order at every level (eight lanes,
-    /// no fused multiply-add, the lanes reduced as [`dot_f32_scalar`] does),
-    /// so attention scores are bit-identical whichever level runs: BitNet
-    /// quantizes what attention produces, and a last-bit difference could
-    /// round an activation the other way.
-    pub dot_f32: fn(a: &[f32], b: &[f32]) -> f32,
+    /// Attention scores: q_j · k_p for every query vector of `q` and key
+    /// of `k` ([`Scores`]), each summed in [`dot_f32_scalar`]'s order at
+    /// every level (eight lanes, no fused multiply-add), so that attention
+    /// is bit-identical whichever level runs: BitNet quantizes what
+    /// attention produces, and a last-bit difference could round an
+    /// activation the other way.
+    pub scores: Scores,
+    /// Attention's weighted sum of values ([`WeightedSum`]), in the same
+    /// order at every level for the same reason.
+    pub weighted_sum: WeightedSum,
     /// Σ over 32-wide blocks b of w_scale[b] · x_scale[b] · Σ w[i]·x[i]
     /// (int8 weights and activations, exact integer block sums): the
     /// compact output table's product.
@@ -269,6 +285,19 @@ pub struct Kernels {
 
 /// `(6-bit row, activations, activation block scales)`.
 pub type DotQ6 = fn(&[u8], &[i8], &[f32]) -> f32;
+
+/// `scores(q, hd, k, stride, out)`: for the m = `q.len() / hd` query
+/// vectors q_j = `q[j * hd..][..hd]` and the n = `out.len() / m` keys
+/// k_p = `k[p * stride..][..hd]`, `out[j * n + p]` = [`dot_f32_scalar`]
+/// (q_j, k_p). Several query heads share one head of keys (grouped-query
+/// attention): each key is read once for all of them.
+pub type Scores = fn(q: &[f32], hd: usize, k: &[f32], stride: usize, out: &mut [f32]);
+
+/// `weighted_sum(w, v, stride, hd, out)`: for the m = `out.len() / hd`
+/// outputs and n = `w.len() / m` values v_p = `v[p * stride..][..hd]`,
+/// `out[j * hd + d] += w[j * n + p] · v_p[d]` for p = 0, 1, ... in turn,
+/// each a multiply then an add.
+pub type WeightedSum = fn(w: &[f32], v: &[f32], stride: usize, hd: usize, out: &mut [f32]);
 
 impl Kernels {
     /// The kernels of `level`, or an error naming why it cannot run here.
@@ -287,7 +316,8 @@ impl Kernels {
                 unpack_tq1: avx2::unpack_tq1,
                 dot_tq1: avx2::dot_tq1,
                 dot_f16: avx2::dot_f16,
-                dot_f32: avx2::dot_f32,
+                scores: avx2::scores,
+                weighted_sum: avx2::weighted_sum,
                 dot_q8: avx2::dot_q8,
                 dot_q6: avx2::dot_q6,
                 lut_tile: lut::avx2::dot_tile,
@@ -305,7 +335,8 @@ impl Kernels {
                     unpack_tq1: avx2::unpack_tq1,
                     dot_tq1: avx2::dot_tq1,
                     dot_f16: avx512::dot_f16,
-                    dot_f32: avx2::dot_f32,
+                    scores: avx2::scores,
+                    weighted_sum: avx2::weighted_sum,
                     dot_q8: [avx512::dot_q8::<false>, avx512::dot_q8::<true>][vnni as usize],
                     dot_q6: avx2::dot_q6,
                     lut_tile: lut::avx2::dot_tile,
@@ -320,7 +351,8 @@ impl Kernels {
                 unpack_tq1: tq1_unpack_codes,
                 dot_tq1: sse::dot_tq1,
                 dot_f16: dot_f16_scalar,
-                dot_f32: sse::dot_f32,
+                scores: sse::scores,
+                weighted_sum: weighted_sum_scalar,
                 dot_q8: sse::dot_q8,
                 dot_q6: dot_q6_scalar,
                 lut_tile: lut::dot_tile_scalar,
@@ -338,7 +370,8 @@ impl Kernels {
                 unpack_tq1: tq1_unpack_codes,
                 dot_tq1: neon::dot_tq1,
                 dot_f16: dot_f16_scalar,
-                dot_f32: neon::dot_f32,
+                scores: neon::scores,
+                weighted_sum: weighted_sum_scalar,
                 dot_q8: neon::dot_q8,
                 dot_q6: dot_q6_scalar,
                 lut_tile: lut::dot_tile_scalar,
@@ -377,7 +410,8 @@ const SCALAR: Kernels = Kernels {
     unpack_tq1: tq1_unpack_codes,
     dot_tq1: dot_tq1_scalar,
     dot_f16: dot_f16_scalar,
-    dot_f32: dot_f32_scalar,
+    scores: scores_scalar,
+    weighted_sum: weighted_sum_scalar,
     dot_q8: dot_q8_scalar,
     dot_q6: dot_q6_scalar,
     lut_tile: lut::dot_tile_scalar,
@@ -400,6 +434,56 @@ pub fn dot_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
         s += a[i] * b[i];
     }
     s
+}
+
+/// Scalar reference of [`Kernels::scores`].
+pub fn scores_scalar(q: &[f32], hd: usize, k: &[f32], stride: usize, out: &mut [f32]) {
+    scores_by(q, hd, k, stride, out, dot_f32_scalar);
+}
+
+/// [`Kernels::scores`] one pair at a time through `dot` (a level's
+/// `dot_f32`).
+fn scores_by(
+    q: &[f32],
+    hd: usize,
+    k: &[f32],
+    stride: usize,
+    out: &mut [f32],
+    dot: fn(&[f32], &[f32]) -> f32,
+) {
+    let Some((m, n)) = attention_shape(q.len(), hd, out.len()) else {
+        return;
+    };
+    for (qj, oj) in q.chunks_exact(hd).take(m).zip(out.chunks_exact_mut(n)) {
+        for (p, o) in oj.iter_mut().enumerate() {
+            *o = dot(qj, &k[p * stride..p * stride + hd]);
+        }
+    }
+}
+
+/// (m, n) of a [`Scores`] or [`WeightedSum`] call: m vectors of `hd`
+/// in `per_dim`'s slice, n positions in the `per_pos` one (m × n long);
+/// `None` when there is nothing to do.
+fn attention_shape(per_dim: usize, hd: usize, per_pos: usize) -> Option<(usize, usize)> {
+    let m = per_dim.checked_div(hd)?;
+    let n = per_pos.checked_div(m)?;
+    (n > 0).then_some((m, n))
+}
+
+/// Scalar reference of [`Kernels::weighted_sum`]: each output element is
+/// independent, so a SIMD version that multiplies then adds, positions in
+/// order, matches it bit for bit.
+pub fn weighted_sum_scalar(w: &[f32], v: &[f32], stride: usize, hd: usize, out: &mut [f32]) {
+    let Some((_, n)) = attention_shape(out.len(), hd, w.len()) else {
+        return;
+    };
+    for (wj, oj) in w.chunks_exact(n).zip(out.chunks_exact_mut(hd)) {
+        for (p, &x) in wj.iter().enumerate() {
+            for (o, &y) in oj.iter_mut().zip(&v[p * stride..p * stride + hd]) {
+                *o += x * y;
+            }
+        }
+    }
 }
 
 /// Scalar reference of [`Kernels::dot_q8`].
@@ -1143,33 +1227,191 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        super::dot_f32_with(a, b, |a, b, full| {
-            // SAFETY: reachable only when AVX2 was detected; loads stay
-            // below `full` ≤ the length of both slices.
-            unsafe { dot_f32_avx(a, b, full) }
-        })
+    pub fn scores(q: &[f32], hd: usize, k: &[f32], stride: usize, out: &mut [f32]) {
+        let Some((m, n)) = super::attention_shape(q.len(), hd, out.len()) else {
+            return;
+        };
+        assert!(m * n <= out.len() && (n - 1) * stride + hd <= k.len());
+        // Four query vectors at a time: four independent sums per key.
+        let mut j = 0;
+        while j < m {
+            let count = (m - j).min(4);
+            // SAFETY: reachable only when AVX2 was detected; the query
+            // vectors j..j + count lie in `q` (m · hd ≤ q.len()), keys and
+            // outputs are inside their slices (asserted above).
+            unsafe {
+                match count {
+                    4 => scores_of::<4>(q, hd, k, stride, n, j, out),
+                    3 => scores_of::<3>(q, hd, k, stride, n, j, out),
+                    2 => scores_of::<2>(q, hd, k, stride, n, j, out),
+                    _ => scores_of::<1>(q, hd, k, stride, n, j, out),
+                }
+            }
+            j += count;
+        }
     }
 
+    /// Scores of query vectors j0..j0 + J against all n keys.
     #[target_feature(enable = "avx2")]
-    unsafe fn dot_f32_avx(a: &[f32], b: &[f32], full: usize) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 ≤ full.
-            let (x, y) = unsafe {
-                (
-                    _mm256_loadu_ps(a.as_ptr().add(i)),
-                    _mm256_loadu_ps(b.as_ptr().add(i)),
-                )
-            };
-            // Multiply then add (no FMA): the scalar reference's rounding.
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+    unsafe fn scores_of<const J: usize>(
+        q: &[f32],
+        hd: usize,
+        k: &[f32],
+        stride: usize,
+        n: usize,
+        j0: usize,
+        out: &mut [f32],
+    ) {
+        let full = hd / 8 * 8;
+        let qj = |j: usize| &q[(j0 + j) * hd..(j0 + j + 1) * hd];
+        for p in 0..n {
+            let kp = &k[p * stride..p * stride + hd];
+            let mut acc = [_mm256_setzero_ps(); J];
+            for i in (0..full).step_by(8) {
+                // SAFETY: i + 8 ≤ full ≤ hd, the length of `kp` and of
+                // every `qj`.
+                let kv = unsafe { _mm256_loadu_ps(kp.as_ptr().add(i)) };
+                for (j, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: as for `kv`.
+                    let qv = unsafe { _mm256_loadu_ps(qj(j).as_ptr().add(i)) };
+                    // Multiply then add (no FMA): the reference's rounding.
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, kv));
+                }
+            }
+            for (j, a) in acc.into_iter().enumerate() {
+                let mut s = lanes_in_order(a);
+                for (x, y) in qj(j)[full..].iter().zip(&kp[full..]) {
+                    s += x * y;
+                }
+                out[(j0 + j) * n + p] = s;
+            }
         }
+    }
+
+    /// The eight lanes summed as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)),
+    /// [`super::dot_f32_scalar`]'s order.
+    #[target_feature(enable = "avx2")]
+    fn lanes_in_order(acc: __m256) -> f32 {
         // [l0+l4, l1+l5, l2+l6, l3+l7]
         let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
         // [(l0+l4)+(l2+l6), (l1+l5)+(l3+l7), ..]
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 0b01)))
+    }
+
+    pub fn weighted_sum(w: &[f32], v: &[f32], stride: usize, hd: usize, out: &mut [f32]) {
+        let Some((m, n)) = super::attention_shape(out.len(), hd, w.len()) else {
+            return;
+        };
+        assert!(m * n <= w.len() && (n - 1) * stride + hd <= v.len());
+        // 32 positions at a time (16 KB of values at hd = 128): they stay
+        // in L1 while the outputs pass over them 16 dimensions at a time.
+        // Each output still adds its positions in order.
+        for p0 in (0..n).step_by(32) {
+            let p1 = (p0 + 32).min(n);
+            let mut j = 0;
+            while j < m {
+                let count = (m - j).min(4);
+                // SAFETY: reachable only when AVX2 was detected; outputs
+                // j..j + count lie in `out` (m · hd ≤ out.len()), weights
+                // and values inside their slices (asserted above).
+                unsafe {
+                    match count {
+                        4 => weighted_sum_of::<4>(w, n, v, stride, hd, (p0, p1), j, out),
+                        3 => weighted_sum_of::<3>(w, n, v, stride, hd, (p0, p1), j, out),
+                        2 => weighted_sum_of::<2>(w, n, v, stride, hd, (p0, p1), j, out),
+                        _ => weighted_sum_of::<1>(w, n, v, stride, hd, (p0, p1), j, out),
+                    }
+                }
+                j += count;
+            }
+        }
+    }
+
+    /// Outputs j0..j0 + J plus the weighted values of positions p0..p1.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    unsafe fn weighted_sum_of<const J: usize>(
+        w: &[f32],
+        n: usize,
+        v: &[f32],
+        stride: usize,
+        hd: usize,
+        (p0, p1): (usize, usize),
+        j0: usize,
+        out: &mut [f32],
+    ) {
+        let wj = |j: usize, p: usize| w[(j0 + j) * n + p];
+        let at = |j: usize, d: usize| (j0 + j) * hd + d;
+        let mut d = 0;
+        // 16 dimensions (two registers) of J outputs, then 8, then one.
+        while d + 16 <= hd {
+            let mut acc = [[_mm256_setzero_ps(); 2]; J];
+            for (j, a) in acc.iter_mut().enumerate() {
+                let o = &out[at(j, d)..at(j, d) + 16];
+                // SAFETY: `o` holds 16 values.
+                *a = unsafe {
+                    [
+                        _mm256_loadu_ps(o.as_ptr()),
+                        _mm256_loadu_ps(o.as_ptr().add(8)),
+                    ]
+                };
+            }
+            for p in p0..p1 {
+                let vp = &v[p * stride + d..p * stride + d + 16];
+                // SAFETY: `vp` holds 16 values.
+                let (v0, v1) = unsafe {
+                    (
+                        _mm256_loadu_ps(vp.as_ptr()),
+                        _mm256_loadu_ps(vp.as_ptr().add(8)),
+                    )
+                };
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_ps(wj(j, p));
+                    a[0] = _mm256_add_ps(a[0], _mm256_mul_ps(x, v0));
+                    a[1] = _mm256_add_ps(a[1], _mm256_mul_ps(x, v1));
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                let o = &mut out[at(j, d)..at(j, d) + 16];
+                // SAFETY: `o` holds 16 values.
+                unsafe {
+                    _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
+                    _mm256_storeu_ps(o.as_mut_ptr().add(8), a[1]);
+                }
+            }
+            d += 16;
+        }
+        if d + 8 <= hd {
+            let mut acc = [_mm256_setzero_ps(); J];
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: d + 8 ≤ hd: inside output j.
+                *a = unsafe { _mm256_loadu_ps(out[at(j, d)..at(j, d) + 8].as_ptr()) };
+            }
+            for p in p0..p1 {
+                // SAFETY: d + 8 ≤ hd: inside value row p.
+                let vp = unsafe { _mm256_loadu_ps(v[p * stride + d..][..8].as_ptr()) };
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(_mm256_set1_ps(wj(j, p)), vp));
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                // SAFETY: as for the load.
+                unsafe { _mm256_storeu_ps(out[at(j, d)..at(j, d) + 8].as_mut_ptr(), *a) };
+            }
+            d += 8;
+        }
+        for j in 0..J {
+            for p in p0..p1 {
+                let x = wj(j, p);
+                for (o, &y) in out[at(j, d)..at(j + 1, 0)]
+                    .iter_mut()
+                    .zip(&v[p * stride + d..p * stride + hd])
+                {
+                    *o += x * y;
+                }
+            }
+        }
     }
 
     pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
@@ -1637,7 +1879,11 @@ mod sse {
         hsum(_mm_add_epi32(acc32, _mm_madd_epi16(acc16, ones)))
     }
 
-    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    pub fn scores(q: &[f32], hd: usize, k: &[f32], stride: usize, out: &mut [f32]) {
+        super::scores_by(q, hd, k, stride, out, dot_f32);
+    }
+
+    fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         super::dot_f32_with(a, b, |a, b, full| {
             // SAFETY: SSE2 is part of x86_64; loads stay below `full`.
             unsafe { dot_f32_sse(a, b, full) }
@@ -1797,7 +2043,11 @@ mod neon {
         vaddvq_s32(acc)
     }
 
-    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    pub fn scores(q: &[f32], hd: usize, k: &[f32], stride: usize, out: &mut [f32]) {
+        super::scores_by(q, hd, k, stride, out, dot_f32);
+    }
+
+    fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: NEON is checked at run time; `full` ≤ both lengths.
         super::dot_f32_with(a, b, |a, b, full| unsafe { dot_f32_neon(a, b, full) })
     }
@@ -2263,26 +2513,75 @@ mod tests {
         }
     }
 
-    /// `dot_f32` is bit-identical at every level (the order is part of its
-    /// contract), for every tail length and extreme magnitudes.
+    /// Values from 2^-30 to 2^30, both signs: magnitudes that far apart
+    /// make any change of order show in the last bits, and no sum
+    /// overflows (an infinity or NaN would hide a difference).
+    fn wide_f32(rng: &mut Rng) -> f32 {
+        let r = rng.next();
+        f32::from_bits(((r % 60) as u32 + 97) << 23 | (r as u32 & 0x7fffff))
+            * if r & 1 == 0 { 1.0 } else { -1.0 }
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        assert!(b.iter().all(|x| x.is_finite()));
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    /// The scores are each `dot_f32_scalar` of their pair, bit for bit at
+    /// every level (the order is part of the contract): every tail length,
+    /// one to nine query vectors, keys `stride` apart at an odd offset.
     #[test]
-    fn dot_f32_bit_identical_across_levels() {
+    fn scores_bit_identical_across_levels() {
         let mut rng = Rng(31337);
-        for n in (0..40).chain([64, 127, 128, 129, 1000, 2560]) {
-            let val = |r: u64| {
-                f32::from_bits(((r % 200) as u32 + 60) << 23 | (r as u32 & 0x7fffff))
-                    * if r & 1 == 0 { 1.0 } else { -1.0 }
-            };
-            let a: Vec<f32> = (0..n).map(|_| val(rng.next())).collect();
-            let b: Vec<f32> = (0..n).map(|_| val(rng.next())).collect();
-            let want = dot_f32_scalar(&a, &b);
-            for k in levels() {
-                let got = (k.dot_f32)(&a, &b);
-                assert!(
-                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                    "{} n {n}: {got} vs {want}",
-                    k.level
-                );
+        for hd in (1..40).chain([64, 127, 128, 129, 256]) {
+            for (m, n) in [(1, 1), (1, 7), (4, 33), (5, 3), (9, 2)] {
+                let stride = hd + 3;
+                let q: Vec<f32> = (0..m * hd).map(|_| wide_f32(&mut rng)).collect();
+                let k: Vec<f32> = (0..1 + n * stride).map(|_| wide_f32(&mut rng)).collect();
+                let keys = &k[1..];
+                let mut want = vec![0.0; m * n];
+                for (j, w) in want.chunks_exact_mut(n).enumerate() {
+                    for (p, w) in w.iter_mut().enumerate() {
+                        let kp = &keys[p * stride..p * stride + hd];
+                        *w = dot_f32_scalar(&q[j * hd..(j + 1) * hd], kp);
+                    }
+                }
+                for kern in levels() {
+                    let mut got = vec![f32::NAN; m * n];
+                    (kern.scores)(&q, hd, keys, stride, &mut got);
+                    assert!(same_bits(&got, &want), "{} hd {hd} m {m} n {n}", kern.level);
+                }
+            }
+        }
+    }
+
+    /// The weighted sum equals the scalar reference bit for bit at every
+    /// level: dimensions by 16, 8 and one, one to nine outputs, positions
+    /// across the 32-position blocks, values `stride` apart.
+    #[test]
+    fn weighted_sum_bit_identical_across_levels() {
+        let mut rng = Rng(4242);
+        for hd in (1..40).chain([64, 127, 128, 129]) {
+            for (m, n) in [(1, 1), (1, 70), (4, 33), (5, 64), (9, 2)] {
+                let stride = hd + 5;
+                let w: Vec<f32> = (0..m * n).map(|_| wide_f32(&mut rng)).collect();
+                let v: Vec<f32> = (0..n * stride).map(|_| wide_f32(&mut rng)).collect();
+                let start: Vec<f32> = (0..m * hd).map(|_| wide_f32(&mut rng)).collect();
+                let mut want = start.clone();
+                weighted_sum_scalar(&w, &v, stride, hd, &mut want);
+                // The reference itself: output (j, d) adds its positions in
+                // order, each a product then a sum.
+                let (j, d) = (m - 1, hd / 2);
+                let mut o = start[j * hd + d];
+                for p in 0..n {
+                    o += w[j * n + p] * v[p * stride + d];
+                }
+                assert_eq!(o.to_bits(), want[j * hd + d].to_bits());
+                for kern in levels() {
+                    let mut got = start.clone();
+                    (kern.weighted_sum)(&w, &v, stride, hd, &mut got);
+                    assert!(same_bits(&got, &want), "{} hd {hd} m {m} n {n}", kern.level);
+                }
             }
         }
     }
