@@ -46,7 +46,12 @@ impl<T: Copy + Default> Pool<T> {
                 .min_by_key(|&i| kept[i].capacity());
             best.map(|i| kept.swap_remove(i))
         };
-        let mut v = found.unwrap_or_default();
+        let Some(mut v) = found else {
+            // A new buffer comes zeroed from the allocator (fresh pages for a
+            // long prompt's large ones: no pass over them here, and their
+            // first touch happens in the parallel loop that fills them).
+            return vec![T::default(); len];
+        };
         v.clear();
         v.resize(len, T::default());
         v
@@ -306,6 +311,8 @@ impl KvElem for u16 {
         buf: &'a mut Vec<f32>,
     ) -> (&'a [f32], usize) {
         buf.clear();
+        // Room for every row the cache can hold, not growing with the context.
+        buf.reserve(cache.len().div_ceil(stride) * hd);
         for p in 0..n {
             let row = &cache[p * stride..p * stride + hd];
             buf.extend(row.iter().map(|&h| f16::from_bits(h).to_f32()));
