@@ -1541,11 +1541,21 @@ mod avx512 {
     /// A 32-byte chunk (128 weights, weight 32·l + p in byte p) becomes
     /// two 64-byte code vectors: weights 0..64 and 64..128 in order, so
     /// each meets one plain 64-byte load of activations. The chunk goes
-    /// in the low half and itself shifted by two bits in the high half;
-    /// one more shift of the whole then brings codes l and l + 1 to bits
-    /// 0-1 of the two halves. With VNNI each product is one `vpdpbusd`
-    /// into i32 lanes; without, `vpmaddubsw` into i16 lanes widened every
-    /// 16 chunks (two accumulators of 16 · 768, ≤ 24,576 together).
+    /// in the low half and itself shifted by two bits in the high half,
+    /// so fields l and l + 1 sit at the same bits of the two halves.
+    ///
+    /// With VNNI each product is one `vpdpbusd` into i32 lanes, which
+    /// never saturate, so the fields are only masked, not shifted down:
+    /// a field at bits 2b holds 4^b · code. Each vector has its own
+    /// accumulator, scaled back per lane at the end (exact: every lane
+    /// is a multiple of its scale). Bound: a lane gains at most
+    /// 4 · 192 · 128 per chunk, so i32 holds rows of over a million
+    /// weights.
+    ///
+    /// Without VNNI, `vpmaddubsw` saturates at i16, so one more shift of
+    /// the whole brings the codes to bits 0-1 of each half; the products
+    /// go into i16 lanes widened every 16 chunks (two accumulators of
+    /// 16 · 768, ≤ 24,576 together).
     #[inline(always)]
     unsafe fn dot_p<const N: usize, const P: u8, const V: bool>(
         packed: &[u8],
@@ -1562,6 +1572,15 @@ mod avx512 {
         unsafe {
             let mask = _mm512_set1_epi8(3);
             let ones = _mm512_set1_epi16(1);
+            // VNNI: the two fields' masks and their scales as shifts
+            // (4^b = 1 << 2b). I2_S: l = 0 and 1 at bits 6-7, l = 2 and 3
+            // at bits 2-3; TQ2_0: at bits 0-1 and 4-5.
+            let (masks, shifts) = if P == 0 {
+                ([0xc0u8 as i8, 0x0c], [6, 2])
+            } else {
+                ([0x03, 0x30], [0, 4])
+            };
+            let masks = masks.map(|m| _mm512_set1_epi8(m));
             let mut acc32 = [[_mm512_setzero_si512(); 2]; N];
             let mut c = 0;
             while c < chunks {
@@ -1572,7 +1591,15 @@ mod avx512 {
                         super::prefetch_ahead(packed.as_ptr().wrapping_add(packing.chunk_at(c)));
                     }
                     let v = _mm256_loadu_si256(packed.as_ptr().add(packing.chunk_at(c)).cast());
-                    let codes = if P == 0 {
+                    let codes = if V {
+                        let high = if P == 0 {
+                            _mm256_slli_epi16::<2>(v)
+                        } else {
+                            _mm256_srli_epi16::<2>(v)
+                        };
+                        let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v), high);
+                        masks.map(|m| _mm512_and_si512(w, m))
+                    } else if P == 0 {
                         // I2_S: l = 0 at bits 6-7 of the low half, l = 1
                         // (bits 4-5) at 6-7 of the high half; then 2-3.
                         let w = _mm512_inserti64x4::<1>(
@@ -1616,7 +1643,18 @@ mod avx512 {
                     }
                 }
             }
-            acc32.map(|[a, b]| _mm512_reduce_add_epi32(_mm512_add_epi32(a, b)))
+            acc32.map(|[a, b]| {
+                let sum = if V {
+                    // Each accumulator over its fields' scale.
+                    _mm512_add_epi32(
+                        _mm512_srav_epi32(a, _mm512_set1_epi32(shifts[0])),
+                        _mm512_srav_epi32(b, _mm512_set1_epi32(shifts[1])),
+                    )
+                } else {
+                    _mm512_add_epi32(a, b)
+                };
+                _mm512_reduce_add_epi32(sum)
+            })
         }
     }
 
