@@ -150,6 +150,18 @@ def test_benchmark_reports_llama_bench_fields():
     assert "| pp8 |" in md.stdout
 
 
+def test_benchmark_at_depth():
+    proc = run_cli("benchmark", "-p", "4", "-n", "2", "-d", "0,16", "-r", "1", "--warmup", "0", "-t", "1",
+                   "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [(r["test"], r["n_depth"]) for r in rows] == [
+        ("pp4", 0), ("tg2", 0), ("pp4 @ d16", 16), ("tg2 @ d16", 16)]
+    # A test that does not fit the model's context is refused up front.
+    proc = run_cli("benchmark", "-p", "4", "-n", "0", "-d", "100000", "-r", "1", check=False)
+    assert proc.returncode != 0 and "context" in proc.stderr
+
+
 def test_benchmark_refuses_bad_options():
     proc = run_cli("benchmark", "-r", "0", check=False)
     assert proc.returncode != 0 and "repetitions" in proc.stderr

@@ -22,7 +22,7 @@ use anyhow::Context;
 use bitnet::backend::cpu::{CpuBackend, OutputTable, TernaryKernels};
 use bitnet::backend::kernels::SimdLevel;
 use bitnet::backend::{Backend, KvType};
-use bitnet::model::BitNet;
+use bitnet::model::{BitNet, Session};
 use bitnet::tokenizer::Tokenizer;
 use bitnet::DeviceChoice;
 
@@ -50,6 +50,16 @@ pub struct Args {
         default_value = "128"
     )]
     n_gen: Vec<usize>,
+    /// Tokens already in the context before each test (comma list;
+    /// llama-bench's `-d`): processed first, untimed, so that a test shows
+    /// the speed at that depth (attention reads the whole cache).
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    n_depth: Vec<usize>,
     /// A file of prompts (one per line) to process as a further test.
     #[arg(long)]
     prompts: Option<PathBuf>,
@@ -183,26 +193,50 @@ impl Config {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Test {
-    Prompt(usize),
-    Gen(usize),
+    /// `n` prompt tokens after `depth` in the context.
+    Prompt { n: usize, depth: usize },
+    /// `n` generated tokens after `depth` in the context.
+    Gen { n: usize, depth: usize },
     /// The prompts of `--prompts`, as token ids.
     File(Vec<Vec<u32>>),
 }
 
 impl Test {
+    /// llama-bench's names: `pp512`, `tg128`, `tg128 @ d4096`.
     fn name(&self) -> String {
+        let at = |depth: usize| match depth {
+            0 => String::new(),
+            d => format!(" @ d{d}"),
+        };
         match self {
-            Test::Prompt(n) => format!("pp{n}"),
-            Test::Gen(n) => format!("tg{n}"),
+            Test::Prompt { n, depth } => format!("pp{n}{}", at(*depth)),
+            Test::Gen { n, depth } => format!("tg{n}{}", at(*depth)),
             Test::File(p) => format!("prompts({})", p.len()),
+        }
+    }
+
+    /// Tokens in the context before the test.
+    fn depth(&self) -> usize {
+        match self {
+            Test::Prompt { depth, .. } | Test::Gen { depth, .. } => *depth,
+            Test::File(_) => 0,
+        }
+    }
+
+    /// Positions of the context a run fills (the longest prompt of a file).
+    fn positions(&self) -> usize {
+        match self {
+            Test::Prompt { n, depth } => depth + n,
+            Test::Gen { n, depth } => depth + n + 1,
+            Test::File(p) => p.iter().map(Vec::len).max().unwrap_or(0),
         }
     }
 
     /// Tokens processed per run, and llama-bench's n_prompt / n_gen.
     fn counts(&self) -> (usize, usize, usize) {
         match self {
-            Test::Prompt(n) => (*n, *n, 0),
-            Test::Gen(n) => (*n, 0, *n),
+            Test::Prompt { n, .. } => (*n, *n, 0),
+            Test::Gen { n, .. } => (*n, 0, *n),
             Test::File(p) => {
                 let n = p.iter().map(Vec::len).sum();
                 (n, n, 0)
@@ -233,23 +267,31 @@ fn samples_ts(test: &Test, ns: &[u128]) -> Vec<f64> {
     ns.iter().map(|&v| tokens / (v as f64 * 1e-9)).collect()
 }
 
-/// Processes `prompt` in batches of `batch` tokens (0 = one batch).
+/// Processes `prompt` in batches of `batch` tokens (0 = one batch) in
+/// `session`.
 fn prefill<B: Backend>(
     model: &BitNet<B>,
+    session: &mut Session<B>,
     prompt: &[u32],
     batch: usize,
-    kv: KvType,
 ) -> anyhow::Result<()> {
-    let mut session = model.new_session(prompt.len().max(1), kv);
     let step = if batch == 0 {
         prompt.len().max(1)
     } else {
         batch
     };
     for part in prompt.chunks(step) {
-        model.forward(&mut session, part, false)?;
+        model.forward(session, part, false)?;
     }
     Ok(())
+}
+
+/// `n` deterministic pseudo-random ids from `seed` (llama-bench uses
+/// random ids).
+fn token_ids(n: usize, seed: u32, vocab: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 7) % vocab)
+        .collect()
 }
 
 /// One run of a test; returns its wall time in nanoseconds.
@@ -260,25 +302,39 @@ fn run_once<B: Backend>(
     cfg: &Config,
 ) -> anyhow::Result<u128> {
     let vocab = model.cfg.n_vocab as u32;
+    let (batch, kv) = (cfg.batch_size, cfg.kv_cache_type);
+    let depth = test.depth();
+    // The context before the test, untimed.
+    let session_with_depth = |room: usize| -> anyhow::Result<Session<B>> {
+        let mut session = model.new_session(depth + room, kv);
+        if depth > 0 {
+            prefill(
+                model,
+                &mut session,
+                &token_ids(depth, 1 << 20, vocab),
+                batch,
+            )?;
+        }
+        Ok(session)
+    };
     match test {
-        Test::Prompt(n) => {
-            // Deterministic pseudo-random ids (llama-bench uses random ids).
-            let prompt: Vec<u32> = (0..*n as u32)
-                .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % vocab)
-                .collect();
+        Test::Prompt { n, .. } => {
+            let prompt = token_ids(*n, 0, vocab);
+            let mut session = session_with_depth((*n).max(1))?;
             let start = Instant::now();
-            prefill(model, &prompt, cfg.batch_size, cfg.kv_cache_type)?;
+            prefill(model, &mut session, &prompt, batch)?;
             Ok(start.elapsed().as_nanos())
         }
         Test::File(prompts) => {
             let start = Instant::now();
             for p in prompts {
-                prefill(model, p, cfg.batch_size, cfg.kv_cache_type)?;
+                let mut session = model.new_session(p.len().max(1), kv);
+                prefill(model, &mut session, p, batch)?;
             }
             Ok(start.elapsed().as_nanos())
         }
-        Test::Gen(n) => {
-            let mut session = model.new_session(n + 1, cfg.kv_cache_type);
+        Test::Gen { n, .. } => {
+            let mut session = session_with_depth(n + 1)?;
             let mut logits = model.forward(&mut session, &[bos], false)?;
             let start = Instant::now();
             for _ in 0..*n {
@@ -307,6 +363,12 @@ fn bench_config<B: Backend>(
         .num_threads(cfg.threads)
         .build()?;
     for (ti, test) in tests.iter().enumerate() {
+        let (n, ctx) = (test.positions(), model.cfg.n_ctx as usize);
+        anyhow::ensure!(
+            n <= ctx,
+            "test {} needs {n} positions; the model's context is {ctx}",
+            test.name()
+        );
         let samples = pool.install(|| -> anyhow::Result<Vec<u128>> {
             for _ in 0..warmup {
                 run_once(model, bos, test, cfg)?;
@@ -418,13 +480,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .map_or(0, |b| b as u32);
 
     let mut tests: Vec<Test> = Vec::new();
-    tests.extend(
-        a.n_prompt
-            .iter()
-            .filter(|&&n| n > 0)
-            .map(|&n| Test::Prompt(n)),
-    );
-    tests.extend(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| Test::Gen(n)));
+    for &depth in &a.n_depth {
+        let prompt = a.n_prompt.iter().filter(|&&n| n > 0);
+        tests.extend(prompt.map(|&n| Test::Prompt { n, depth }));
+        let gen = a.n_gen.iter().filter(|&&n| n > 0);
+        tests.extend(gen.map(|&n| Test::Gen { n, depth }));
+    }
     if let Some(path) = &a.prompts {
         let tok = Tokenizer::from_metadata(file.metadata())?;
         tests.push(Test::File(read_prompts(path, &tok)?));
@@ -599,7 +660,7 @@ impl Report<'_> {
                 format!("{name} + {}", extras.join(", "))
             };
             let mut test = self.tests[r.test].name();
-            if c.batch_size > 0 && !matches!(self.tests[r.test], Test::Gen(_)) {
+            if c.batch_size > 0 && !matches!(self.tests[r.test], Test::Gen { .. }) {
                 test += &format!(" b{}", c.batch_size);
             }
             s += &format!(
@@ -643,6 +704,7 @@ impl Report<'_> {
                     "test": test.name(),
                     "n_prompt": n_prompt,
                     "n_gen": n_gen,
+                    "n_depth": test.depth(),
                     "test_time": std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs()),
