@@ -950,42 +950,26 @@ mod avx2 {
         crate::quant::ternary::tq1_unpack_tail(bytes, out);
     }
 
-    /// Trit n of each byte b is ((b·3ⁿ mod 256)·3) >> 8. No byte multiply
-    /// exists, so even and odd bytes are multiplied in 16-bit lanes apart.
-    #[target_feature(enable = "avx2")]
-    fn trits(v: __m256i, pow: i16) -> __m256i {
-        let p = _mm256_set1_epi16(pow);
-        let lo_mask = _mm256_set1_epi16(0x00ff);
-        let hi_mask = _mm256_set1_epi16(0xff00u16 as i16);
-        let three = _mm256_set1_epi16(3);
-        // x = b·3ⁿ mod 256 in each byte.
-        let lo = _mm256_and_si256(_mm256_mullo_epi16(v, p), lo_mask);
-        let hi = _mm256_and_si256(_mm256_mullo_epi16(_mm256_and_si256(v, hi_mask), p), hi_mask);
-        // (x·3) >> 8, in place: even bytes shift down, odd bytes keep the
-        // high byte of (x·3) with x taken from the high byte.
-        let lo_t = _mm256_srli_epi16(_mm256_mullo_epi16(lo, three), 8);
-        let hi_t = _mm256_and_si256(_mm256_mullo_epi16(_mm256_srli_epi16(hi, 8), three), hi_mask);
-        _mm256_or_si256(lo_t, hi_t)
-    }
-
     #[target_feature(enable = "avx2")]
     unsafe fn unpack_tq1_avx2(bytes: &[u8], out: &mut [u8]) {
-        const POW3: [i16; 5] = [1, 3, 9, 27, 81];
+        let flip = _mm256_set1_epi8(-128);
         // SAFETY: bytes holds ≥ 52 bytes (asserted by the caller).
-        let a = unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) };
-        for (n, &p) in POW3.iter().enumerate() {
+        let mut x = _mm256_xor_si256(unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }, flip);
+        for n in 0..5 {
             // Weights n·32 + p for p in 0..32.
             // SAFETY: 32·n + 32 ≤ 160 ≤ out.len() (≥ 256, asserted).
-            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(32 * n).cast(), trits(a, p)) };
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(32 * n).cast(), top_trit(x)) };
+            x = times3(x);
         }
         // Bytes 32..48: weights 160 + n·16 + p for p in 0..16.
         // SAFETY: 32 + 16 ≤ 52 ≤ bytes.len().
-        let b = unsafe { _mm_loadu_si128(bytes.as_ptr().add(32).cast()) };
-        let b = _mm256_castsi128_si256(b);
-        for (n, &p) in POW3.iter().enumerate() {
-            let t = _mm256_castsi256_si128(trits(b, p));
+        let y = unsafe { _mm_loadu_si128(bytes.as_ptr().add(32).cast()) };
+        let mut y = _mm256_xor_si256(_mm256_castsi128_si256(y), flip);
+        for n in 0..5 {
+            let t = _mm256_castsi256_si128(top_trit(y));
             // SAFETY: 160 + 16·n + 16 ≤ 240 ≤ out.len().
             unsafe { _mm_storeu_si128(out.as_mut_ptr().add(160 + 16 * n).cast(), t) };
+            y = times3(y);
         }
     }
 
@@ -997,25 +981,23 @@ mod avx2 {
         unsafe { dot_tq1_avx2(blocks, q, nb) }
     }
 
-    /// x · 9 in each byte, mod 256 (a 16-bit shift by 3 with the bits that
-    /// crossed into the next byte masked off, plus x).
+    /// x · 3 in each byte, mod 256.
     #[target_feature(enable = "avx2")]
-    fn times9(x: __m256i) -> __m256i {
-        let m = _mm256_set1_epi8(-8);
-        _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16::<3>(x), m), x)
+    fn times3(x: __m256i) -> __m256i {
+        _mm256_add_epi8(x, _mm256_add_epi8(x, x))
     }
 
-    /// The trit ⌊3y / 256⌋ of each byte y = b · 3ⁿ mod 256, in byte
-    /// arithmetic: with y' = y − 1 (saturating), avg(y', avg(y', 0)) is
-    /// ⌊(y + ⌊y/2⌋) / 2⌋ (avg rounds up, the −1 undoes it), and that
-    /// shifted right by 6 is ⌊(y + ⌊y/2⌋) / 128⌋ = ⌊3y / 256⌋ (the two can
-    /// only differ where (3y/2) has a half, never at a multiple of 128).
-    /// Checked against the table for every byte in the tests.
+    /// The trit ⌊3y / 256⌋ of each byte y = b · 3ⁿ mod 256, given as
+    /// y' = y ^ 0x80 (y − 128 as a signed byte): the trit is
+    /// [y ≥ 86] + [y ≥ 171], two signed comparisons (each −1 where true),
+    /// negated. The ×3 steps can stay in that form: 3 · 128 ≡ 128 (mod 256),
+    /// so 3y' ≡ (3y) ^ 0x80. Checked against the table for every byte in
+    /// the tests.
     #[target_feature(enable = "avx2")]
     fn top_trit(y: __m256i) -> __m256i {
-        let y = _mm256_subs_epu8(y, _mm256_set1_epi8(1));
-        let h = _mm256_avg_epu8(y, _mm256_avg_epu8(y, _mm256_setzero_si256()));
-        _mm256_and_si256(_mm256_srli_epi16::<6>(h), _mm256_set1_epi8(3))
+        let ge86 = _mm256_cmpgt_epi8(y, _mm256_set1_epi8(-43));
+        let ge171 = _mm256_cmpgt_epi8(y, _mm256_set1_epi8(42));
+        _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), ge86), ge171)
     }
 
     /// TQ1_0 blocks against one token, the codes decoded in registers:
@@ -1027,6 +1009,7 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     unsafe fn dot_tq1_avx2(blocks: &[u8], q: &[i8], nb: usize) -> i32 {
         let ones = _mm256_set1_epi16(1);
+        let flip = _mm256_set1_epi8(-128);
         let mut acc32 = _mm256_setzero_si256();
         let mut b = 0;
         while b < nb {
@@ -1045,27 +1028,29 @@ mod avx2 {
                     )
                 };
                 let qh = u32::from_le_bytes([blk[48], blk[49], blk[50], blk[51]]);
-                // x · 3ⁿ for the first 32 bytes.
-                let x3 = _mm256_add_epi8(x, _mm256_add_epi8(x, x));
-                let x9 = times9(x);
-                let planes = [x, x3, x9, times9(x3), times9(x9)];
+                // x · 3ⁿ for the first 32 bytes, in top_trit's form.
+                let x = _mm256_xor_si256(x, flip);
+                let x3 = times3(x);
+                let x9 = times3(x3);
+                let x27 = times3(x9);
+                let planes = [x, x3, x9, x27, times3(x27)];
                 // Bytes 32..48 the same way, two powers per vector; qh's
                 // bytes repeated four times, times 1, 3, 9, 27 by dword.
-                let y = _mm256_broadcastsi128_si256(lo);
-                let y3 = _mm256_add_epi8(y, _mm256_add_epi8(y, y));
-                let y9 = times9(y);
-                let h = _mm256_set1_epi32(qh as i32);
-                let h3 = _mm256_add_epi8(h, _mm256_add_epi8(h, h));
-                let h9 = times9(h);
-                let h27 = times9(h3);
+                let y = _mm256_xor_si256(_mm256_broadcastsi128_si256(lo), flip);
+                let y3 = times3(y);
+                let y9 = times3(y3);
+                let y27 = times3(y9);
+                let h = _mm256_set1_epi32((qh ^ 0x8080_8080) as i32);
+                let h3 = times3(h);
+                let h9 = times3(h3);
                 let hp = _mm256_blend_epi32::<0b1000_1000>(
                     _mm256_blend_epi32::<0b0100_0100>(_mm256_blend_epi32::<0b0010_0010>(h, h3), h9),
-                    h27,
+                    times3(h9),
                 );
                 let tail = [
                     _mm256_blend_epi32::<0b1111_0000>(y, y3),
-                    _mm256_blend_epi32::<0b1111_0000>(y9, times9(y3)),
-                    _mm256_blend_epi32::<0b1111_0000>(times9(y9), hp),
+                    _mm256_blend_epi32::<0b1111_0000>(y9, y27),
+                    _mm256_blend_epi32::<0b1111_0000>(times3(y27), hp),
                 ];
                 let x = |i: usize| {
                     // SAFETY: i < 8, inside block b's activations.
