@@ -268,10 +268,11 @@ fn every_simd_level_matches_scalar() {
     }
 }
 
-/// The lookup-table kernels (TL1, TL2: weights repacked at load) compute
-/// the same exact integer sums as the packed ones, so the logits of a
-/// prompt and the greedy tokens are identical, bit for bit, for every
-/// ternary format, at the scalar level and the best one this CPU runs.
+/// The lookup-table kernels (TL1, TL2: weights repacked at load) and TQ1_0
+/// widened to TQ2_0 (`tq2`) compute the same exact integer sums as the
+/// packed ones on the file's layout, so the logits of a prompt and the
+/// greedy tokens are identical, bit for bit, for every ternary format, at
+/// the scalar level and the best one this CPU runs.
 #[test]
 fn lookup_table_kernels_equal_the_packed_ones() {
     use bitnet::backend::cpu::TernaryKernels;
@@ -302,7 +303,7 @@ fn lookup_table_kernels_equal_the_packed_ones() {
                 (logits, tokens)
             };
             let want = run("i2s");
-            for kernels in ["tl1", "tl2"] {
+            for kernels in ["tq2", "tl1", "tl2"] {
                 assert_eq!(run(kernels), want, "{ty} {level} {kernels}");
             }
         }

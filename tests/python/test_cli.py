@@ -182,6 +182,14 @@ def test_lookup_table_kernels_give_the_same_tokens():
     assert [r["quantization"] for r in json.loads(proc.stdout)] == ["i2s", "i2s", "tl1", "tl1", "tl2", "tl2"]
 
 
+def test_tq1_widened_to_tq2_gives_the_same_tokens(tmp_path):
+    path = tmp_path / "tq1.gguf"
+    run_cli("gen-fixture", "-o", path, "--type", "tq1_0", "--seed", 5)
+    args = ("inference", "-m", path, "-p", "Once upon a time", "-n", "8", "--temp", "0", "--device", "cpu")
+    want = run_cli(*args).stdout
+    assert run_cli(*args, "--quantization", "tq2").stdout == want
+
+
 def test_benchmark_configs_compare_and_prompts(tmp_path):
     (tmp_path / "a.toml").write_text('name = "base"\nthreads = 1\nsimd_level = "scalar"\n')
     (tmp_path / "b.toml").write_text('threads = 1\nsimd_level = "scalar"\noutput_table = "int8"\nbatch_size = 4\n')

@@ -127,16 +127,19 @@ impl BlockTQ2_0 {
     }
 
     pub fn pack(w: &[i8; QK_K], d: f16) -> Self {
+        Self::from_codes(&w.map(|x| (x + 1) as u8), d.to_le_bytes())
+    }
+
+    /// The block of 256 codes (weight + 1, each 0..=2) in weight order and
+    /// the f16 scale's bytes.
+    pub fn from_codes(codes: &[u8; QK_K], d: [u8; 2]) -> Self {
         let mut qs = [0u8; 64];
-        for (i, &x) in w.iter().enumerate() {
+        for (i, &c) in codes.iter().enumerate() {
             let (half, within) = (i / 128, i % 128);
             let (k, m) = (within / 32, within % 32);
-            qs[32 * half + m] |= ((x + 1) as u8 & 3) << (2 * k);
+            qs[32 * half + m] |= (c & 3) << (2 * k);
         }
-        BlockTQ2_0 {
-            qs,
-            d: d.to_le_bytes(),
-        }
+        BlockTQ2_0 { qs, d }
     }
 
     pub fn unpack(&self) -> [i8; QK_K] {
@@ -220,6 +223,15 @@ pub fn tq1_unpack_codes(bytes: &[u8], out: &mut [u8]) {
         }
     }
     tq1_unpack_tail(bytes, out);
+}
+
+/// A TQ1_0 block (54 bytes) as the TQ2_0 block of the same weights and
+/// scale (66 bytes): 2 bits per weight instead of 1.6875, read by the
+/// packed 2-bit kernels instead of a base-3 decoder.
+pub fn tq1_to_tq2(tq1: &[u8]) -> [u8; 66] {
+    let mut codes = [0u8; QK_K];
+    tq1_unpack_codes(tq1, &mut codes);
+    BlockTQ2_0::from_codes(&codes, [tq1[52], tq1[53]]).to_bytes()
 }
 
 /// The last 16 codes of a TQ1_0 block (qh: 4 bytes × 4 trits) into
@@ -410,7 +422,13 @@ mod tq1_fast_tests {
             tq1_unpack_codes(&bytes, &mut codes);
             let want: Vec<u8> = block.unpack().iter().map(|&v| (v + 1) as u8).collect();
             assert_eq!(codes.to_vec(), want);
+            let tq2 = BlockTQ2_0::from_bytes(&tq1_to_tq2(&bytes));
+            assert_eq!((tq2.unpack(), tq2.scale()), (block.unpack(), f16::ONE));
         }
+        // Widened to TQ2_0: the same weights and scale.
+        let block = BlockTQ1_0::pack(&[1; QK_K], f16::from_f32(0.5));
+        let tq2 = BlockTQ2_0::from_bytes(&tq1_to_tq2(&block.to_bytes()));
+        assert_eq!((tq2.unpack(), tq2.scale()), ([1; QK_K], f16::from_f32(0.5)));
         // Every byte value, including ones no encoder writes.
         for b in 0..=255u8 {
             for (n, &t) in TQ1_TRITS[b as usize].iter().enumerate() {

@@ -85,8 +85,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     simd_level: Vec<SimdLevel>,
     /// Ternary kernel families to test (comma list: i2s = the packed
-    /// kernels on the file's layout, tl1, tl2 = lookup tables on weights
-    /// repacked at load).
+    /// kernels on the file's layout, tq2 = TQ1_0 widened to 2 bits at load,
+    /// tl1, tl2 = lookup tables on weights repacked at load).
     #[arg(long, value_delimiter = ',', default_value = "i2s")]
     quantization: Vec<TernaryKernels>,
     /// LM head tables to test (comma list: file, int8, int6).
