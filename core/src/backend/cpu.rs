@@ -624,8 +624,8 @@ struct TokenContext {
 }
 
 thread_local! {
-    /// One token's scores, weights and outputs, on the thread that runs
-    /// [`attend_token`] (the work items borrow `SCRATCH`, not these).
+    /// One token's scores, weights and outputs, kept by the thread that
+    /// runs [`attend_token`] for its next call.
     static TOKEN_ATTENTION: RefCell<[Vec<f32>; 3]> = RefCell::default();
 }
 
@@ -663,7 +663,11 @@ fn attend_token<T: KvElem>(
     let slices = hd / slice;
     let max_seq = kc.len() / kv_dim;
     let head_len = max_seq * hd;
-    TOKEN_ATTENTION.with_borrow_mut(|[scores, weights, sums]| {
+    // Taken out, not borrowed across the parallel loops: outside a pass a
+    // waiting rayon thread may run another sequence's attention.
+    let mut buffers = TOKEN_ATTENTION.with_borrow_mut(std::mem::take);
+    {
+        let [scores, weights, sums] = &mut buffers;
         // Room for the whole cache at once, not growing with the context.
         let size = |v: &mut Vec<f32>, len: usize, most: usize| {
             v.clear();
@@ -720,7 +724,8 @@ fn attend_token<T: KvElem>(
             let (g, c) = (item / slices, item % slices);
             out[(g * group + j) * hd + c * slice..][..slice].copy_from_slice(o);
         }
-    });
+    }
+    TOKEN_ATTENTION.with_borrow_mut(|kept| *kept = buffers);
 }
 
 /// One token's activations as the ternary kernels take them.
