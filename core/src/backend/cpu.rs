@@ -357,9 +357,9 @@ pub enum TernaryKernels {
     Lut(Lut),
     /// The packed 2-bit kernels, with TQ1_0 weights widened at load time
     /// to TQ2_0 blocks (same weights and scales, 2.0625 bits per weight
-    /// instead of 1.6875: 22 % more memory for them, multiplied at memory
-    /// speed instead of through the base-3 decoder). I2_S and TQ2_0 are
-    /// read as the file stores them, as with `File`.
+    /// instead of 1.6875: 22 % more memory for them, multiplied by the
+    /// packed kernels instead of through the slower base-3 decoder). I2_S
+    /// and TQ2_0 are read as the file stores them, as with `File`.
     Tq2,
 }
 
