@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+mod common;
+
 use bitnet::backend::cpu::CpuBackend;
 use bitnet::backend::KvType;
 use bitnet::fixture::FixtureConfig;
@@ -308,4 +310,74 @@ fn lookup_table_kernels_equal_the_packed_ones() {
             }
         }
     }
+}
+
+/// Kernels that read their own copy of some weights (TQ1_0 widened to
+/// TQ2_0, the lookup tables, a compact head) give the file's pages of those
+/// tensors back once the copy is made: after load the map holds a small
+/// part of what was copied, and the model still reads the file's other
+/// tensors (and a tied table's embedding rows) as before.
+#[cfg(target_os = "linux")]
+#[test]
+fn weights_copied_at_load_leave_the_resident_set() {
+    use bitnet::backend::cpu::TernaryKernels;
+    use bitnet::OutputTable;
+    let mut cfg = FixtureConfig::tiny(GgmlType::TQ1_0);
+    // Tensors of many pages each: a page fault maps up to 64 KiB around it
+    // (Linux's fault-around), which may take back a few pages at the ends
+    // of a tensor already released.
+    (cfg.n_embd, cfg.n_ff, cfg.n_head, cfg.n_vocab) = (1024, 4096, 8, 1024);
+    let dir = std::env::temp_dir().join(format!("bitnet-rt-copied-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tq1.gguf");
+    cfg.write_file(&path).unwrap();
+    let in_memory = Arc::new(GgufFile::from_vec(std::fs::read(&path).unwrap()).unwrap());
+    let backend = |kernels: &str, output| {
+        CpuBackend::new()
+            .with_ternary_kernels(kernels.parse::<TernaryKernels>().unwrap())
+            .with_output_table(output)
+    };
+    // A model loaded from a fresh map, and how much of that map is resident.
+    let load = |kernels: &str, output| {
+        let file = Arc::new(GgufFile::open(&path).unwrap());
+        let m = BitNet::load(file.clone(), backend(kernels, output)).unwrap();
+        let first = file.tensor_data(&file.tensor_infos()[0]).as_ptr();
+        (m, common::resident_bytes_of_mapping(first), file)
+    };
+    // The file's kernels read every TQ1_0 block's scale at load (so those
+    // pages are resident), and one row of the embedding table.
+    let (_, plain, file) = load("i2s", OutputTable::File);
+    let size_of = |ternary: bool| -> u64 {
+        let infos = file.tensor_infos().iter();
+        infos
+            .filter(|t| t.ty.is_ternary() == ternary && (ternary || t.name == "token_embd.weight"))
+            .map(|t| t.size)
+            .sum()
+    };
+    for (kernels, output) in [
+        ("tq2", OutputTable::File),
+        ("tl1", OutputTable::File),
+        ("i2s", OutputTable::Int8),
+        ("i2s", OutputTable::Int6),
+    ] {
+        let (m, resident, _) = load(kernels, output);
+        // Without the release: `plain`, plus the whole table for the head.
+        let head = output != OutputTable::File;
+        let copied = size_of(!head);
+        let kept = plain + if head { copied } else { 0 };
+        assert!(
+            resident + copied / 2 < kept,
+            "{kernels} {output:?}: {resident} bytes resident after copying {copied} \
+             (the file's kernels: {plain})"
+        );
+        let logits = m
+            .forward(&mut m.new_session(16, KvType::F32), &PROMPT, true)
+            .unwrap();
+        let want = BitNet::load(in_memory.clone(), backend(kernels, output)).unwrap();
+        let want = want
+            .forward(&mut want.new_session(16, KvType::F32), &PROMPT, true)
+            .unwrap();
+        assert_eq!(logits, want, "{kernels} {output:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

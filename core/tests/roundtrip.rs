@@ -2,6 +2,8 @@
 //! nested arrays, random tensor types and shapes, random alignment. The reader
 //! must give back exactly what was written, and tensor bytes in place.
 
+mod common;
+
 use bitnet::gguf::{Array, GgmlType, GgufFile, GgufWriter, StringArray, Value};
 use proptest::prelude::*;
 
@@ -178,5 +180,70 @@ fn opens_a_file_from_disk_without_copying_tensor_data() {
         assert_eq!(a.info, b.info);
         assert_eq!(a.data, b.data);
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_released_tensor_leaves_the_resident_set_and_reads_the_same() {
+    let dir = std::env::temp_dir().join(format!("bitnet-rt-release-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("big.gguf");
+    let big: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let small = vec![7u8; 100];
+    let mut w = GgufWriter::new();
+    w.add_tensor("small", &[100], GgmlType::I8, small.clone())
+        .unwrap();
+    w.add_tensor("big", &[big.len() as u64], GgmlType::I8, big.clone())
+        .unwrap();
+    w.write_file(&path).unwrap();
+
+    let file = GgufFile::open(&path).unwrap();
+    let view = file.tensor("big").unwrap();
+    let ptr = view.data.as_ptr();
+    assert_eq!(view.data, &big[..]);
+    let before = common::resident_bytes_of_mapping(ptr);
+    assert!(
+        before >= big.len() as u64,
+        "resident {before} after reading it all"
+    );
+
+    let len = big.len() as u64;
+    // The first half, then all of it: only pages wholly inside the range
+    // (at most a page lost at each end).
+    let half = file.release(view.info, 0..len / 2);
+    assert!(half <= len / 2 && half + 2 * 4096 >= len / 2);
+    let at_half = common::resident_bytes_of_mapping(ptr);
+    assert!(
+        at_half + half <= before,
+        "resident {before} -> {at_half}, released {half}"
+    );
+    // The second half stays.
+    assert!(at_half + 4096 >= len / 2, "resident {at_half} after half");
+    let released = file.release(view.info, 0..len);
+    assert!(released <= len && released + 2 * 4096 >= len);
+    let after = common::resident_bytes_of_mapping(ptr);
+    assert!(
+        after + released <= before,
+        "resident {before} -> {after}, released {released}"
+    );
+    // Too small to hold a whole page, or an empty range: nothing released.
+    let small_info = file.tensor("small").unwrap().info;
+    assert_eq!(file.release(small_info, 0..100), 0);
+    assert_eq!(file.release(view.info, len..2 * len), 0);
+
+    // Read again: the same bytes, paged back in.
+    assert_eq!(file.tensor("big").unwrap().data, &big[..]);
+    assert_eq!(file.tensor("small").unwrap().data, &small[..]);
+    assert!(common::resident_bytes_of_mapping(ptr) >= big.len() as u64);
+
+    // Bytes in memory are never released.
+    let in_memory = GgufFile::from_vec(std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(
+        in_memory.release(in_memory.tensor("big").unwrap().info, 0..len),
+        0
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -268,6 +268,24 @@ impl CpuTable {
         // The size was checked at load, so this cannot fail.
         let _ = quant::dequantize_into(self.info.ty, bytes, self.cols, out);
     }
+
+    /// Runs `convert` over the rows a block at a time (about 16 MB of the
+    /// file's table each), the pages of each block given back once it is
+    /// converted: a compact copy is made without the whole file table
+    /// resident. The copy replaces the file's table for the head; a tied
+    /// table's embedding lookups still read a row of it per token, paged in
+    /// again as needed.
+    fn convert_in_blocks(&self, mut convert: impl FnMut(std::ops::Range<usize>)) {
+        let block = ((16 << 20) / self.row_bytes.max(1)).max(1);
+        for start in (0..self.rows).step_by(block) {
+            let end = (start + block).min(self.rows);
+            convert(start..end);
+            // From the start each time: the pages a block shares with the
+            // next one are whole only then.
+            self.file
+                .release(&self.info, 0..(end * self.row_bytes) as u64);
+        }
+    }
 }
 
 /// Keys and values: `[layer][key/value head][position][head_dim]` (a head's
@@ -1055,6 +1073,10 @@ impl Backend for CpuBackend {
                 .for_each(|(o, b)| o.copy_from_slice(&ternary::tq1_to_tq2(b)));
             out
         });
+        if lut.is_some() || tq2.is_some() {
+            // The kernels read only the copy from now on.
+            file.release(&info, 0..info.size);
+        }
         Ok(CpuLinear {
             file: file.clone(),
             info,
@@ -1114,13 +1136,16 @@ impl Backend for CpuBackend {
                 let blocks = cols.div_ceil(32);
                 let mut q = vec![0i8; rows * cols];
                 let mut scales = vec![0f32; rows * blocks];
-                q.par_chunks_mut(cols)
-                    .zip(scales.par_chunks_mut(blocks))
-                    .enumerate()
-                    .for_each_init(Vec::new, |row, (r, (qr, sr))| {
-                        table.row_into(r, row);
-                        kernels::quantize_q8_blocks(row, qr, sr);
-                    });
+                table.convert_in_blocks(|rs| {
+                    q[rs.start * cols..rs.end * cols]
+                        .par_chunks_mut(cols)
+                        .zip(scales[rs.start * blocks..rs.end * blocks].par_chunks_mut(blocks))
+                        .enumerate()
+                        .for_each_init(Vec::new, |row, (i, (qr, sr))| {
+                            table.row_into(rs.start + i, row);
+                            kernels::quantize_q8_blocks(row, qr, sr);
+                        });
+                });
                 Compact::Int8 { q, scales }
             }
             OutputTable::Int6 => {
@@ -1132,13 +1157,15 @@ impl Backend for CpuBackend {
                 }
                 let row_bytes = cols / 64 * kernels::Q6_GROUP_BYTES;
                 let mut data = vec![0u8; rows * row_bytes];
-                data.par_chunks_mut(row_bytes).enumerate().for_each_init(
-                    Vec::new,
-                    |row, (r, out)| {
-                        table.row_into(r, row);
-                        kernels::quantize_q6_row(row, out);
-                    },
-                );
+                table.convert_in_blocks(|rs| {
+                    data[rs.start * row_bytes..rs.end * row_bytes]
+                        .par_chunks_mut(row_bytes)
+                        .enumerate()
+                        .for_each_init(Vec::new, |row, (i, out)| {
+                            table.row_into(rs.start + i, row);
+                            kernels::quantize_q6_row(row, out);
+                        });
+                });
                 Compact::Int6 { data, row_bytes }
             }
         };

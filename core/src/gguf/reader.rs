@@ -792,6 +792,55 @@ impl GgufFile {
             .and_then(|(s, e)| self.storage.bytes().get(s..e))
             .unwrap_or_default()
     }
+
+    /// Says that `bytes` of a tensor (offsets into its data) will not be
+    /// read again soon: a backend made its own copy at load (widened,
+    /// repacked or requantized weights). For a memory-mapped file on Linux,
+    /// the pages lying wholly inside that range leave this process's
+    /// resident set; a later read of them maps them again from the page
+    /// cache, with the same bytes. For other storage, or elsewhere, nothing
+    /// happens. Returns the bytes released.
+    pub fn release(&self, info: &TensorInfo, bytes: std::ops::Range<u64>) -> u64 {
+        #[cfg(target_os = "linux")]
+        if let Storage::Mmap(map) = &self.storage {
+            // Pages wholly inside the tensor (4 KiB: with larger pages the
+            // map rounds the start down, which only costs a neighbour a
+            // page fault).
+            const PAGE: u64 = 4096;
+            let base = self.header.data_start.saturating_add(info.offset);
+            let start = base.saturating_add(bytes.start.min(info.size));
+            let end = base
+                .saturating_add(bytes.end.min(info.size))
+                .min(self.file_len());
+            let (first, last) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
+            if last <= first {
+                return 0;
+            }
+            // SAFETY: the map is shared and read-only, so no page of it was
+            // ever written: MADV_DONTNEED only drops page-table entries, and
+            // Linux fills a later access from the file's current contents,
+            // the same bytes every outstanding slice already refers to (the
+            // caveat of a file changed underneath is that of any map; see the
+            // module's documentation). The range lies inside the map.
+            let advised = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first as usize,
+                    (last - first) as usize,
+                )
+            };
+            return match advised {
+                Ok(()) => last - first,
+                Err(e) => {
+                    log::debug!("{}: madvise(DONTNEED) failed: {e}", info.name);
+                    0
+                }
+            };
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (info, bytes);
+        0
+    }
 }
 
 impl std::fmt::Debug for GgufFile {

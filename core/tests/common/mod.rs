@@ -1,4 +1,6 @@
 //! Helpers shared by the integration tests.
+// Not every test binary that includes this module uses all of it.
+#![allow(dead_code)]
 
 /// A JSON array of token ids.
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -10,7 +12,6 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 /// KL(p ‖ q) in nats between the softmax distributions of two logit rows.
-#[allow(dead_code)] // not every test binary that includes this module uses it
 pub fn kl_divergence(p: &[f32], q: &[f32]) -> f64 {
     let logp = |l: &[f32]| {
         let m = l.iter().fold(f32::NEG_INFINITY, |x, &v| x.max(v)) as f64;
@@ -23,7 +24,6 @@ pub fn kl_divergence(p: &[f32], q: &[f32]) -> f64 {
 
 /// Two logit tables compared row by row: the sum and worst of the KL
 /// divergences, the rows compared, and the rows whose argmax agrees.
-#[allow(dead_code)] // not every test binary that includes this module uses it
 #[derive(Default)]
 pub struct Closeness {
     pub kl_sum: f64,
@@ -32,7 +32,6 @@ pub struct Closeness {
     pub agree: usize,
 }
 
-#[allow(dead_code)]
 impl Closeness {
     /// Adds every `vocab`-wide row of `a` against the same row of `b`.
     pub fn add(&mut self, a: &[f32], b: &[f32], vocab: usize) {
@@ -48,4 +47,27 @@ impl Closeness {
     pub fn mean_kl(&self) -> f64 {
         self.kl_sum / self.n as f64
     }
+}
+
+/// The resident size, in bytes, of the mapping that holds `ptr`, from
+/// `/proc/self/smaps`.
+#[cfg(target_os = "linux")]
+pub fn resident_bytes_of_mapping(ptr: *const u8) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let addr = ptr as u64;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                inside = (a..b).contains(&addr);
+                continue;
+            }
+        }
+        if inside && line.starts_with("Rss:") {
+            let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            return kb * 1024;
+        }
+    }
+    panic!("no mapping holds {ptr:?}");
 }
