@@ -1353,6 +1353,11 @@ mod avx2 {
                 };
             }
             for p in p0..p1 {
+                // The same line of the row 32 positions on (the next
+                // block): these loops walk a block's rows one line at a
+                // time, a row apart, which the hardware prefetchers follow
+                // poorly (deep in a context the values come from memory).
+                super::prefetch(v.as_ptr().wrapping_add((p + 32) * stride + d));
                 let vp = &v[p * stride + d..p * stride + d + 16];
                 // SAFETY: `vp` holds 16 values.
                 let (v0, v1) = unsafe {
