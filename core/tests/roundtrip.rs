@@ -220,8 +220,9 @@ fn a_released_tensor_leaves_the_resident_set_and_reads_the_same() {
         at_half + half <= before,
         "resident {before} -> {at_half}, released {half}"
     );
-    // The second half stays.
-    assert!(at_half + 4096 >= len / 2, "resident {at_half} after half");
+    // The second half stays (but for one page, up to 64 KiB on some
+    // kernels, rounded in by the system).
+    assert!(at_half + 65536 >= len / 2, "resident {at_half} after half");
     let released = file.release(view.info, 0..len);
     assert!(released <= len && released + 2 * 4096 >= len);
     let after = common::resident_bytes_of_mapping(ptr);

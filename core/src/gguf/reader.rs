@@ -804,14 +804,15 @@ impl GgufFile {
         #[cfg(target_os = "linux")]
         if let Storage::Mmap(map) = &self.storage {
             // Pages wholly inside the tensor (4 KiB: with larger pages the
-            // map rounds the start down, which only costs a neighbour a
-            // page fault).
+            // map rounds the start down and the length up, which only costs
+            // a neighbour a page fault; the count returned is then
+            // approximate).
             const PAGE: u64 = 4096;
             let base = self.header.data_start.saturating_add(info.offset);
-            let start = base.saturating_add(bytes.start.min(info.size));
             let end = base
                 .saturating_add(bytes.end.min(info.size))
                 .min(self.file_len());
+            let start = base.saturating_add(bytes.start.min(info.size)).min(end);
             let (first, last) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
             if last <= first {
                 return 0;
