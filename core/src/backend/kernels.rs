@@ -1010,79 +1010,196 @@ mod avx2 {
         _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), ge86), ge171)
     }
 
-    /// TQ1_0 blocks against one token, the codes decoded in registers:
-    /// bytes 0..32 give weights 32n + p (five trits each), bytes 32..48
-    /// weights 160 + 16n + p, qh's four bytes weights 240 + 4n + p.
-    /// Products of at most 2 · 2 · 128 = 512 per maddubs pair, four per
-    /// block in each of two i16 accumulators: widened every 8 blocks
+    /// TQ1_0 blocks against one token, the codes decoded in registers,
+    /// two blocks at a time (one at the end of an odd count). Each pass
+    /// adds at most 8 products of at most 2 · 2 · 128 = 512 to each of two
+    /// i16 accumulators per pair of blocks: widened every 8 blocks
     /// (≤ 16,384).
     #[target_feature(enable = "avx2")]
     unsafe fn dot_tq1_avx2(blocks: &[u8], q: &[i8], nb: usize) -> i32 {
+        assert!(blocks.len() >= nb * 54 && q.len() >= nb * 256);
         let ones = _mm256_set1_epi16(1);
-        let flip = _mm256_set1_epi8(-128);
         let mut acc32 = _mm256_setzero_si256();
         let mut b = 0;
         while b < nb {
             let end = (b + 8).min(nb);
             let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
             while b < end {
-                super::prefetch_ahead(blocks.as_ptr().wrapping_add(b * 54));
-                let blk = &blocks[b * 54..b * 54 + 54];
-                // SAFETY: 256 activations of block b are in bounds
-                // (asserted by the caller); loads within `blk`.
-                let (x, lo, qp) = unsafe {
-                    (
-                        _mm256_loadu_si256(blk.as_ptr().cast()),
-                        _mm_loadu_si128(blk.as_ptr().add(32).cast()),
-                        q.as_ptr().add(b * 256),
-                    )
+                let blk = blocks.as_ptr().wrapping_add(b * 54);
+                super::prefetch_ahead(blk);
+                super::prefetch_ahead(blk.wrapping_add(64));
+                // SAFETY: blocks b (and b + 1 for a pair) lie inside
+                // `blocks`, their 256 (512) activations inside `q`
+                // (asserted above).
+                let [p0, p1] = unsafe {
+                    let qp = q.as_ptr().add(b * 256);
+                    if b + 2 <= end {
+                        b += 2;
+                        tq1_pair(blk, qp)
+                    } else {
+                        b += 1;
+                        tq1_one(blk, qp)
+                    }
                 };
-                let qh = u32::from_le_bytes([blk[48], blk[49], blk[50], blk[51]]);
-                // x · 3ⁿ for the first 32 bytes, in top_trit's form.
-                let x = _mm256_xor_si256(x, flip);
-                let x3 = times3(x);
-                let x9 = times3(x3);
-                let x27 = times3(x9);
-                let planes = [x, x3, x9, x27, times3(x27)];
-                // Bytes 32..48 the same way, two powers per vector; qh's
-                // bytes repeated four times, times 1, 3, 9, 27 by dword.
-                let y = _mm256_xor_si256(_mm256_broadcastsi128_si256(lo), flip);
-                let y3 = times3(y);
-                let y9 = times3(y3);
-                let y27 = times3(y9);
-                let h = _mm256_set1_epi32((qh ^ 0x8080_8080) as i32);
-                let h3 = times3(h);
-                let h9 = times3(h3);
-                let hp = _mm256_blend_epi32::<0b1000_1000>(
-                    _mm256_blend_epi32::<0b0100_0100>(_mm256_blend_epi32::<0b0010_0010>(h, h3), h9),
-                    times3(h9),
-                );
-                let tail = [
-                    _mm256_blend_epi32::<0b1111_0000>(y, y3),
-                    _mm256_blend_epi32::<0b1111_0000>(y9, y27),
-                    _mm256_blend_epi32::<0b1111_0000>(times3(y27), hp),
-                ];
-                let x = |i: usize| {
-                    // SAFETY: i < 8, inside block b's activations.
-                    unsafe { _mm256_loadu_si256(qp.add(32 * i).cast()) }
-                };
-                let p = |v: __m256i, i: usize| _mm256_maddubs_epi16(top_trit(v), x(i));
-                a0 = _mm256_add_epi16(
-                    a0,
-                    _mm256_add_epi16(
-                        _mm256_add_epi16(p(planes[0], 0), p(planes[1], 1)),
-                        p(planes[2], 2),
-                    ),
-                );
-                a1 = _mm256_add_epi16(a1, _mm256_add_epi16(p(planes[3], 3), p(planes[4], 4)));
-                a0 = _mm256_add_epi16(a0, p(tail[0], 5));
-                a1 = _mm256_add_epi16(a1, _mm256_add_epi16(p(tail[1], 6), p(tail[2], 7)));
-                b += 1;
+                a0 = _mm256_add_epi16(a0, p0);
+                a1 = _mm256_add_epi16(a1, p1);
             }
             acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(a0, ones));
             acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(a1, ones));
         }
         hsum_i32(acc32)
+    }
+
+    /// Trits times activations for 32 weights: i16 sums of pairs.
+    #[target_feature(enable = "avx2")]
+    fn trit_products(y: __m256i, x: __m256i) -> __m256i {
+        _mm256_maddubs_epi16(top_trit(y), x)
+    }
+
+    /// 32 activations at `p`, or 16 at `p` then 16 at `p2`.
+    ///
+    /// # Safety
+    /// The bytes read must lie inside one allocation.
+    #[target_feature(enable = "avx2")]
+    unsafe fn load32(p: *const i8) -> __m256i {
+        // SAFETY: the caller's.
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+
+    /// # Safety
+    /// As [`load32`], for both halves.
+    #[target_feature(enable = "avx2")]
+    unsafe fn load16x2(p: *const i8, p2: *const i8) -> __m256i {
+        // SAFETY: the caller's.
+        unsafe {
+            _mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(_mm_loadu_si128(p.cast())),
+                _mm_loadu_si128(p2.cast()),
+            )
+        }
+    }
+
+    /// The five planes x · 3ⁿ of the first 32 bytes of a block, in
+    /// [`top_trit`]'s form, against weights 32n + p.
+    ///
+    /// # Safety
+    /// 32 bytes at `blk` and 160 activations at `q` readable.
+    #[target_feature(enable = "avx2")]
+    unsafe fn tq1_head(blk: *const u8, q: *const i8) -> [__m256i; 5] {
+        let flip = _mm256_set1_epi8(-128);
+        // SAFETY: the caller's.
+        let x0 = _mm256_xor_si256(unsafe { _mm256_loadu_si256(blk.cast()) }, flip);
+        let x1 = times3(x0);
+        let x2 = times3(x1);
+        let x3 = times3(x2);
+        let x4 = times3(x3);
+        // SAFETY: the caller's (activations 0..160).
+        let x = |n: usize| unsafe { load32(q.add(32 * n)) };
+        [
+            trit_products(x0, x(0)),
+            trit_products(x1, x(1)),
+            trit_products(x2, x(2)),
+            trit_products(x3, x(3)),
+            trit_products(x4, x(4)),
+        ]
+    }
+
+    /// qh's four bytes as four dwords in each 128-bit half, dword n times
+    /// 3ⁿ: weights 240 + 4n + p of the block in that half.
+    #[target_feature(enable = "avx2")]
+    fn qh_planes(h: __m256i) -> __m256i {
+        let h = _mm256_xor_si256(h, _mm256_set1_epi8(-128));
+        let h3 = times3(h);
+        let h9 = times3(h3);
+        _mm256_blend_epi32::<0b1000_1000>(
+            _mm256_blend_epi32::<0b0100_0100>(_mm256_blend_epi32::<0b0010_0010>(h, h3), h9),
+            times3(h9),
+        )
+    }
+
+    /// Blocks at `blk` and `blk + 54` against 512 activations at `q`: two
+    /// i16 partial sums. Each block's first 32 bytes make five full planes;
+    /// their bytes 32..48 (weights 160 + 16n + p) share one vector, a
+    /// block per half, and so do their qh bytes: both as full vectors
+    /// against activations loaded 16 at a time.
+    ///
+    /// # Safety
+    /// 108 bytes at `blk` and 512 activations at `q` readable.
+    #[target_feature(enable = "avx2")]
+    unsafe fn tq1_pair(blk: *const u8, q: *const i8) -> [__m256i; 2] {
+        // SAFETY: the caller's, for everything read below.
+        unsafe {
+            let [a0, a1, a2, a3, a4] = tq1_head(blk, q);
+            let [b0, b1, b2, b3, b4] = tq1_head(blk.add(54), q.add(256));
+            let y0 = _mm256_xor_si256(
+                load16x2(blk.add(32).cast(), blk.add(54 + 32).cast()),
+                _mm256_set1_epi8(-128),
+            );
+            let y1 = times3(y0);
+            let y2 = times3(y1);
+            let y3 = times3(y2);
+            let y4 = times3(y3);
+            let x = |o: usize| load16x2(q.add(o), q.add(256 + o));
+            let qh = |p: *const u8| (p.add(48).cast::<u32>()).read_unaligned() as i32;
+            let h = _mm256_inserti128_si256::<1>(
+                _mm256_set1_epi32(qh(blk)),
+                _mm_set1_epi32(qh(blk.add(54))),
+            );
+            let s0 = _mm256_add_epi16(
+                _mm256_add_epi16(_mm256_add_epi16(a0, a1), _mm256_add_epi16(a2, a3)),
+                _mm256_add_epi16(
+                    _mm256_add_epi16(a4, trit_products(y0, x(160))),
+                    _mm256_add_epi16(trit_products(y1, x(176)), trit_products(y2, x(192))),
+                ),
+            );
+            let s1 = _mm256_add_epi16(
+                _mm256_add_epi16(_mm256_add_epi16(b0, b1), _mm256_add_epi16(b2, b3)),
+                _mm256_add_epi16(
+                    _mm256_add_epi16(b4, trit_products(y3, x(208))),
+                    _mm256_add_epi16(
+                        trit_products(y4, x(224)),
+                        trit_products(qh_planes(h), x(240)),
+                    ),
+                ),
+            );
+            [s0, s1]
+        }
+    }
+
+    /// One block against its 256 activations at `q`: bytes 32..48 two
+    /// powers per vector, qh's bytes in the upper half of the last.
+    ///
+    /// # Safety
+    /// 54 bytes at `blk` and 256 activations at `q` readable.
+    #[target_feature(enable = "avx2")]
+    unsafe fn tq1_one(blk: *const u8, q: *const i8) -> [__m256i; 2] {
+        // SAFETY: the caller's, for everything read below.
+        unsafe {
+            let [a0, a1, a2, a3, a4] = tq1_head(blk, q);
+            let lo = _mm_loadu_si128(blk.add(32).cast());
+            let y = _mm256_xor_si256(_mm256_broadcastsi128_si256(lo), _mm256_set1_epi8(-128));
+            let y3 = times3(y);
+            let y9 = times3(y3);
+            let y27 = times3(y9);
+            let h = _mm256_set1_epi32((blk.add(48).cast::<u32>()).read_unaligned() as i32);
+            let tail = [
+                _mm256_blend_epi32::<0b1111_0000>(y, y3),
+                _mm256_blend_epi32::<0b1111_0000>(y9, y27),
+                _mm256_blend_epi32::<0b1111_0000>(times3(y27), qh_planes(h)),
+            ];
+            let s0 = _mm256_add_epi16(
+                _mm256_add_epi16(a0, a1),
+                _mm256_add_epi16(a2, trit_products(tail[0], load32(q.add(160)))),
+            );
+            let s1 = _mm256_add_epi16(
+                _mm256_add_epi16(a3, a4),
+                _mm256_add_epi16(
+                    trit_products(tail[1], load32(q.add(192))),
+                    trit_products(tail[2], load32(q.add(224))),
+                ),
+            );
+            [s0, s1]
+        }
     }
 
     pub fn dot_u8_multi(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
@@ -2293,6 +2410,24 @@ mod tests {
                         (k.dot_tq1)(bl, qs),
                         want,
                         "{} block {start} case {case}",
+                        k.level
+                    );
+                }
+            }
+        }
+        // The largest sums the i16 accumulators see: every trit 2 (bytes
+        // 0xFF) against saturated activations, rows of 1 to 40 blocks.
+        let blocks = [0xFFu8; 54 * 40];
+        for x in [-128i8, 127] {
+            let q = [x; 256 * 40];
+            for nb in 1..=40 {
+                let (bl, qs) = (&blocks[..nb * 54], &q[..nb * 256]);
+                assert_eq!(dot_tq1_scalar(bl, qs), 2 * x as i32 * 256 * nb as i32);
+                for k in levels() {
+                    assert_eq!(
+                        (k.dot_tq1)(bl, qs),
+                        2 * x as i32 * 256 * nb as i32,
+                        "{} {nb}",
                         k.level
                     );
                 }
