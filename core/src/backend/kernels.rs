@@ -974,11 +974,9 @@ mod avx2 {
     }
 
     pub fn dot_tq1(blocks: &[u8], q: &[i8]) -> i32 {
-        let nb = blocks.len() / 54;
-        assert!(q.len() >= nb * 256);
-        // SAFETY: reachable only when AVX2 was detected; the assert keeps
-        // every activation load in bounds, block loads stay in `blocks`.
-        unsafe { dot_tq1_avx2(blocks, q, nb) }
+        // SAFETY: reachable only when AVX2 was detected (the kernel
+        // asserts the lengths it reads).
+        unsafe { dot_tq1_avx2(blocks, q, blocks.len() / 54) }
     }
 
     /// x · 3 in each byte, mod 256: two byte additions. The result is
@@ -1056,7 +1054,7 @@ mod avx2 {
         _mm256_maddubs_epi16(top_trit(y), x)
     }
 
-    /// 32 activations at `p`, or 16 at `p` then 16 at `p2`.
+    /// 32 activations at `p`.
     ///
     /// # Safety
     /// The bytes read must lie inside one allocation.
@@ -1066,6 +1064,8 @@ mod avx2 {
         unsafe { _mm256_loadu_si256(p.cast()) }
     }
 
+    /// 16 activations at `p`, then 16 at `p2`.
+    ///
     /// # Safety
     /// As [`load32`], for both halves.
     #[target_feature(enable = "avx2")]
