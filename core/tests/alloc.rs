@@ -45,14 +45,44 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn decoding_a_token_allocates_only_the_returned_logits() {
-    for (ty, kv, threads) in [
-        (GgmlType::I2_S, KvType::F32, 1),
-        (GgmlType::I2_S, KvType::F16, 2),
-        (GgmlType::TQ2_0, KvType::F32, 2),
-        (GgmlType::TQ1_0, KvType::F32, 2),
+    use bitnet::backend::cpu::{OutputTable, TernaryKernels};
+    use bitnet::backend::lut::Lut;
+    let (file_head, packed) = (OutputTable::File, TernaryKernels::File);
+    for (ty, kv, threads, head, ternary) in [
+        (GgmlType::I2_S, KvType::F32, 1, file_head, packed),
+        (GgmlType::I2_S, KvType::F16, 2, file_head, packed),
+        (GgmlType::TQ2_0, KvType::F32, 2, file_head, packed),
+        (GgmlType::TQ1_0, KvType::F32, 2, file_head, packed),
+        // The compact heads and the other kernel families.
+        (GgmlType::I2_S, KvType::F32, 2, OutputTable::Int8, packed),
+        (GgmlType::I2_S, KvType::F32, 2, OutputTable::Int6, packed),
+        (
+            GgmlType::I2_S,
+            KvType::F32,
+            2,
+            file_head,
+            TernaryKernels::Lut(Lut::Tl1),
+        ),
+        (
+            GgmlType::TQ2_0,
+            KvType::F32,
+            1,
+            file_head,
+            TernaryKernels::Lut(Lut::Tl2),
+        ),
+        (
+            GgmlType::TQ1_0,
+            KvType::F32,
+            2,
+            file_head,
+            TernaryKernels::Tq2,
+        ),
     ] {
         let file = GgufFile::from_vec(FixtureConfig::tiny(ty).to_bytes().unwrap()).unwrap();
-        let m = BitNet::load(Arc::new(file), CpuBackend::new()).unwrap();
+        let cpu = CpuBackend::new()
+            .with_output_table(head)
+            .with_ternary_kernels(ternary);
+        let m = BitNet::load(Arc::new(file), cpu).unwrap();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -79,8 +109,8 @@ fn decoding_a_token_allocates_only_the_returned_logits() {
                     let most = 1 + (threads - 1) + 3;
                     assert!(
                         n <= most,
-                        "{ty} {kv:?} {threads} threads at {warm_to}: {n} allocations per token, \
-                         want ≤ {most}"
+                        "{ty} {kv:?} {head:?} {ternary:?} {threads} threads at {warm_to}: \
+                         {n} allocations per token, want ≤ {most}"
                     );
                 }
             }

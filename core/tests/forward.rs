@@ -221,41 +221,47 @@ fn reused_session_equals_fresh_session() {
     assert_eq!(same.tokens, fresh.tokens);
 }
 
-/// Every SIMD level this CPU runs gives the scalar reference's results: the
-/// hidden states exactly (integer kernels are bit-exact, the float ops are
-/// shared), the logits to the rounding of the F16 head's dot product, and
-/// the same greedy tokens, for every ternary format.
-#[test]
-fn every_simd_level_matches_scalar() {
-    use bitnet::backend::kernels::SimdLevel;
+/// Prompt logits and greedy tokens of a model file at one SIMD level.
+fn run_at_level(
+    bytes: &[u8],
+    level: bitnet::backend::kernels::SimdLevel,
+    prompt: &str,
+    max_tokens: usize,
+) -> (Vec<f32>, Vec<u32>) {
     use bitnet::{Engine, GenerationConfig};
     let cfg = GenerationConfig {
-        max_tokens: Some(6),
+        max_tokens: Some(max_tokens),
         ..GenerationConfig::greedy()
     };
-    for ty in [GgmlType::I2_S, GgmlType::TQ2_0, GgmlType::TQ1_0] {
-        let bytes = FixtureConfig::tiny(ty).to_bytes().unwrap();
-        let run = |level: SimdLevel| {
-            let file = Arc::new(GgufFile::from_vec(bytes.clone()).unwrap());
-            let engine = Engine::load(file, CpuBackend::with_level(level).unwrap()).unwrap();
-            let prompt = engine.tokenizer.encode("Hello there, general", true);
-            let m = &engine.model;
-            let logits = m
-                .forward(&mut m.new_session(64, KvType::F32), &prompt, true)
-                .unwrap();
-            let tokens = engine
-                .generate("Hello there, general", &cfg, |_| true)
-                .unwrap()
-                .tokens;
-            (logits, tokens)
-        };
-        let (want_logits, want_tokens) = run(SimdLevel::Scalar);
+    let file = Arc::new(GgufFile::from_vec(bytes.to_vec()).unwrap());
+    let engine = Engine::load(file, CpuBackend::with_level(level).unwrap()).unwrap();
+    let ids = engine.tokenizer.encode(prompt, true);
+    let m = &engine.model;
+    let logits = m
+        .forward(&mut m.new_session(256, KvType::F32), &ids, true)
+        .unwrap();
+    let tokens = engine.generate(prompt, &cfg, |_| true).unwrap().tokens;
+    (logits, tokens)
+}
+
+/// `bytes` at every SIMD level this CPU runs gives the scalar reference's
+/// results: the logits to the rounding of the F16 head's dot product (every
+/// other operation is bit-identical across levels: integer kernels exact,
+/// attention, RMSNorm, RoPE and quantization in the reference's order) and
+/// the same greedy tokens.
+fn assert_levels_match_scalar(name: &str, bytes: &[u8], prompts: &[&str], max_tokens: usize) {
+    use bitnet::backend::kernels::SimdLevel;
+    for prompt in prompts {
+        let (want_logits, want_tokens) = run_at_level(bytes, SimdLevel::Scalar, prompt, max_tokens);
+        // (A model may stop early at its end-of-text token: the levels
+        // must then stop at the same place.)
+        assert!(!want_tokens.is_empty(), "{name} {prompt:?}: no tokens");
         for level in SimdLevel::ALL {
             if !level.supported() {
                 eprintln!("{level}: not supported on this CPU, skipped");
                 continue;
             }
-            let (logits, tokens) = run(level);
+            let (logits, tokens) = run_at_level(bytes, level, prompt, max_tokens);
             let scale = want_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
             let diff = logits
                 .iter()
@@ -263,10 +269,36 @@ fn every_simd_level_matches_scalar() {
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(
                 diff <= 1e-5 * scale,
-                "{ty} {level}: logits differ by {diff}"
+                "{name} {level}: logits differ by {diff}"
             );
-            assert_eq!(tokens, want_tokens, "{ty} {level}: greedy tokens");
+            assert_eq!(
+                tokens, want_tokens,
+                "{name} {level} {prompt:?}: greedy tokens"
+            );
         }
+    }
+}
+
+/// Every level against the scalar reference on the generated fixture, in
+/// every ternary format.
+#[test]
+fn every_simd_level_matches_scalar() {
+    for ty in [GgmlType::I2_S, GgmlType::TQ2_0, GgmlType::TQ1_0] {
+        let bytes = FixtureConfig::tiny(ty).to_bytes().unwrap();
+        assert_levels_match_scalar(&ty.to_string(), &bytes, &["Hello there, general"], 6);
+    }
+}
+
+/// The same on the reference tiny models shipped in `models/`: the random
+/// fixture and the trained model (whose greedy continuations are checked
+/// against transformers in `trained.rs`), 16 greedy tokens of two prompts
+/// each.
+#[test]
+fn every_simd_level_matches_scalar_on_the_reference_models() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    for name in ["tiny-bitnet-i2s.gguf", "tiny-bitnet-trained-i2s.gguf"] {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        assert_levels_match_scalar(name, &bytes, &["Once upon a time", "1, 2, 3,"], 16);
     }
 }
 

@@ -1,5 +1,5 @@
-//! Which kernels the CPU backend uses for each operation, and the level
-//! that `BITNET_SIMD_LEVEL` or `--simd-level` would force.
+//! Which kernel the CPU backend runs for each operation, at the level it
+//! chose (the best this CPU runs, or `BITNET_SIMD_LEVEL`).
 //!
 //! ```sh
 //! cargo run --example kernel_selection --no-default-features --features cpu
@@ -7,27 +7,16 @@
 //! ```
 
 use bitnet::backend::cpu::CpuBackend;
-use bitnet::backend::kernels::Kernels;
 
 fn main() {
-    let k = Kernels::global();
+    let cpu = CpuBackend::new();
     let forced = std::env::var("BITNET_SIMD_LEVEL").ok();
     println!(
         "level: {}{}",
-        k.level,
+        cpu.simd_level(),
         forced.map_or(String::new(), |f| format!(" (BITNET_SIMD_LEVEL={f})"))
     );
-    let level = k.level.name();
-    for (op, kernel) in [
-        ("ternary x int8 (I2_S, TQ2_0)", level),
-        ("ternary x int8 (TQ1_0)", "scalar (unpacked base-3 codes)"),
-        ("F16 embedding / LM head dot", level),
-        (
-            "activation quantization, RMSNorm, RoPE, attention",
-            "scalar",
-        ),
-    ] {
-        println!("  {op:<52} {kernel}");
+    for (op, kernel) in cpu.kernels().describe() {
+        println!("  {op:<40} {kernel}");
     }
-    println!("backend reports: {}", CpuBackend::new().simd_level());
 }

@@ -15,13 +15,24 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The bundled model's file name (in `models/`), for the constants below.
+macro_rules! bundled_file {
+    () => {
+        "tiny-bitnet-trained-i2s.gguf"
+    };
+}
+
 /// The small model compiled into the binary, used when no `-m` is given: a
 /// 4.2 M-parameter BitNet b1.58 model (2B4T block structure, I2_S) trained
 /// on public-domain and freely licensed English (docs/models/tiny-bitnet-trained.md).
 /// It writes English-looking text and knows nothing.
-pub const BUNDLED_MODEL: &[u8] = include_bytes!("../../models/tiny-bitnet-trained-i2s.gguf");
-pub const BUNDLED_MODEL_NAME: &str =
-    "tiny-bitnet-trained-i2s.gguf (bundled 4.2M-parameter demo model, see docs/models/tiny-bitnet-trained.md)";
+pub const BUNDLED_MODEL: &[u8] = include_bytes!(concat!("../../models/", bundled_file!()));
+/// Its file name (in `models/`).
+pub const BUNDLED_MODEL_FILE: &str = bundled_file!();
+pub const BUNDLED_MODEL_NAME: &str = concat!(
+    bundled_file!(),
+    " (bundled 4.2M-parameter demo model, see docs/models/tiny-bitnet-trained.md)"
+);
 
 #[derive(Parser)]
 #[command(name = "bitnet-cli", version, about = "BitNet b1.58 inference runtime")]
@@ -86,6 +97,14 @@ impl ModelSource {
         match self {
             ModelSource::Path(p) => p.display().to_string(),
             ModelSource::Bundled => BUNDLED_MODEL_NAME.to_owned(),
+        }
+    }
+
+    /// The model's file: its path, or the bundled model's file name.
+    pub fn file_name(&self) -> String {
+        match self {
+            ModelSource::Path(p) => p.display().to_string(),
+            ModelSource::Bundled => BUNDLED_MODEL_FILE.to_owned(),
         }
     }
 }

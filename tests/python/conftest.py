@@ -18,9 +18,11 @@ def binary(name: str) -> Path:
     return path
 
 
-def run_cli(*args, check=True):
-    """Runs bitnet-cli; returns the CompletedProcess."""
-    proc = subprocess.run([str(binary("bitnet-cli")), *map(str, args)], capture_output=True, text=True)
+def run_cli(*args, check=True, env=None):
+    """Runs bitnet-cli (with `env` added to the environment); returns the
+    CompletedProcess."""
+    proc = subprocess.run([str(binary("bitnet-cli")), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **env} if env else None)
     if check and proc.returncode != 0:
         raise AssertionError(f"bitnet-cli {' '.join(map(str, args))} failed:\n{proc.stderr}")
     return proc

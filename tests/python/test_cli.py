@@ -2,6 +2,7 @@
 scripts, and one clear error line with a non-zero exit for every bad file."""
 import json
 import os
+import re
 
 import pytest
 
@@ -171,6 +172,96 @@ def test_benchmark_refuses_bad_options():
     assert proc.returncode != 0 and "tl1, tl2" in proc.stderr
 
 
+def _two_levels():
+    """Two kernel levels every machine of this architecture runs."""
+    import platform
+
+    return "scalar,sse" if platform.machine().lower() in ("x86_64", "amd64") else "scalar,neon"
+
+
+def test_benchmark_lists_batch_sizes_threads_and_levels():
+    proc = run_cli("benchmark", "-p", "8", "-n", "2", "--iterations", "2", "--warmup", "0", "-o", "json",
+                   "--threads", "1,2", "--simd-level", _two_levels(), "--batch-sizes", "0,4")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    low, high = _two_levels().split(",")
+    # The product of the lists, in the order level, threads, batch size.
+    want = [(level, t, b, test) for level in (low, high) for t in (1, 2) for b in (0, 4)
+            for test in ("pp8", "tg2")]
+    assert [(r["simd_level"], r["n_threads"], r["n_batch"], r["test"]) for r in rows] == want
+    assert all(len(r["samples_ts"]) == 2 and r["avg_ts"] > 0 for r in rows)
+    md = run_cli("benchmark", "-p", "8", "-n", "0", "-r", "1", "--warmup", "0", "-t", "1", "-b", "4")
+    assert "| pp8 b4 |" in md.stdout, md.stdout
+
+
+def test_benchmark_json_has_llama_bench_fields():
+    import re
+
+    proc = run_cli("benchmark", "-p", "4", "-n", "0", "-r", "1", "--warmup", "0", "-t", "1", "-o", "json")
+    row = json.loads(proc.stdout)[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["test_time"]), row["test_time"]
+    assert re.fullmatch(r"[0-9a-f]{7}|unknown", row["build_commit"]), row["build_commit"]
+    assert isinstance(row["build_number"], int)
+    assert row["cpu_info"] and row["gpu_info"] == "" and row["backends"] == "CPU"
+    assert row["model_filename"].endswith(".gguf") and row["use_mmap"] is True
+    assert row["type_k"] == row["type_v"] == "f32" and row["n_ubatch"] == row["n_batch"] == 0
+    proc = run_cli("benchmark", "-p", "4", "-n", "0", "-r", "1", "--warmup", "0", "-t", "1", "-o", "json",
+                   "--no-mmap")
+    assert json.loads(proc.stdout)[0]["use_mmap"] is False
+
+
+def test_benchmark_threads_default_to_rayon_num_threads():
+    proc = run_cli("benchmark", "-p", "4", "-n", "0", "-r", "1", "--warmup", "0", "-o", "json",
+                   env={"RAYON_NUM_THREADS": "1"})
+    assert [r["n_threads"] for r in json.loads(proc.stdout)] == [1]
+
+
+def test_benchmark_measures_bandwidth_and_the_decode_floor():
+    proc = run_cli("benchmark", "-p", "0", "-n", "2", "-r", "1", "--warmup", "0", "-t", "1",
+                   "--output-table", "file,int8", "--bandwidth", "32")
+    bw = re.search(r"memory read bandwidth \(1 threads\): ([0-9.]+) GB/s", proc.stderr)
+    assert bw and float(bw.group(1)) > 0, proc.stderr
+    floors = re.findall(r"decode floor with the (\w+) head: (\d+) MB per token", proc.stderr)
+    assert [h for h, _ in floors] == ["file", "int8"], proc.stderr
+    # The int8 head reads fewer bytes per token than the file's F16 one.
+    assert int(floors[1][1]) <= int(floors[0][1])
+    proc = run_cli("benchmark", "-p", "0", "-n", "1", "-r", "1", "--bandwidth", "0", check=False)
+    assert proc.returncode == 1 and "1 MiB or more" in proc.stderr
+
+
+def test_simd_level_is_chosen_by_flag_or_environment_and_logged():
+    args = ("inference", "-p", "Once upon a time", "-n", "8", "--temp", "0", "--device", "cpu")
+    want = run_cli(*args).stdout
+    by_flag = run_cli(*args, "--simd-level", "scalar", env={"RUST_LOG": "debug"})
+    by_env = run_cli(*args, env={"RUST_LOG": "debug", "BITNET_SIMD_LEVEL": "scalar"})
+    for proc in (by_flag, by_env):
+        assert proc.stdout == want
+        assert "CPU backend, scalar kernels (" in proc.stderr, proc.stderr
+        assert "RMSNorm: scalar" in proc.stderr
+    best = run_cli(*args, env={"RUST_LOG": "debug"})
+    assert re.search(r"CPU backend, \w+ kernels \(I2_S / TQ2_0 x int8, one token: ", best.stderr)
+    # A level this CPU cannot run: the flag is refused, the variable warns.
+    proc = run_cli(*args, "--simd-level", "avx512vnni", check=False)
+    if proc.returncode != 0:
+        assert "cannot run the avx512vnni kernels" in proc.stderr
+        env = run_cli(*args, env={"BITNET_SIMD_LEVEL": "avx512vnni", "RUST_LOG": "warn"})
+        assert "BITNET_SIMD_LEVEL=avx512vnni cannot be used here" in env.stderr
+        assert env.stdout == want
+
+
+def test_kernel_selection_example_names_each_operation():
+    import subprocess
+
+    from conftest import binary
+
+    out = subprocess.run([str(binary("examples/kernel_selection"))], capture_output=True, text=True,
+                         env={**os.environ, "BITNET_SIMD_LEVEL": "scalar"}, check=True).stdout
+    assert out.startswith("level: scalar (BITNET_SIMD_LEVEL=scalar)")
+    for op in ("TQ1_0 x int8, one token", "F16 embedding / LM head", "RMSNorm", "RoPE",
+               "attention scores", "activation quantization", "TL1 / TL2 tiles"):
+        assert re.search(rf"{re.escape(op)} +scalar$", out, re.M), out
+
+
 def test_lookup_table_kernels_give_the_same_tokens():
     args = ("inference", "-p", "Once upon a time", "-n", "12", "--temp", "0", "--device", "cpu")
     want = run_cli(*args).stdout
@@ -237,6 +328,9 @@ def test_device_wgpu_gives_the_cpu_tokens_and_auto_skips_software_adapters():
     cpu = run_cli(*args, "--device", "cpu")
     gpu = run_cli(*args, "--device", "wgpu")
     assert gpu.stdout == cpu.stdout
+    # A CPU option with the GPU is refused, not silently dropped.
+    proc = run_cli(*args, "--device", "wgpu", "--simd-level", "scalar", check=False)
+    assert proc.returncode == 1 and "--simd-level scalar is a CPU option" in proc.stderr
     # lavapipe / SwiftShader are software: auto keeps the CPU and says nothing.
     if "(software" in run_cli("devices").stdout and "type=DiscreteGpu" not in run_cli("devices").stdout:
         auto = run_cli(*args)

@@ -79,9 +79,12 @@ struct Scratch {
     /// Per-token integer sums and float accumulators of one row.
     sums: Vec<i32>,
     acc: Vec<f32>,
-    /// One row of a table in f32, or a position's RoPE angles.
+    /// One row of a table in f32.
     row: Vec<f32>,
-    angles: Vec<(f32, f32)>,
+    /// A position's RoPE tables: each dimension's cos and signed sin
+    /// ([`kernels::rope_scalar`]).
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
     /// Attention scores of one (token, heads) item.
     scores: Vec<f32>,
     /// One head's keys and values widened to f32 (an F16 cache).
@@ -492,9 +495,13 @@ impl CpuBackend {
     pub fn simd_level(&self) -> SimdLevel {
         self.kernels.level
     }
+
+    /// The kernels this backend runs (see [`Kernels::describe`]).
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
 }
 
-/// The single scale shared by every non-zero block of a TQ tensor, if any.
 /// (sin, cos) of the rotary angle of pair `i` at position `pos`: every
 /// backend takes its angles from here (the GPU ones as a table), so they
 /// agree to the bit.
@@ -503,6 +510,7 @@ pub fn rope_sin_cos(cfg: &BitNetConfig, pos: usize, i: usize) -> (f32, f32) {
     (pos as f32 * freq).sin_cos()
 }
 
+/// The single scale shared by every non-zero block of a TQ tensor, if any.
 pub(crate) fn uniform_block_scale<B: ternary::TernaryBlock>(data: &[u8]) -> Option<f32> {
     let mut scale = None;
     for chunk in data.chunks_exact(B::BYTES) {
@@ -765,15 +773,19 @@ struct Quantized {
 }
 
 impl Quantized {
-    fn new(x: &CpuTensor) -> Self {
+    /// `x` quantized per token ([`crate::quant::act`]) with the level's
+    /// kernels.
+    fn new(x: &CpuTensor, kernels: &Kernels) -> Self {
         let (t, k) = (x.rows, x.cols);
         let blocks = k.div_ceil(256);
         // Token by token in parallel (a prompt's rows; one token inline).
         let mut scales = F32S.take(t);
-        team::for_each_chunk_mut(&mut scales, 1, |r, s| s[0] = act::row_scale(x.row(r)));
+        team::for_each_chunk_mut(&mut scales, 1, |r, s| {
+            s[0] = act::scale_for((kernels.absmax)(x.row(r)))
+        });
         let mut q = I8S.take(t * k);
         team::for_each_chunk_mut(&mut q, k, |r, qr| {
-            act::quantize_with(x.row(r), scales[r], qr)
+            (kernels.quantize)(x.row(r), scales[r], qr)
         });
         let mut block_sums = I32S.take(t * blocks);
         team::for_each_chunk_mut(&mut block_sums, blocks, |r, sums| {
@@ -1219,13 +1231,8 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &CpuTensor, weight: &Vec<f32>, eps: f32) -> CpuTensor {
         let mut out = x.clone();
-        team::for_each_chunk_mut(&mut out.data, x.cols, |_, row| {
-            let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
-            let inv = 1.0 / (ms + eps).sqrt();
-            for (v, w) in row.iter_mut().zip(weight) {
-                *v = *v * inv * w;
-            }
-        });
+        let norm = self.kernels.rms_norm;
+        team::for_each_chunk_mut(&mut out.data, x.cols, |_, row| norm(row, weight, eps));
         out
     }
 
@@ -1241,7 +1248,7 @@ impl Backend for CpuBackend {
         ws: [&CpuLinear; N],
     ) -> [CpuTensor; N] {
         let mut h = None;
-        let mut a = Quantized::new(normed(self, x, norm, &mut h));
+        let mut a = Quantized::new(normed(self, x, norm, &mut h), &self.kernels);
         // Projections of one call share their input and the backend's
         // kernels, so one set of tables serves them all.
         if let Some(m) = ws.iter().find_map(|w| w.lut.as_ref()) {
@@ -1260,26 +1267,32 @@ impl Backend for CpuBackend {
     fn rope(&self, x: &mut CpuTensor, pos0: usize, cfg: &BitNetConfig) {
         let (head_dim, rope_dim) = (cfg.head_dim as usize, cfg.rope_dim as usize);
         let half = rope_dim / 2;
-        // Pair i rotates dimensions (i, i + half) or (2i, 2i + 1).
-        let pair = |i: usize| match cfg.rope_style {
-            RopeStyle::Neox => (i, i + half),
-            RopeStyle::Norm => (2 * i, 2 * i + 1),
-        };
-        with_scratch(|Scratch { angles, .. }| {
-            for r in 0..x.rows {
-                // The angles of this position, once for all heads.
-                angles.clear();
-                angles.extend((0..half).map(|i| rope_sin_cos(cfg, pos0 + r, i)));
-                for head in x.row_mut(r).chunks_exact_mut(head_dim) {
-                    for (i, &(sin, cos)) in angles.iter().enumerate() {
-                        let (ia, ib) = pair(i);
-                        let (a, b) = (head[ia], head[ib]);
-                        head[ia] = a * cos - b * sin;
-                        head[ib] = a * sin + b * cos;
+        let rope = self.kernels.rope;
+        with_scratch(
+            |Scratch {
+                 rope_cos: c,
+                 rope_sin: s,
+                 ..
+             }| {
+                c.resize(2 * half, 0.0);
+                s.resize(2 * half, 0.0);
+                for r in 0..x.rows {
+                    // The tables of this position, once for all heads: pair i
+                    // is dimensions (i, i + half) or (2i, 2i + 1).
+                    for i in 0..half {
+                        let (sin, cos) = rope_sin_cos(cfg, pos0 + r, i);
+                        let (a, b) = match cfg.rope_style {
+                            RopeStyle::Neox => (i, i + half),
+                            RopeStyle::Norm => (2 * i, 2 * i + 1),
+                        };
+                        (c[a], c[b], s[a], s[b]) = (cos, cos, -sin, sin);
+                    }
+                    for head in x.row_mut(r).chunks_exact_mut(head_dim) {
+                        rope(head, c, s, cfg.rope_style);
                     }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn attention(

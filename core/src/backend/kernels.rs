@@ -21,7 +21,8 @@ use std::sync::OnceLock;
 use half::f16;
 
 use super::lut::{self, LutTile};
-use crate::quant::act::round_small;
+use crate::model::config::RopeStyle;
+use crate::quant::act::{self, round_small};
 use crate::quant::ternary::tq1_unpack_codes;
 
 /// How 2-bit codes sit in a byte, and where the 32-byte chunks are.
@@ -271,6 +272,18 @@ pub struct Kernels {
     /// Attention's weighted sum of values ([`WeightedSum`]), in the same
     /// order at every level for the same reason.
     pub weighted_sum: WeightedSum,
+    /// max |x| of one token's activations, NaN ignored
+    /// ([`act::absmax`]; exact at every level: max does not round).
+    pub absmax: fn(x: &[f32]) -> f32,
+    /// q = round(x · scale) clamped to [-128, 127], ties to even, NaN to 0
+    /// ([`act::quantize_with`]; element-wise, exact at every level).
+    pub quantize: fn(x: &[f32], scale: f32, q: &mut [i8]),
+    /// RMSNorm of one row in place ([`rms_norm_scalar`]): the sum of
+    /// squares in [`dot_f32_scalar`]'s order at every level, bit-identical
+    /// for the same reason as `scores`.
+    pub rms_norm: fn(x: &mut [f32], weight: &[f32], eps: f32),
+    /// Rotary embedding of one head in place ([`rope_scalar`]).
+    pub rope: fn(x: &mut [f32], c: &[f32], s: &[f32], style: RopeStyle),
     /// Σ over 32-wide blocks b of w_scale[b] · x_scale[b] · Σ w[i]·x[i]
     /// (int8 weights and activations, exact integer block sums): the
     /// compact output table's product.
@@ -318,6 +331,10 @@ impl Kernels {
                 dot_f16: avx2::dot_f16,
                 scores: avx2::scores,
                 weighted_sum: avx2::weighted_sum,
+                absmax: avx2::absmax,
+                quantize: avx2::quantize,
+                rms_norm: avx2::rms_norm,
+                rope: avx2::rope,
                 dot_q8: avx2::dot_q8,
                 dot_q6: avx2::dot_q6,
                 lut_tile: lut::avx2::dot_tile,
@@ -337,6 +354,10 @@ impl Kernels {
                     dot_f16: avx512::dot_f16,
                     scores: avx2::scores,
                     weighted_sum: avx2::weighted_sum,
+                    absmax: avx2::absmax,
+                    quantize: avx2::quantize,
+                    rms_norm: avx2::rms_norm,
+                    rope: avx2::rope,
                     dot_q8: [avx512::dot_q8::<false>, avx512::dot_q8::<true>][vnni as usize],
                     dot_q6: avx2::dot_q6,
                     lut_tile: lut::avx2::dot_tile,
@@ -353,6 +374,10 @@ impl Kernels {
                 dot_f16: dot_f16_scalar,
                 scores: sse::scores,
                 weighted_sum: weighted_sum_scalar,
+                absmax: sse::absmax,
+                quantize: sse::quantize,
+                rms_norm: sse::rms_norm,
+                rope: sse::rope,
                 dot_q8: sse::dot_q8,
                 dot_q6: dot_q6_scalar,
                 lut_tile: lut::dot_tile_scalar,
@@ -372,6 +397,10 @@ impl Kernels {
                 dot_f16: dot_f16_scalar,
                 scores: neon::scores,
                 weighted_sum: weighted_sum_scalar,
+                absmax: neon::absmax,
+                quantize: neon::quantize,
+                rms_norm: neon::rms_norm,
+                rope: neon::rope,
                 dot_q8: neon::dot_q8,
                 dot_q6: dot_q6_scalar,
                 lut_tile: lut::dot_tile_scalar,
@@ -379,6 +408,74 @@ impl Kernels {
             #[cfg(not(target_arch = "aarch64"))]
             SimdLevel::Neon => unreachable!("supported() is false off aarch64"),
         })
+    }
+
+    /// What each operation runs at this level, as (operation, kernel):
+    /// what `kernel_selection` and the `RUST_LOG=debug` line print. Kept
+    /// beside [`Kernels::for_level`]; a test checks that the two agree on
+    /// which operations fall back to the scalar reference.
+    pub fn describe(&self) -> [(&'static str, &'static str); 13] {
+        use SimdLevel::*;
+        let level = self.level;
+        // (scalar, sse, avx2, avx512, avx512vnni, neon)
+        let by = |k: [&'static str; 6]| match level {
+            Scalar => k[0],
+            Sse => k[1],
+            Avx2 => k[2],
+            Avx512 => k[3],
+            Avx512Vnni => k[4],
+            Neon => k[5],
+        };
+        let int = ["scalar", "sse", "avx2", "avx512bw", "avx512vnni", "neon"];
+        let tq1 = "scalar unpack, sse dot";
+        let tq1_neon = "scalar unpack, neon dot";
+        let f32s = ["scalar", "sse", "avx2", "avx2", "avx2", "neon"];
+        let avx2_or_scalar = ["scalar", "scalar", "avx2", "avx2", "avx2", "scalar"];
+        [
+            ("I2_S / TQ2_0 x int8, one token", by(int)),
+            ("I2_S / TQ2_0 x int8, several tokens", by(int)),
+            (
+                "TQ1_0 x int8, one token",
+                by([
+                    "scalar",
+                    tq1,
+                    "avx2 (decoded in registers)",
+                    "avx2 (decoded in registers)",
+                    "avx2 (decoded in registers)",
+                    tq1_neon,
+                ]),
+            ),
+            (
+                "TQ1_0 x int8, several tokens",
+                by([
+                    "scalar",
+                    tq1,
+                    "avx2 unpack, avx2 dot",
+                    "avx2 unpack, avx512bw dot",
+                    "avx2 unpack, avx512vnni dot",
+                    tq1_neon,
+                ]),
+            ),
+            ("TL1 / TL2 tiles", by(avx2_or_scalar)),
+            (
+                "F16 embedding / LM head",
+                by([
+                    "scalar",
+                    "scalar",
+                    "avx2 + f16c",
+                    "avx512f",
+                    "avx512f",
+                    "scalar",
+                ]),
+            ),
+            ("int8 output table", by(int)),
+            ("int6 output table", by(avx2_or_scalar)),
+            ("attention scores", by(f32s)),
+            ("attention weighted sum", by(avx2_or_scalar)),
+            ("RMSNorm", by(f32s)),
+            ("RoPE", by(f32s)),
+            ("activation quantization", by(f32s)),
+        ]
     }
 
     /// The process-wide choice: `BITNET_SIMD_LEVEL` if set, else the best
@@ -395,7 +492,6 @@ impl Kernels {
             if let Some(f) = forced.filter(|f| f.parse::<SimdLevel>().ok() != Some(level)) {
                 log::warn!("BITNET_SIMD_LEVEL={f} cannot be used here; using {level}");
             }
-            log::debug!("CPU kernels: {level} (dot_rows, dot_codes_multi, dot_f16)");
             // `for_level` cannot fail for a supported level.
             Kernels::for_level(level).unwrap_or(SCALAR)
         })
@@ -412,6 +508,10 @@ const SCALAR: Kernels = Kernels {
     dot_f16: dot_f16_scalar,
     scores: scores_scalar,
     weighted_sum: weighted_sum_scalar,
+    absmax: act::absmax,
+    quantize: act::quantize_with,
+    rms_norm: rms_norm_scalar,
+    rope: rope_scalar,
     dot_q8: dot_q8_scalar,
     dot_q6: dot_q6_scalar,
     lut_tile: lut::dot_tile_scalar,
@@ -483,6 +583,59 @@ pub fn weighted_sum_scalar(w: &[f32], v: &[f32], stride: usize, hd: usize, out: 
                 *o += x * y;
             }
         }
+    }
+}
+
+/// Scalar reference of [`Kernels::rms_norm`]: x[i] = (x[i] · r) · w[i]
+/// with r = 1 / √(Σ x² / n + eps), Σ x² in [`dot_f32_scalar`]'s order.
+pub fn rms_norm_scalar(x: &mut [f32], weight: &[f32], eps: f32) {
+    let r = rms_inv(x, eps, dot_f32_scalar);
+    scale_by(x, weight, r);
+}
+
+/// 1 / √(Σ x² / n + eps), Σ x² through a level's `dot_f32`.
+fn rms_inv(x: &[f32], eps: f32, dot: fn(&[f32], &[f32]) -> f32) -> f32 {
+    1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt()
+}
+
+/// x[i] = (x[i] · r) · w[i]: each element on its own, so a SIMD version
+/// (multiply, multiply) matches it bit for bit.
+fn scale_by(x: &mut [f32], weight: &[f32], r: f32) {
+    assert!(
+        weight.len() >= x.len(),
+        "RMSNorm weight shorter than the row"
+    );
+    for (v, w) in x.iter_mut().zip(weight) {
+        *v = *v * r * w;
+    }
+}
+
+/// Scalar reference of [`Kernels::rope`]: rotates the pairs of the first
+/// `c.len()` dimensions of one head, a pair (a, b) (dimensions (j, j + 1)
+/// for [`RopeStyle::Norm`], (j, j + n/2) for [`RopeStyle::Neox`]) becoming
+/// (a·c[ja] + b·s[ja], b·c[jb] + a·s[jb]). The tables hold each
+/// dimension's cos and signed sin (−sin at a's place, +sin at b's), so
+/// this is a·cos − b·sin and a·sin + b·cos exactly, every element one
+/// multiply-multiply-add that a SIMD version does in the same order.
+pub fn rope_scalar(x: &mut [f32], c: &[f32], s: &[f32], style: RopeStyle) {
+    rope_from(x, c, s, style, 0);
+}
+
+/// [`rope_scalar`] from pair `from` on (a SIMD version's tail).
+fn rope_from(x: &mut [f32], c: &[f32], s: &[f32], style: RopeStyle, from: usize) {
+    let half = c.len() / 2;
+    assert!(
+        s.len() == c.len() && x.len() >= 2 * half,
+        "RoPE tables longer than the head"
+    );
+    for i in from..half {
+        let (ja, jb) = match style {
+            RopeStyle::Norm => (2 * i, 2 * i + 1),
+            RopeStyle::Neox => (i, i + half),
+        };
+        let (a, b) = (x[ja], x[jb]);
+        x[ja] = a * c[ja] + b * s[ja];
+        x[jb] = b * c[jb] + a * s[jb];
     }
 }
 
@@ -773,6 +926,101 @@ pub fn dot_f16_scalar(row: &[u8], x: &[f32]) -> f32 {
         .sum()
 }
 
+/// `rms_norm` and `rope` of a SIMD module, from its f32 vector operations
+/// (`W` lanes; `swap` exchanges lanes 2i and 2i + 1) and its `dot_f32`:
+/// element-wise multiply and add in the scalar references' order, the
+/// tails through the references themselves.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! norm_and_rope {
+    (feature = $feature:literal, W = $w:literal, load = $load:ident, store = $store:ident,
+     mul = $mul:ident, add = $add:ident, splat = $splat:ident, swap = $swap:expr) => {
+        pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
+            let r = super::rms_inv(x, eps, dot_f32);
+            assert!(
+                weight.len() >= x.len(),
+                "RMSNorm weight shorter than the row"
+            );
+            let full = x.len() / $w * $w;
+            // SAFETY: the level's features were detected at run time;
+            // full ≤ x.len() ≤ weight.len().
+            unsafe { scale_simd(x, weight, r, full) };
+            super::scale_by(&mut x[full..], &weight[full..], r);
+        }
+
+        #[target_feature(enable = $feature)]
+        unsafe fn scale_simd(x: &mut [f32], w: &[f32], r: f32, full: usize) {
+            let rv = $splat(r);
+            for i in (0..full).step_by($w) {
+                // SAFETY: i + W ≤ full ≤ both lengths.
+                unsafe {
+                    let p = x.as_mut_ptr().add(i);
+                    $store(p, $mul($mul($load(p), rv), $load(w.as_ptr().add(i))));
+                }
+            }
+        }
+
+        pub fn rope(x: &mut [f32], c: &[f32], s: &[f32], style: $crate::model::config::RopeStyle) {
+            use $crate::model::config::RopeStyle;
+            let half = c.len() / 2;
+            assert!(
+                s.len() == c.len() && x.len() >= 2 * half,
+                "RoPE tables longer than the head"
+            );
+            // Whole vectors: W / 2 pairs (Norm) or W pairs (Neox) each.
+            let pairs = match style {
+                RopeStyle::Norm => half / ($w / 2) * ($w / 2),
+                RopeStyle::Neox => half / $w * $w,
+            };
+            // SAFETY: the level's features were detected at run time;
+            // pairs ≤ half and 2 · half ≤ every length (asserted).
+            unsafe { rope_simd(x, c, s, style, pairs) };
+            super::rope_from(x, c, s, style, pairs);
+        }
+
+        #[target_feature(enable = $feature)]
+        unsafe fn rope_simd(
+            x: &mut [f32],
+            c: &[f32],
+            s: &[f32],
+            style: $crate::model::config::RopeStyle,
+            pairs: usize,
+        ) {
+            use $crate::model::config::RopeStyle;
+            let half = c.len() / 2;
+            let (xp, cp, sp) = (x.as_mut_ptr(), c.as_ptr(), s.as_ptr());
+            match style {
+                RopeStyle::Norm => {
+                    for j in (0..2 * pairs).step_by($w) {
+                        // SAFETY: j + W ≤ 2 · pairs ≤ every length.
+                        unsafe {
+                            let v = $load(xp.add(j));
+                            let out =
+                                $add($mul(v, $load(cp.add(j))), $mul($swap(v), $load(sp.add(j))));
+                            $store(xp.add(j), out);
+                        }
+                    }
+                }
+                RopeStyle::Neox => {
+                    for i in (0..pairs).step_by($w) {
+                        let h = i + half;
+                        // SAFETY: h + W ≤ half + pairs ≤ 2 · half ≤ every
+                        // length.
+                        unsafe {
+                            let (a, b) = ($load(xp.add(i)), $load(xp.add(h)));
+                            let ra = $add($mul(a, $load(cp.add(i))), $mul(b, $load(sp.add(i))));
+                            let rb = $add($mul(b, $load(cp.add(h))), $mul(a, $load(sp.add(h))));
+                            $store(xp.add(i), ra);
+                            $store(xp.add(h), rb);
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use norm_and_rope;
+
 /// `dot_rows` and `dot_codes_multi` of a SIMD module whose
 /// `unsafe fn dot_n::<N>(packed, q, stride, packing) -> [i32; N]` takes up
 /// to four tokens per pass over a row (AVX2, NEON): tokens go in groups of
@@ -837,7 +1085,7 @@ pub(crate) use dot_codes_by_fours;
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::Packing;
+    use super::{act, Packing};
 
     super::dot_codes_by_fours!();
 
@@ -1337,6 +1585,97 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
+    }
+
+    pub fn absmax(x: &[f32]) -> f32 {
+        let full = x.len() / 8 * 8;
+        // SAFETY: AVX2 is checked at run time; loads stay below `full`.
+        let m = unsafe { absmax_avx2(x, full) };
+        act::absmax(&x[full..]).max(m)
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn absmax_avx2(x: &[f32], full: usize) -> f32 {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ full ≤ x.len().
+            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            // maxps returns its second operand when either is NaN: a NaN
+            // |x| leaves the running maximum as it was, as `f32::max` does.
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+    }
+
+    pub fn quantize(x: &[f32], scale: f32, q: &mut [i8]) {
+        assert_eq!(x.len(), q.len());
+        let full = x.len() / 32 * 32;
+        // SAFETY: AVX2 is checked at run time; loads and stores stay below
+        // `full` ≤ both lengths.
+        unsafe { quantize_avx2(x, scale, q, full) };
+        act::quantize_with(&x[full..], scale, &mut q[full..]);
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn quantize_avx2(x: &[f32], scale: f32, q: &mut [i8], full: usize) {
+        let (sv, magic) = (_mm256_set1_ps(scale), _mm256_set1_ps(act::ROUND_MAGIC));
+        let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+        // packs works within 128-bit halves: dwords 0, 4, 1, 5, ... put the
+        // 32 bytes back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for i in (0..full).step_by(32) {
+            let ints: [__m256i; 4] = std::array::from_fn(|j| {
+                // SAFETY: i + 32 ≤ full ≤ x.len().
+                let v = _mm256_mul_ps(unsafe { _mm256_loadu_ps(x.as_ptr().add(i + 8 * j)) }, sv);
+                // NaN becomes 0 (as `as i8` makes it); then the reference's
+                // rounding (add, subtract 1.5 · 2²³), clamp, exact convert.
+                let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+                let v = _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
+                _mm256_cvttps_epi32(_mm256_max_ps(_mm256_min_ps(v, hi), lo))
+            });
+            let w = _mm256_packs_epi16(
+                _mm256_packs_epi32(ints[0], ints[1]),
+                _mm256_packs_epi32(ints[2], ints[3]),
+            );
+            let w = _mm256_permutevar8x32_epi32(w, order);
+            // SAFETY: i + 32 ≤ full ≤ q.len().
+            unsafe { _mm256_storeu_si256(q.as_mut_ptr().add(i).cast(), w) };
+        }
+    }
+
+    super::norm_and_rope!(
+        feature = "avx2",
+        W = 8,
+        load = _mm256_loadu_ps,
+        store = _mm256_storeu_ps,
+        mul = _mm256_mul_ps,
+        add = _mm256_add_ps,
+        splat = _mm256_set1_ps,
+        swap = _mm256_permute_ps::<0b1011_0001>
+    );
+
+    fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: AVX2 is checked at run time; loads stay below `full`.
+        super::dot_f32_with(a, b, |a, b, full| unsafe { dot_f32_avx2(a, b, full) })
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot_f32_avx2(a: &[f32], b: &[f32], full: usize) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 ≤ full ≤ both lengths.
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                )
+            };
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+        }
+        lanes_in_order(acc)
     }
 
     pub fn scores(q: &[f32], hd: usize, k: &[f32], stride: usize, out: &mut [f32]) {
@@ -1937,7 +2276,7 @@ mod avx512 {
 mod sse {
     use std::arch::x86_64::*;
 
-    use super::Packing;
+    use super::{act, Packing};
 
     pub fn dot_rows(packed: &[u8], row_bytes: usize, q: &[i8], packing: Packing, out: &mut [i32]) {
         super::dot_rows_by_row(dot_codes_multi, packed, row_bytes, q, packing, out);
@@ -2034,6 +2373,76 @@ mod sse {
         hsum(_mm_add_epi32(acc32, _mm_madd_epi16(acc16, ones)))
     }
 
+    pub fn absmax(x: &[f32]) -> f32 {
+        let full = x.len() / 4 * 4;
+        // SAFETY: SSE2 is part of x86_64; loads stay below `full`.
+        let m = unsafe { absmax_sse(x, full) };
+        act::absmax(&x[full..]).max(m)
+    }
+
+    #[target_feature(enable = "sse2")]
+    unsafe fn absmax_sse(x: &[f32], full: usize) -> f32 {
+        let sign = _mm_set1_ps(-0.0);
+        let mut m = _mm_setzero_ps();
+        for i in (0..full).step_by(4) {
+            // SAFETY: i + 4 ≤ full ≤ x.len().
+            let v = unsafe { _mm_loadu_ps(x.as_ptr().add(i)) };
+            // A NaN |x| leaves the maximum as it was (see AVX2's).
+            m = _mm_max_ps(_mm_andnot_ps(sign, v), m);
+        }
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m)))
+    }
+
+    pub fn quantize(x: &[f32], scale: f32, q: &mut [i8]) {
+        assert_eq!(x.len(), q.len());
+        let full = x.len() / 16 * 16;
+        // SAFETY: SSE2 is part of x86_64; loads and stores stay below
+        // `full` ≤ both lengths.
+        unsafe { quantize_sse(x, scale, q, full) };
+        act::quantize_with(&x[full..], scale, &mut q[full..]);
+    }
+
+    #[target_feature(enable = "sse2")]
+    unsafe fn quantize_sse(x: &[f32], scale: f32, q: &mut [i8], full: usize) {
+        let (sv, magic) = (_mm_set1_ps(scale), _mm_set1_ps(act::ROUND_MAGIC));
+        let (lo, hi) = (_mm_set1_ps(-128.0), _mm_set1_ps(127.0));
+        for i in (0..full).step_by(16) {
+            let ints: [__m128i; 4] = std::array::from_fn(|j| {
+                // SAFETY: i + 16 ≤ full ≤ x.len().
+                let v = _mm_mul_ps(unsafe { _mm_loadu_ps(x.as_ptr().add(i + 4 * j)) }, sv);
+                // As AVX2's: NaN to 0, round, clamp, exact convert.
+                let v = _mm_and_ps(v, _mm_cmpord_ps(v, v));
+                let v = _mm_sub_ps(_mm_add_ps(v, magic), magic);
+                _mm_cvttps_epi32(_mm_max_ps(_mm_min_ps(v, hi), lo))
+            });
+            let w = _mm_packs_epi16(
+                _mm_packs_epi32(ints[0], ints[1]),
+                _mm_packs_epi32(ints[2], ints[3]),
+            );
+            // SAFETY: i + 16 ≤ full ≤ q.len().
+            unsafe { _mm_storeu_si128(q.as_mut_ptr().add(i).cast(), w) };
+        }
+    }
+
+    super::norm_and_rope!(
+        feature = "sse2",
+        W = 4,
+        load = _mm_loadu_ps,
+        store = _mm_storeu_ps,
+        mul = _mm_mul_ps,
+        add = _mm_add_ps,
+        splat = _mm_set1_ps,
+        swap = swap_pairs
+    );
+
+    /// Lanes [1, 0, 3, 2].
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn swap_pairs(v: __m128) -> __m128 {
+        _mm_shuffle_ps::<0b1011_0001>(v, v)
+    }
+
     pub fn scores(q: &[f32], hd: usize, k: &[f32], stride: usize, out: &mut [f32]) {
         super::scores_by(q, hd, k, stride, out, dot_f32);
     }
@@ -2115,7 +2524,7 @@ mod sse {
 mod neon {
     use std::arch::aarch64::*;
 
-    use super::Packing;
+    use super::{act, Packing};
 
     super::dot_codes_by_fours!();
 
@@ -2197,6 +2606,65 @@ mod neon {
         }
         vaddvq_s32(acc)
     }
+
+    pub fn absmax(x: &[f32]) -> f32 {
+        let full = x.len() / 4 * 4;
+        // SAFETY: NEON is checked at run time; loads stay below `full`.
+        let m = unsafe { absmax_neon(x, full) };
+        act::absmax(&x[full..]).max(m)
+    }
+
+    #[target_feature(enable = "neon")]
+    unsafe fn absmax_neon(x: &[f32], full: usize) -> f32 {
+        let mut m = vdupq_n_f32(0.0);
+        for i in (0..full).step_by(4) {
+            // SAFETY: i + 4 ≤ full ≤ x.len().
+            let v = unsafe { vld1q_f32(x.as_ptr().add(i)) };
+            // maxnm returns the number when one operand is NaN.
+            m = vmaxnmq_f32(m, vabsq_f32(v));
+        }
+        vmaxvq_f32(m)
+    }
+
+    pub fn quantize(x: &[f32], scale: f32, q: &mut [i8]) {
+        assert_eq!(x.len(), q.len());
+        let full = x.len() / 8 * 8;
+        // SAFETY: NEON is checked at run time; loads and stores stay below
+        // `full` ≤ both lengths.
+        unsafe { quantize_neon(x, scale, q, full) };
+        act::quantize_with(&x[full..], scale, &mut q[full..]);
+    }
+
+    #[target_feature(enable = "neon")]
+    unsafe fn quantize_neon(x: &[f32], scale: f32, q: &mut [i8], full: usize) {
+        let magic = vdupq_n_f32(act::ROUND_MAGIC);
+        let (lo, hi) = (vdupq_n_f32(-128.0), vdupq_n_f32(127.0));
+        for i in (0..full).step_by(8) {
+            let ints: [int32x4_t; 2] = std::array::from_fn(|j| {
+                // SAFETY: i + 8 ≤ full ≤ x.len().
+                let v = vmulq_n_f32(unsafe { vld1q_f32(x.as_ptr().add(i + 4 * j)) }, scale);
+                // As AVX2's: NaN to 0, round, clamp, exact convert.
+                let ord = vceqq_f32(v, v);
+                let v = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), ord));
+                let v = vsubq_f32(vaddq_f32(v, magic), magic);
+                vcvtq_s32_f32(vmaxq_f32(vminq_f32(v, hi), lo))
+            });
+            let w = vcombine_s16(vqmovn_s32(ints[0]), vqmovn_s32(ints[1]));
+            // SAFETY: i + 8 ≤ full ≤ q.len().
+            unsafe { vst1_s8(q.as_mut_ptr().add(i), vqmovn_s16(w)) };
+        }
+    }
+
+    super::norm_and_rope!(
+        feature = "neon",
+        W = 4,
+        load = vld1q_f32,
+        store = vst1q_f32,
+        mul = vmulq_f32,
+        add = vaddq_f32,
+        splat = vdupq_n_f32,
+        swap = vrev64q_f32
+    );
 
     pub fn scores(q: &[f32], hd: usize, k: &[f32], stride: usize, out: &mut [f32]) {
         super::scores_by(q, hd, k, stride, out, dot_f32);
@@ -2683,6 +3151,39 @@ mod tests {
                     prop_assert_eq!(&got, &want);
                 }
             }
+
+            /// TQ1_0 rows of random bytes (every base-3 code, including
+            /// the bytes past 242 that no encoder writes) at misaligned
+            /// starts: each level's fused dot and its unpacking equal the
+            /// scalar reference exactly, also on all-0xFF blocks and
+            /// saturated activations.
+            #[test]
+            fn tq1_kernels_equal_scalar(
+                blocks in 1usize..30,
+                w_off in 0usize..53,
+                q_off in 0usize..31,
+                seed in any::<u64>(),
+                edge in 0u8..5,
+            ) {
+                let mut x = seed | 1;
+                let mut next = move || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x };
+                let wbuf: Vec<u8> = (0..w_off + blocks * 54)
+                    .map(|_| if edge == 4 { 0xFF } else { next() as u8 })
+                    .collect();
+                let qbuf: Vec<i8> = (0..q_off + blocks * 256)
+                    .map(|_| match edge { 0 => -128, 1 => 127, 2 => 0, _ => next() as i8 })
+                    .collect();
+                let (bl, q) = (&wbuf[w_off..], &qbuf[q_off..]);
+                let want = dot_tq1_scalar(bl, q);
+                let mut want_codes = vec![0u8; 256];
+                tq1_unpack_codes(&bl[..52], &mut want_codes);
+                for k in levels() {
+                    prop_assert_eq!((k.dot_tq1)(bl, q), want, "{}", k.level);
+                    let mut codes = vec![9u8; 256];
+                    (k.unpack_tq1)(&bl[..52], &mut codes);
+                    prop_assert_eq!(&codes, &want_codes, "{}", k.level);
+                }
+            }
         }
     }
 
@@ -2756,6 +3257,180 @@ mod tests {
                     assert!(same_bits(&got, &want), "{} hd {hd} m {m} n {n}", kern.level);
                 }
             }
+        }
+    }
+
+    /// Activation quantization equals the reference exactly at every
+    /// level: every tail length, rows off a vector boundary, ties of the
+    /// rounding (x · scale = k + 0.5), values beyond the clamp, zeros of
+    /// both signs, infinities and NaN (ignored by absmax, quantized to 0).
+    #[test]
+    fn quantization_equals_reference_at_every_level() {
+        let mut rng = Rng(2024);
+        for n in (0..70).chain([127, 128, 2560, 6912]) {
+            for case in 0..6 {
+                let buf: Vec<f32> = (0..n + 3)
+                    .map(|i| {
+                        let r = rng.next();
+                        match (case, r % 16) {
+                            (0, _) => wide_f32(&mut rng),
+                            (1, _) => (r % 255) as f32 - 127.0 + 0.5,
+                            (_, 0) if case >= 3 => f32::NAN,
+                            (_, 1) if case >= 4 => f32::INFINITY,
+                            (_, 2) if case >= 4 => f32::NEG_INFINITY,
+                            (_, 3) => -0.0,
+                            (_, 4) => 0.0,
+                            _ if case == 5 && i % 7 == 0 => 1e30,
+                            _ => ((r >> 8) % 20_001) as f32 * 0.01 - 100.0,
+                        }
+                    })
+                    .collect();
+                let x = &buf[3..];
+                let m = act::absmax(x);
+                // Scale 1 makes case 1's halves ties; the row's own scale
+                // (finite rows) and a huge one reach past the clamp.
+                for scale in [1.0, act::scale_for(m), 3e5] {
+                    let mut want = vec![0i8; n];
+                    act::quantize_with(x, scale, &mut want);
+                    for k in levels() {
+                        assert_eq!((k.absmax)(x).to_bits(), m.to_bits(), "{} n {n}", k.level);
+                        let mut got = vec![7i8; n];
+                        (k.quantize)(x, scale, &mut got);
+                        assert_eq!(got, want, "{} n {n} case {case} scale {scale}", k.level);
+                    }
+                }
+            }
+        }
+    }
+
+    /// RMSNorm equals the scalar reference bit for bit at every level
+    /// (every tail length, rows starting off a vector boundary), and the
+    /// reference is RMSNorm (against an f64 evaluation).
+    #[test]
+    fn rms_norm_bit_identical_across_levels() {
+        let mut rng = Rng(777);
+        for n in (1..40).chain([64, 127, 128, 2560]) {
+            let buf: Vec<f32> = (0..n + 1).map(|_| wide_f32(&mut rng)).collect();
+            let w: Vec<f32> = (0..n).map(|_| wide_f32(&mut rng)).collect();
+            let eps = 1e-5;
+            let mut want = buf[1..].to_vec();
+            rms_norm_scalar(&mut want, &w, eps);
+            let ms = buf[1..].iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / n as f64;
+            for ((&x, &w), &got) in buf[1..].iter().zip(&w).zip(&want) {
+                let exact = f64::from(x) * f64::from(w) / (ms + f64::from(eps)).sqrt();
+                assert!(
+                    (f64::from(got) - exact).abs() <= 1e-5 * exact.abs(),
+                    "n {n}"
+                );
+            }
+            for kern in levels() {
+                let mut got = buf.clone();
+                (kern.rms_norm)(&mut got[1..], &w, eps);
+                assert!(same_bits(&got[1..], &want), "{} n {n}", kern.level);
+                assert_eq!(got[0].to_bits(), buf[0].to_bits());
+            }
+        }
+    }
+
+    /// RoPE equals the scalar reference bit for bit at every level, both
+    /// pairings, every rotated width (whole vectors and tails), heads
+    /// wider than the rotated part (left alone) and off a vector boundary;
+    /// the reference is a·cos − b·sin, a·sin + b·cos to the bit.
+    #[test]
+    fn rope_bit_identical_across_levels() {
+        let mut rng = Rng(99);
+        for style in [RopeStyle::Norm, RopeStyle::Neox] {
+            for dim in (2..=40).step_by(2).chain([64, 126, 128]) {
+                for extra in [0, 3] {
+                    let half = dim / 2;
+                    let angle = |rng: &mut Rng| (rng.next() % 10_000) as f32 * 0.001;
+                    let (mut c, mut s) = (vec![0.0; dim], vec![0.0; dim]);
+                    let pair = |i: usize| match style {
+                        RopeStyle::Norm => (2 * i, 2 * i + 1),
+                        RopeStyle::Neox => (i, i + half),
+                    };
+                    for i in 0..half {
+                        let (sin, cos) = angle(&mut rng).sin_cos();
+                        let (a, b) = pair(i);
+                        (c[a], c[b], s[a], s[b]) = (cos, cos, -sin, sin);
+                    }
+                    let buf: Vec<f32> = (0..1 + dim + extra).map(|_| wide_f32(&mut rng)).collect();
+                    let mut want = buf[1..].to_vec();
+                    rope_scalar(&mut want, &c, &s, style);
+                    for i in 0..half {
+                        let (ja, jb) = pair(i);
+                        let (a, b) = (buf[1 + ja], buf[1 + jb]);
+                        let (cos, sin) = (c[ja], s[jb]);
+                        assert_eq!(want[ja].to_bits(), (a * cos - b * sin).to_bits());
+                        assert_eq!(want[jb].to_bits(), (a * sin + b * cos).to_bits());
+                    }
+                    assert_eq!(want[dim..], buf[1 + dim..]);
+                    for kern in levels() {
+                        let mut got = buf.clone();
+                        (kern.rope)(&mut got[1..], &c, &s, style);
+                        assert!(
+                            same_bits(&got, &[&buf[..1], &want[..]].concat()),
+                            "{} {style:?} dim {dim} extra {extra}",
+                            kern.level
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `describe` names the scalar reference exactly where `for_level`
+    /// chose it (and a SIMD kernel everywhere else).
+    #[test]
+    fn describe_agrees_with_the_table() {
+        for k in levels() {
+            let d = k.describe();
+            let fns: [(usize, usize); 13] = [
+                (k.dot_rows as usize, dot_rows_scalar as *const () as usize),
+                (
+                    k.dot_codes_multi as usize,
+                    dot_codes_multi_scalar as *const () as usize,
+                ),
+                (k.dot_tq1 as usize, dot_tq1_scalar as *const () as usize),
+                (
+                    k.dot_u8_multi as usize,
+                    dot_u8_multi_scalar as *const () as usize,
+                ),
+                (
+                    k.lut_tile as usize,
+                    lut::dot_tile_scalar as *const () as usize,
+                ),
+                (k.dot_f16 as usize, dot_f16_scalar as *const () as usize),
+                (k.dot_q8 as usize, dot_q8_scalar as *const () as usize),
+                (k.dot_q6 as usize, dot_q6_scalar as *const () as usize),
+                (k.scores as usize, scores_scalar as *const () as usize),
+                (
+                    k.weighted_sum as usize,
+                    weighted_sum_scalar as *const () as usize,
+                ),
+                (k.rms_norm as usize, rms_norm_scalar as *const () as usize),
+                (k.rope as usize, rope_scalar as *const () as usize),
+                (
+                    k.quantize as usize,
+                    act::quantize_with as *const () as usize,
+                ),
+            ];
+            for ((op, kernel), (chosen, scalar)) in d.into_iter().zip(fns) {
+                assert_eq!(kernel == "scalar", chosen == scalar, "{}: {op}", k.level);
+            }
+            // Quantization's absmax, and the several-token TQ1_0 path's
+            // unpacking.
+            assert_eq!(
+                d[12].1 == "scalar",
+                k.absmax as usize == act::absmax as *const () as usize
+            );
+            let scalar_unpack = d[3].1 == "scalar" || d[3].1.starts_with("scalar unpack");
+            assert_eq!(
+                scalar_unpack,
+                k.unpack_tq1 as usize == tq1_unpack_codes as *const () as usize,
+                "{}",
+                k.level
+            );
         }
     }
 

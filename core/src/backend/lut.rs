@@ -374,6 +374,52 @@ mod tests {
         }
     }
 
+    mod prop {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::backend::kernels::{Kernels, SimdLevel};
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// Random shapes (row and column tails), weights and
+            /// activations (or saturated ones): every level's tile kernel
+            /// gives each row's exact Σ weight·q, both layouts.
+            #[test]
+            fn lut_tiles_equal_direct_sums(
+                rows in 1usize..80,
+                cols in 1usize..700,
+                seed in any::<u64>(),
+                edge in 0u8..3,
+            ) {
+                let mut next = super::rng(seed);
+                let w: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+                let q: Vec<i8> = (0..cols)
+                    .map(|_| match edge { 0 => -128, 1 => 127, _ => next() as i8 })
+                    .collect();
+                for lut in [Lut::Tl1, Lut::Tl2] {
+                    let m = LutMatrix::new(lut, &w, rows, cols);
+                    let mut tables = vec![0; Lut::table_bytes(m.groups)];
+                    lut.build_tables(&q, &mut tables);
+                    for level in SimdLevel::ALL.into_iter().filter(|l| l.supported()) {
+                        let k = Kernels::for_level(level).unwrap();
+                        for b in 0..rows.div_ceil(ROWS) {
+                            let mut got = [0; ROWS];
+                            (k.lut_tile)(lut, m.tile(b), m.groups, &tables, &mut got);
+                            for (r, &g) in got.iter().enumerate().take(rows - b * ROWS) {
+                                let row = &w[(b * ROWS + r) * cols..][..cols];
+                                let want: i32 =
+                                    row.iter().zip(&q).map(|(&a, &x)| i32::from(a) * i32::from(x)).sum();
+                                prop_assert_eq!(g, want, "{:?} {} row {}", lut, level, b * ROWS + r);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn tl2_codes_cover_every_triple_once() {
         let mut seen = std::collections::HashSet::new();

@@ -16,7 +16,12 @@ pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
 
 /// The scale of a row: 127 / max(|x|, [`ACT_EPS`]).
 pub fn row_scale(x: &[f32]) -> f32 {
-    127.0 / absmax(x).max(ACT_EPS)
+    scale_for(absmax(x))
+}
+
+/// The scale of a row whose max |x| is `absmax`.
+pub fn scale_for(absmax: f32) -> f32 {
+    127.0 / absmax.max(ACT_EPS)
 }
 
 /// q = round(x · scale) clamped to [-128, 127], ties to even.
@@ -49,9 +54,11 @@ pub fn absmax(x: &[f32]) -> f32 {
 /// clamp's range with their sign, so the clamped result is the same.
 #[inline]
 pub(crate) fn round_small(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
-    (x + MAGIC) - MAGIC
+    (x + ROUND_MAGIC) - ROUND_MAGIC
 }
+
+/// 1.5 · 2²³: [`round_small`]'s constant (the SIMD kernels use it too).
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
 
 #[cfg(test)]
 mod tests {

@@ -74,7 +74,8 @@ pub struct Args {
     /// Unmeasured runs before the measured ones.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
-    /// Thread counts to test (comma list; default: all cores).
+    /// Thread counts to test (comma list; default: all cores, or
+    /// RAYON_NUM_THREADS).
     #[arg(short = 't', long, value_delimiter = ',')]
     threads: Vec<usize>,
     /// Devices to test (comma list: auto, cpu, wgpu, wgpu:N).
@@ -118,10 +119,11 @@ pub struct Args {
     /// `-mmp 0`).
     #[arg(long)]
     no_mmap: bool,
-    /// Also measure memory read bandwidth (a 1 GiB buffer summed with every
-    /// thread) and the decode floor it implies for this model.
-    #[arg(long)]
-    bandwidth: bool,
+    /// Also measure memory read bandwidth (a buffer of MIB mebibytes,
+    /// default 1024, summed with every thread) and the decode floor it
+    /// implies for this model.
+    #[arg(long, value_name = "MIB", num_args = 0..=1, default_missing_value = "1024")]
+    bandwidth: Option<usize>,
 }
 
 /// One configuration under test.
@@ -147,8 +149,10 @@ struct Config {
     batch_size: usize,
 }
 
+/// The default thread count: `RAYON_NUM_THREADS` if set, else every core
+/// (the size of rayon's global pool).
 fn all_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    rayon::current_num_threads()
 }
 
 fn best_level() -> SimdLevel {
@@ -249,6 +253,8 @@ struct Row {
     config: usize,
     test: usize,
     samples_ns: Vec<u128>,
+    /// When the test started (RFC 3339, UTC).
+    time: String,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -369,6 +375,7 @@ fn bench_config<B: Backend>(
             "test {} needs {n} positions; the model's context is {ctx}",
             test.name()
         );
+        let time = rfc3339(std::time::SystemTime::now());
         let samples = pool.install(|| -> anyhow::Result<Vec<u128>> {
             for _ in 0..warmup {
                 run_once(model, bos, test, cfg)?;
@@ -383,6 +390,7 @@ fn bench_config<B: Backend>(
             config: ci,
             test: ti,
             samples_ns: samples,
+            time,
         });
     }
     Ok(())
@@ -521,9 +529,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         });
     }
 
-    if a.bandwidth {
+    if let Some(mib) = a.bandwidth {
         let t = configs.iter().map(|c| c.threads).max().unwrap_or(1);
-        let bw = read_bandwidth(t)?;
+        let bw = read_bandwidth(mib, t)?;
         eprintln!("memory read bandwidth ({t} threads): {:.2} GB/s", bw / 1e9);
         // Per decoded token every weight is read once: the ternary
         // projections and the LM head (the whole table); the file is that
@@ -564,6 +572,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         desc: &desc,
         size: file_size,
         params: n_params,
+        model_filename: source.file_name(),
+        use_mmap: !a.no_mmap,
+        cpu_info: cpu_info(),
     };
     let mut out = if format == "json" {
         ctx.json()
@@ -588,6 +599,43 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         std::fs::write(path, &out).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `t` in RFC 3339 at UTC, whole seconds (`2026-11-29T01:02:03Z`):
+/// llama-bench's `test_time`.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // The civil date of a day count, through 400-year eras (146 097 days)
+    // of years that start on March 1st, so that leap days come last.
+    let z = days + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = era * 400 + yoe + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The CPU's model name (llama-bench's `cpu_info`): /proc/cpuinfo's where
+/// there is one, else the architecture.
+fn cpu_info() -> String {
+    let name = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines().find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == "model name").then(|| value.trim().to_owned())
+        })
+    });
+    name.unwrap_or_else(|| std::env::consts::ARCH.to_owned())
 }
 
 fn head_name(o: OutputTable) -> &'static str {
@@ -623,6 +671,9 @@ struct Report<'a> {
     desc: &'a str,
     size: u64,
     params: u64,
+    model_filename: String,
+    use_mmap: bool,
+    cpu_info: String,
 }
 
 impl Report<'_> {
@@ -687,27 +738,39 @@ impl Report<'_> {
                 let ns: Vec<f64> = r.samples_ns.iter().map(|&v| v as f64).collect();
                 let (avg_ns, stddev_ns) = mean_std(&ns);
                 let (_, n_prompt, n_gen) = test.counts();
+                let gpu = self.backends[r.config].starts_with("wgpu");
+                let kv = if c.kv_cache_type == KvType::F16 {
+                    "f16"
+                } else {
+                    "f32"
+                };
                 serde_json::json!({
-                    "build_commit": env!("CARGO_PKG_VERSION"),
-                    "backends": if self.backends[r.config].starts_with("wgpu") { "wgpu" } else { "CPU" },
+                    "build_commit": env!("BITNET_BUILD_COMMIT"),
+                    "build_number": env!("BITNET_BUILD_NUMBER").parse::<u64>().unwrap_or(0),
+                    "bitnet_version": env!("CARGO_PKG_VERSION"),
+                    "cpu_info": self.cpu_info,
+                    "gpu_info": if gpu { self.backends[r.config].as_str() } else { "" },
+                    "backends": if gpu { "wgpu" } else { "CPU" },
                     "device": self.backends[r.config],
                     "config": c.label(),
                     "simd_level": c.simd_level.name(),
                     "quantization": c.quantization.name(),
                     "output_table": head_name(c.output_table),
-                    "type_k": if c.kv_cache_type == KvType::F16 { "f16" } else { "f32" },
+                    "type_k": kv,
+                    "type_v": kv,
+                    "use_mmap": self.use_mmap,
+                    "model_filename": self.model_filename,
                     "model_type": self.desc,
                     "model_size": self.size,
                     "model_n_params": self.params,
                     "n_batch": c.batch_size,
+                    "n_ubatch": c.batch_size,
                     "n_threads": c.threads,
                     "test": test.name(),
                     "n_prompt": n_prompt,
                     "n_gen": n_gen,
                     "n_depth": test.depth(),
-                    "test_time": std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
+                    "test_time": r.time,
                     "avg_ns": avg_ns as u64,
                     "stddev_ns": stddev_ns as u64,
                     "avg_ts": avg_ts,
@@ -754,13 +817,22 @@ impl Report<'_> {
     }
 }
 
-/// Read bandwidth in bytes/s: a 1 GiB buffer (touched first, so it is
-/// resident) summed by `threads` threads, eight independent accumulators
-/// each so that the sum is not latency-bound; best of five passes.
-fn read_bandwidth(threads: usize) -> anyhow::Result<f64> {
+/// Read bandwidth in bytes/s: a buffer of `mib` MiB (touched first, so it
+/// is resident; far larger than the caches for a true figure) summed by
+/// `threads` threads, eight independent accumulators each so that the sum
+/// is not latency-bound; best of five passes.
+fn read_bandwidth(mib: usize, threads: usize) -> anyhow::Result<f64> {
     use rayon::prelude::*;
-    let words = 1usize << 27; // 1 GiB of u64
-    let buf: Vec<u64> = (0..words as u64).collect();
+    let words = mib
+        .checked_mul(1 << 17) // u64s per MiB
+        .filter(|&w| w > 0)
+        .with_context(|| {
+            format!("--bandwidth {mib}: give 1 MiB or more, within the address space")
+        })?;
+    let mut buf: Vec<u64> = Vec::new();
+    buf.try_reserve_exact(words)
+        .map_err(|_| anyhow::anyhow!("--bandwidth {mib}: cannot allocate {mib} MiB"))?;
+    buf.extend(0..words as u64);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
@@ -789,4 +861,26 @@ fn read_bandwidth(threads: usize) -> anyhow::Result<f64> {
         eprintln!("(checksum {check})");
     }
     Ok((words * 8) as f64 / best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// Against dates computed independently (Python's datetime): the epoch,
+    /// leap days of a century leap year and an ordinary one, year ends.
+    #[test]
+    fn test_time_is_rfc3339_utc() {
+        for (secs, want) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (951_868_799, "2000-02-29T23:59:59Z"),
+            (1_709_251_199, "2024-02-29T23:59:59Z"),
+            (1_798_506_061, "2026-12-29T01:01:01Z"),
+            (4_102_444_800, "2100-01-01T00:00:00Z"),
+        ] {
+            assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(secs)), want);
+        }
+    }
 }

@@ -65,7 +65,14 @@ pub fn backend(
         anyhow::bail!("--device {choice}: this bitnet-cli was built without the wgpu feature");
     }
     let cpu = make_cpu()?;
-    log::debug!("CPU backend, {} kernels", cpu.simd_level());
+    if log::log_enabled!(log::Level::Debug) {
+        let kernels = cpu.kernels().describe().map(|(op, k)| format!("{op}: {k}"));
+        log::debug!(
+            "CPU backend, {} kernels ({})",
+            cpu.simd_level(),
+            kernels.join("; ")
+        );
+    }
     Ok(AnyBackend::Cpu(cpu))
 }
 

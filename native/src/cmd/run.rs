@@ -165,6 +165,11 @@ pub fn load_engine(
         .with_ternary_kernels(args.quantization)
         .with_output_table(args.output_table))
     })?;
+    if let (Some(level), false) = (args.simd_level, matches!(b, AnyBackend::Cpu(_))) {
+        anyhow::bail!(
+            "--simd-level {level} is a CPU option and the GPU was chosen; add --device cpu"
+        );
+    }
     if args.quantization != TernaryKernels::File && !matches!(b, AnyBackend::Cpu(_)) {
         anyhow::bail!(
             "--quantization {} is a CPU option (the GPU runs the file's layout); add --device cpu",
