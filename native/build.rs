@@ -16,19 +16,14 @@ fn main() {
     let number = git(&["rev-list", "--count", "HEAD"]).unwrap_or_else(|| "0".into());
     println!("cargo:rustc-env=BITNET_BUILD_COMMIT={commit}");
     println!("cargo:rustc-env=BITNET_BUILD_NUMBER={number}");
-    // Run again when HEAD moves: HEAD itself and the branch file it names
-    // (only files that exist: a missing one would rerun every build).
+    // Run again when HEAD moves: HEAD itself and its reflog, appended on
+    // every commit, checkout and reset (per worktree; only files that
+    // exist: a missing one would rerun every build).
     println!("cargo:rerun-if-changed=build.rs");
-    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        let branch = git(&["symbolic-ref", "-q", "HEAD"]);
-        let files = ["HEAD", "packed-refs"]
-            .map(String::from)
-            .into_iter()
-            .chain(branch);
-        for f in files {
-            let path = Path::new(&dir).join(f);
-            if path.exists() {
-                println!("cargo:rerun-if-changed={}", path.display());
+    for f in ["HEAD", "logs/HEAD"] {
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", f]) {
+            if Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
             }
         }
     }

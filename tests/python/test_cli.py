@@ -181,7 +181,7 @@ def _two_levels():
 
 def test_benchmark_lists_batch_sizes_threads_and_levels():
     proc = run_cli("benchmark", "-p", "8", "-n", "2", "--iterations", "2", "--warmup", "0", "-o", "json",
-                   "--threads", "1,2", "--simd-level", _two_levels(), "--batch-sizes", "0,4")
+                   "--threads", "1,2", "--simd-level", _two_levels(), "--batch-sizes", "0,4", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     low, high = _two_levels().split(",")
@@ -197,17 +197,20 @@ def test_benchmark_lists_batch_sizes_threads_and_levels():
 def test_benchmark_json_has_llama_bench_fields():
     import re
 
-    proc = run_cli("benchmark", "-p", "4", "-n", "0", "-r", "1", "--warmup", "0", "-t", "1", "-o", "json")
-    row = json.loads(proc.stdout)[0]
+    model = ROOT / "models" / "tiny-bitnet-i2s.gguf"
+    args = ("benchmark", "-m", model, "-p", "4", "-n", "0", "-r", "1", "--warmup", "0", "-t", "1", "-o", "json",
+            "--device", "cpu")
+    row = json.loads(run_cli(*args).stdout)[0]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["test_time"]), row["test_time"]
-    assert re.fullmatch(r"[0-9a-f]{7}|unknown", row["build_commit"]), row["build_commit"]
+    assert re.fullmatch(r"[0-9a-f]{7,40}|unknown", row["build_commit"]), row["build_commit"]
     assert isinstance(row["build_number"], int)
     assert row["cpu_info"] and row["gpu_info"] == "" and row["backends"] == "CPU"
-    assert row["model_filename"].endswith(".gguf") and row["use_mmap"] is True
+    assert row["model_filename"] == str(model) and row["use_mmap"] is True
     assert row["type_k"] == row["type_v"] == "f32" and row["n_ubatch"] == row["n_batch"] == 0
-    proc = run_cli("benchmark", "-p", "4", "-n", "0", "-r", "1", "--warmup", "0", "-t", "1", "-o", "json",
-                   "--no-mmap")
-    assert json.loads(proc.stdout)[0]["use_mmap"] is False
+    assert json.loads(run_cli(*args, "--no-mmap").stdout)[0]["use_mmap"] is False
+    # The bundled model is compiled in: named by its file, never mapped.
+    row = json.loads(run_cli("benchmark", *args[3:]).stdout)[0]
+    assert row["model_filename"] == "tiny-bitnet-trained-i2s.gguf" and row["use_mmap"] is False
 
 
 def test_benchmark_threads_default_to_rayon_num_threads():
@@ -330,6 +333,9 @@ def test_device_wgpu_gives_the_cpu_tokens_and_auto_skips_software_adapters():
     assert gpu.stdout == cpu.stdout
     # A CPU option with the GPU is refused, not silently dropped.
     proc = run_cli(*args, "--device", "wgpu", "--simd-level", "scalar", check=False)
+    assert proc.returncode == 1 and "--simd-level scalar is a CPU option" in proc.stderr
+    proc = run_cli("benchmark", "-p", "4", "-n", "0", "-r", "1", "--device", "wgpu", "--simd-level", "scalar",
+                   check=False)
     assert proc.returncode == 1 and "--simd-level scalar is a CPU option" in proc.stderr
     # lavapipe / SwiftShader are software: auto keeps the CPU and says nothing.
     if "(software" in run_cli("devices").stdout and "type=DiscreteGpu" not in run_cli("devices").stdout:

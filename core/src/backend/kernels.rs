@@ -1,7 +1,10 @@
 //! CPU kernels behind one table chosen once at start-up: a scalar reference
 //! for every op and SIMD versions where the CPU has them. Every SIMD kernel
-//! is checked against the scalar one (integer results bit for bit; float
-//! results to rounding) in the tests below, at every level this CPU runs.
+//! is checked against the scalar one in the tests below, at every level
+//! this CPU runs: bit for bit, except the float products of the LM heads
+//! (F16, int8, int6 tables), which may differ in rounding. Attention,
+//! RMSNorm, RoPE and activation quantization keep the reference's order of
+//! float operations, so the level never changes a quantized activation.
 //!
 //! The ternary kernel works on the packed 2-bit codes as the file stores
 //! them (code = weight + 1, so 0, 1 or 2): it returns Σ code·q over int8
@@ -11,7 +14,7 @@
 //! positions [`Packing::shifts`] gives (I2_S from the top bits down, TQ2_0
 //! from the bottom up).
 //!
-//! Levels: scalar, SSE (SSSE3 integer kernels), AVX2 (with FMA and F16C for
+//! Levels: scalar, SSE (SSSE3 integer kernels, SSE2 float ones), AVX2 (with FMA and F16C for
 //! the float kernels, and a TQ1_0 kernel that decodes base-3 codes in
 //! registers), AVX-512 (F and BW: 512-bit ternary, int8 and F16 products),
 //! AVX-512 VNNI (the same with `vpdpbusd`), NEON on aarch64.
@@ -67,7 +70,9 @@ impl Packing {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SimdLevel {
     Scalar,
-    /// SSSE3 (128-bit integer kernels; the float kernels stay scalar).
+    /// SSSE3 (128-bit integer kernels; SSE2 scores, RMSNorm, RoPE and
+    /// quantization; the F16 and 6-bit heads and the weighted sum stay
+    /// scalar).
     Sse,
     Avx2,
     /// AVX-512 F and BW (with AVX2, FMA and F16C for the kernels it
@@ -75,8 +80,9 @@ pub enum SimdLevel {
     Avx512,
     /// AVX-512 with VNNI: the integer products by `vpdpbusd`.
     Avx512Vnni,
-    /// aarch64's Advanced SIMD (128-bit integer kernels and the f32 dot
-    /// product; the F16 head stays scalar).
+    /// aarch64's Advanced SIMD (128-bit integer kernels, scores, RMSNorm,
+    /// RoPE and quantization; the F16 and 6-bit heads, the weighted sum and
+    /// TL1/TL2 stay scalar).
     Neon,
 }
 
@@ -626,7 +632,7 @@ fn rope_from(x: &mut [f32], c: &[f32], s: &[f32], style: RopeStyle, from: usize)
     let half = c.len() / 2;
     assert!(
         s.len() == c.len() && x.len() >= 2 * half,
-        "RoPE tables longer than the head"
+        "RoPE tables of unequal lengths or longer than the head"
     );
     for i in from..half {
         let (ja, jb) = match style {
@@ -964,7 +970,7 @@ macro_rules! norm_and_rope {
             let half = c.len() / 2;
             assert!(
                 s.len() == c.len() && x.len() >= 2 * half,
-                "RoPE tables longer than the head"
+                "RoPE tables of unequal lengths or longer than the head"
             );
             // Whole vectors: W / 2 pairs (Norm) or W pairs (Neox) each.
             let pairs = match style {
@@ -2623,7 +2629,7 @@ mod neon {
             // maxnm returns the number when one operand is NaN.
             m = vmaxnmq_f32(m, vabsq_f32(v));
         }
-        vmaxvq_f32(m)
+        vmaxnmvq_f32(m)
     }
 
     pub fn quantize(x: &[f32], scale: f32, q: &mut [i8]) {

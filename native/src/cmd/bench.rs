@@ -136,8 +136,9 @@ struct Config {
     device: DeviceChoice,
     #[serde(default = "all_cores")]
     threads: usize,
-    #[serde(default = "best_level", deserialize_with = "parse")]
-    simd_level: SimdLevel,
+    /// None: the best this CPU runs.
+    #[serde(default, deserialize_with = "parse_some")]
+    simd_level: Option<SimdLevel>,
     #[serde(default, deserialize_with = "parse")]
     quantization: TernaryKernels,
     #[serde(default, deserialize_with = "parse")]
@@ -155,8 +156,12 @@ fn all_cores() -> usize {
     rayon::current_num_threads()
 }
 
-fn best_level() -> SimdLevel {
-    SimdLevel::detect()
+fn parse_some<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    parse(d).map(Some)
 }
 
 fn parse<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -169,13 +174,18 @@ where
 }
 
 impl Config {
+    /// The CPU kernel level: the one asked for, or the best.
+    fn level(&self) -> SimdLevel {
+        self.simd_level.unwrap_or_else(SimdLevel::detect)
+    }
+
     fn label(&self) -> String {
         if !self.name.is_empty() {
             return self.name.clone();
         }
         let mut s = match self.device {
             DeviceChoice::Cpu | DeviceChoice::Auto => {
-                format!("{} t={}", self.simd_level, self.threads)
+                format!("{} t={}", self.level(), self.threads)
             }
             d => d.to_string(),
         };
@@ -415,10 +425,10 @@ fn configs(a: &Args) -> anyhow::Result<Vec<Config>> {
             })
             .collect();
     }
-    let levels = if a.simd_level.is_empty() {
-        vec![SimdLevel::detect()]
+    let levels: Vec<Option<SimdLevel>> = if a.simd_level.is_empty() {
+        vec![None]
     } else {
-        a.simd_level.clone()
+        a.simd_level.iter().copied().map(Some).collect()
     };
     let threads = if a.threads.is_empty() {
         vec![all_cores()]
@@ -505,10 +515,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut backends = Vec::new();
     for (ci, cfg) in configs.iter().enumerate() {
         let b = backend(cfg.device, || {
-            Ok(CpuBackend::with_level(cfg.simd_level)?
+            Ok(CpuBackend::with_level(cfg.level())?
                 .with_ternary_kernels(cfg.quantization)
                 .with_output_table(cfg.output_table))
         })?;
+        if let (Some(level), false) = (cfg.simd_level, matches!(b, AnyBackend::Cpu(_))) {
+            anyhow::bail!(
+                "{}: --simd-level {level} is a CPU option and the GPU was chosen; add --device cpu",
+                cfg.label()
+            );
+        }
         if cfg.quantization != TernaryKernels::File && !matches!(b, AnyBackend::Cpu(_)) {
             anyhow::bail!(
                 "{}: --quantization {} is a CPU option (the GPU runs the file's layout); add --device cpu",
@@ -573,7 +589,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         size: file_size,
         params: n_params,
         model_filename: source.file_name(),
-        use_mmap: !a.no_mmap,
+        // The bundled model is in the binary: never mapped.
+        use_mmap: !a.no_mmap && matches!(source, ModelSource::Path(_)),
         cpu_info: cpu_info(),
     };
     let mut out = if format == "json" {
@@ -703,7 +720,7 @@ impl Report<'_> {
             }
             let name = &self.backends[r.config];
             let backend = if !name.starts_with("wgpu") {
-                extras.insert(0, c.simd_level.name());
+                extras.insert(0, c.level().name());
                 format!("CPU ({})", extras.join(", "))
             } else if extras.is_empty() {
                 name.clone()
@@ -753,7 +770,7 @@ impl Report<'_> {
                     "backends": if gpu { "wgpu" } else { "CPU" },
                     "device": self.backends[r.config],
                     "config": c.label(),
-                    "simd_level": c.simd_level.name(),
+                    "simd_level": if gpu { "" } else { c.level().name() },
                     "quantization": c.quantization.name(),
                     "output_table": head_name(c.output_table),
                     "type_k": kv,
