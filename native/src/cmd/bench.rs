@@ -26,7 +26,7 @@ use bitnet::model::{BitNet, Session};
 use bitnet::tokenizer::Tokenizer;
 use bitnet::DeviceChoice;
 
-use super::device::{backend, AnyBackend};
+use super::device::{backend, check_cpu_options, AnyBackend};
 use crate::{with_any, ModelSource};
 
 #[derive(clap::Args)]
@@ -519,19 +519,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .with_ternary_kernels(cfg.quantization)
                 .with_output_table(cfg.output_table))
         })?;
-        if let (Some(level), false) = (cfg.simd_level, matches!(b, AnyBackend::Cpu(_))) {
-            anyhow::bail!(
-                "{}: --simd-level {level} is a CPU option and the GPU was chosen; add --device cpu",
-                cfg.label()
-            );
-        }
-        if cfg.quantization != TernaryKernels::File && !matches!(b, AnyBackend::Cpu(_)) {
-            anyhow::bail!(
-                "{}: --quantization {} is a CPU option (the GPU runs the file's layout); add --device cpu",
-                cfg.label(),
-                cfg.quantization.name()
-            );
-        }
+        check_cpu_options(&b, cfg.simd_level, cfg.quantization)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.label()))?;
         with_any!(AnyBackend, b, b => {
             let model = BitNet::load(file.clone(), b).with_context(|| source.display())?;
             desc = format!(

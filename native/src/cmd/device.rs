@@ -1,6 +1,6 @@
 //! `--device`: which backend runs the model, and `bitnet-cli devices`.
 
-use bitnet::backend::cpu::CpuBackend;
+use bitnet::backend::cpu::{CpuBackend, TernaryKernels};
 use bitnet::backend::kernels::SimdLevel;
 use bitnet::DeviceChoice;
 
@@ -74,6 +74,30 @@ pub fn backend(
         );
     }
     Ok(AnyBackend::Cpu(cpu))
+}
+
+/// Refuses the CPU-only options (`--simd-level`, `--quantization`) when
+/// `b` is not the CPU backend, instead of ignoring them.
+pub fn check_cpu_options(
+    b: &AnyBackend,
+    simd_level: Option<SimdLevel>,
+    quantization: TernaryKernels,
+) -> Result<(), String> {
+    if matches!(b, AnyBackend::Cpu(_)) {
+        return Ok(());
+    }
+    if let Some(level) = simd_level {
+        return Err(format!(
+            "--simd-level {level} is a CPU option and the GPU was chosen; add --device cpu"
+        ));
+    }
+    if quantization != TernaryKernels::File {
+        return Err(format!(
+            "--quantization {} is a CPU option (the GPU runs the file's layout); add --device cpu",
+            quantization.name()
+        ));
+    }
+    Ok(())
 }
 
 /// `bitnet-cli devices`: the CPU and every wgpu adapter.

@@ -11,7 +11,7 @@ use bitnet::backend::kernels::SimdLevel;
 use bitnet::backend::{Backend, KvType};
 use bitnet::{DeviceChoice, Engine, GenerationConfig, GenerationStats, SamplingStrategy};
 
-use super::device::{backend, AnyBackend};
+use super::device::{backend, check_cpu_options, AnyBackend};
 use crate::{with_any, ModelSource};
 
 #[derive(clap::Args)]
@@ -165,17 +165,7 @@ pub fn load_engine(
         .with_ternary_kernels(args.quantization)
         .with_output_table(args.output_table))
     })?;
-    if let (Some(level), false) = (args.simd_level, matches!(b, AnyBackend::Cpu(_))) {
-        anyhow::bail!(
-            "--simd-level {level} is a CPU option and the GPU was chosen; add --device cpu"
-        );
-    }
-    if args.quantization != TernaryKernels::File && !matches!(b, AnyBackend::Cpu(_)) {
-        anyhow::bail!(
-            "--quantization {} is a CPU option (the GPU runs the file's layout); add --device cpu",
-            args.quantization.name()
-        );
-    }
+    check_cpu_options(&b, args.simd_level, args.quantization).map_err(anyhow::Error::msg)?;
     let mut engine = match b {
         AnyBackend::Cpu(b) => AnyEngine::Cpu(load(&file, b, &source)?),
         #[cfg(feature = "wgpu")]
