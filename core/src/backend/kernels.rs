@@ -356,7 +356,7 @@ impl Kernels {
                     dot_u8_multi: [avx512::dot_u8_multi::<false>, avx512::dot_u8_multi::<true>]
                         [vnni as usize],
                     unpack_tq1: avx2::unpack_tq1,
-                    dot_tq1: avx2::dot_tq1,
+                    dot_tq1: [avx512::dot_tq1::<false>, avx512::dot_tq1::<true>][vnni as usize],
                     dot_f16: avx512::dot_f16,
                     scores: avx2::scores,
                     weighted_sum: avx2::weighted_sum,
@@ -446,8 +446,8 @@ impl Kernels {
                     "scalar",
                     tq1,
                     "avx2 (decoded in registers)",
-                    "avx2 (decoded in registers)",
-                    "avx2 (decoded in registers)",
+                    "avx512bw (decoded in registers)",
+                    "avx512vnni (decoded in registers)",
                     tq1_neon,
                 ]),
             ),
@@ -1914,10 +1914,11 @@ mod avx2 {
 }
 
 /// AVX-512 F and BW, with VNNI's `vpdpbusd` where `V` (the `avx512vnni`
-/// level): the ternary products, the unpacked-code product, the int8
-/// table and the F16 head. The level's other kernels are AVX2's (every
-/// AVX-512 CPU has AVX2): `dot_f32` keeps its fixed eight-lane order, and
-/// TQ1_0's and the 6-bit table's in-register decoders work on 256 bits.
+/// level): the ternary products (TQ1_0's one-token kernel decodes in
+/// registers, as AVX2's does), the unpacked-code product, the int8 table
+/// and the F16 head. The level's other kernels are AVX2's (every AVX-512
+/// CPU has AVX2): `dot_f32` keeps its fixed eight-lane order, and TQ1_0's
+/// unpacking and the 6-bit table's decoder work on 256 bits.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -2173,6 +2174,144 @@ mod avx512 {
             let rest = _mm512_madd_epi16(acc16, ones);
             _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(acc32[0], acc32[1]), rest))
         }
+    }
+
+    pub fn dot_tq1<const V: bool>(blocks: &[u8], q: &[i8]) -> i32 {
+        let nb = blocks.len() / 54;
+        // SAFETY: reachable only when the level's features were detected;
+        // the kernel asserts the lengths it reads.
+        unsafe {
+            if V {
+                dot_tq1_vnni(blocks, q, nb)
+            } else {
+                dot_tq1_bw(blocks, q, nb)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn dot_tq1_bw(blocks: &[u8], q: &[i8], nb: usize) -> i32 {
+        // SAFETY: the caller's contract; the body is inlined here.
+        unsafe { dot_tq1_blocks::<false>(blocks, q, nb) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dot_tq1_vnni(blocks: &[u8], q: &[i8], nb: usize) -> i32 {
+        // SAFETY: the caller's contract; the body is inlined here.
+        unsafe { dot_tq1_blocks::<true>(blocks, q, nb) }
+    }
+
+    /// TQ1_0 blocks against one token, the codes decoded in registers: a
+    /// block is four 64-byte products, each against one plain load of 64
+    /// activations (trit planes in the order the activations lie):
+    ///
+    /// 1. the first 32 bytes × (1, 3) (weights 0..64),
+    /// 2. the same × (9, 27) (64..128),
+    /// 3. × 81 (128..160), then bytes 32..48 × (1, 3) (160..192),
+    /// 4. bytes 32..48 × (9, 27, 81) (192..240), then qh's four bytes as
+    ///    four dwords times (1, 3, 9, 27) (240..256).
+    ///
+    /// Each product has its own accumulator. With VNNI the trits (u8)
+    /// meet the activations in `vpdpbusd` straight into i32 lanes (a lane
+    /// gains at most 4 · 2 · 128 per block). Without, `vpmaddubsw` makes
+    /// i16 pair sums (at most 2 · 2 · 128 = 512 a block), widened every
+    /// 32 blocks (≤ 16,384).
+    #[inline(always)]
+    unsafe fn dot_tq1_blocks<const V: bool>(blocks: &[u8], q: &[i8], nb: usize) -> i32 {
+        assert!(blocks.len() >= nb * 54 && q.len() >= nb * 256);
+        // Bytes (mask bits) of the upper half, of 128-bit lanes 1 and 3,
+        // and of lane 3's dwords 1-3, 2-3 and 3.
+        const HIGH: u64 = 0xFFFF_FFFF_0000_0000;
+        const LANES_1_3: u64 = 0xFFFF_0000_FFFF_0000;
+        const QH: [u64; 3] = [0xFFF0 << 48, 0xFF00 << 48, 0xF000 << 48];
+        // SAFETY: inlined only into `dot_tq1_bw`/`dot_tq1_vnni`, whose
+        // callers checked the features; block b's 54 bytes and its 256
+        // activations lie inside the slices (b < nb, asserted above).
+        unsafe {
+            let ones = _mm512_set1_epi16(1);
+            let mut acc32 = [_mm512_setzero_si512(); 4];
+            let mut b = 0;
+            while b < nb {
+                let end = if V { nb } else { (b + 32).min(nb) };
+                let mut acc16 = [_mm512_setzero_si512(); 4];
+                while b < end {
+                    let blk = blocks.as_ptr().add(b * 54);
+                    super::prefetch_ahead(blk);
+                    super::prefetch_ahead(blk.wrapping_add(64));
+                    let head = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.cast()));
+                    let h1 = times3_masked(head, HIGH);
+                    let h9 = times3(times3(h1));
+                    let h81 = times3(times3(h9));
+                    let mid = _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(32).cast()));
+                    let m1 = times3_masked(mid, LANES_1_3);
+                    let m9 = times3(times3(m1));
+                    let m81 = times3(times3(m9));
+                    let qh = _mm512_set1_epi32(blk.add(48).cast::<i32>().read_unaligned());
+                    let qh = QH.iter().fold(qh, |h, &k| times3_masked(h, k));
+                    let planes = [
+                        h1,
+                        h9,
+                        _mm512_mask_blend_epi64(0xF0, h81, m1),
+                        _mm512_mask_blend_epi32(0xF000, _mm512_mask_blend_epi64(0x30, m9, m81), qh),
+                    ];
+                    let x = q.as_ptr().add(b * 256);
+                    for (i, y) in planes.into_iter().enumerate() {
+                        let xv = _mm512_loadu_si512(x.add(64 * i).cast());
+                        if V {
+                            acc32[i] = _mm512_dpbusd_epi32(acc32[i], trits(y), xv);
+                        } else {
+                            let p = _mm512_maddubs_epi16(trits(y), xv);
+                            acc16[i] = _mm512_add_epi16(acc16[i], p);
+                        }
+                    }
+                    b += 1;
+                }
+                if !V {
+                    for (a32, a16) in acc32.iter_mut().zip(acc16) {
+                        *a32 = _mm512_add_epi32(*a32, _mm512_madd_epi16(a16, ones));
+                    }
+                }
+            }
+            let [a, b, c, d] = acc32;
+            _mm512_reduce_add_epi32(_mm512_add_epi32(
+                _mm512_add_epi32(a, b),
+                _mm512_add_epi32(c, d),
+            ))
+        }
+    }
+
+    /// x · 3 in each byte, mod 256, hidden from the optimiser as AVX2's
+    /// `times3` is (it would fold a chain of them into an emulated byte
+    /// multiply).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn times3(x: __m512i) -> __m512i {
+        times3_masked(x, u64::MAX)
+    }
+
+    /// x · 3 in the bytes of `k`, x elsewhere. Here the hidden value is
+    /// 2x: with it in view the optimiser turns x + 2x under a constant
+    /// mask into a multiply by a vector of 1s and 3s, emulated in four
+    /// operations instead of two.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn times3_masked(x: __m512i, k: u64) -> __m512i {
+        let mut x2 = _mm512_add_epi8(x, x);
+        // SAFETY: an empty instruction template: it reads and writes only
+        // this register, touches no memory, stack or flags.
+        unsafe {
+            std::arch::asm!("/* {0} */", inout(zmm_reg) x2, options(pure, nomem, nostack, preserves_flags))
+        };
+        _mm512_mask_add_epi8(x, k, x, x2)
+    }
+
+    /// The trit ⌊3y / 256⌋ of each byte y = b · 3ⁿ mod 256 (as AVX2's
+    /// `top_trit`, on the plain byte: AVX-512 compares unsigned):
+    /// [y ≥ 86] + [y ≥ 171].
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn trits(y: __m512i) -> __m512i {
+        let one = _mm512_set1_epi8(1);
+        let t = _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(y, _mm512_set1_epi8(86)), one);
+        let ge171 = _mm512_cmpge_epu8_mask(y, _mm512_set1_epi8(171u8 as i8));
+        _mm512_mask_add_epi8(t, ge171, t, one)
     }
 
     /// Pairs of 32-wide blocks in one 512-bit vector; an odd last block
@@ -2890,11 +3029,13 @@ mod tests {
             }
         }
         // The largest sums the i16 accumulators see: every trit 2 (bytes
-        // 0xFF) against saturated activations, rows of 1 to 40 blocks.
-        let blocks = [0xFFu8; 54 * 40];
+        // 0xFF) against saturated activations, rows of 1 to 72 blocks
+        // (past 64, where an i16 lane that gains 512 a block overflows
+        // unless widened).
+        let blocks = [0xFFu8; 54 * 72];
         for x in [-128i8, 127] {
-            let q = [x; 256 * 40];
-            for nb in 1..=40 {
+            let q = [x; 256 * 72];
+            for nb in 1..=72 {
                 let (bl, qs) = (&blocks[..nb * 54], &q[..nb * 256]);
                 assert_eq!(dot_tq1_scalar(bl, qs), 2 * x as i32 * 256 * nb as i32);
                 for k in levels() {
@@ -3165,7 +3306,7 @@ mod tests {
             /// saturated activations.
             #[test]
             fn tq1_kernels_equal_scalar(
-                blocks in 1usize..30,
+                blocks in 1usize..40,
                 w_off in 0usize..53,
                 q_off in 0usize..31,
                 seed in any::<u64>(),
