@@ -243,6 +243,10 @@ def test_simd_level_is_chosen_by_flag_or_environment_and_logged():
         assert "RMSNorm: scalar" in proc.stderr
     best = run_cli(*args, env={"RUST_LOG": "debug"})
     assert re.search(r"CPU backend, \w+ kernels \(I2_S / TQ2_0 x int8, one token: ", best.stderr)
+    # benchmark too: its rows run and name the variable's level.
+    proc = run_cli("benchmark", "-p", "4", "-n", "2", "-r", "1", "--warmup", "0", "-t", "1", "-o", "json",
+                   "--device", "cpu", env={"BITNET_SIMD_LEVEL": "scalar"})
+    assert {r["simd_level"] for r in json.loads(proc.stdout)} == {"scalar"}, proc.stdout
     # A level this CPU cannot run: the flag is refused, the variable warns.
     proc = run_cli(*args, "--simd-level", "avx512vnni", check=False)
     if proc.returncode != 0:

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bitnet::backend::cpu::{CpuBackend, OutputTable, TernaryKernels};
-use bitnet::backend::kernels::SimdLevel;
+use bitnet::backend::kernels::{Kernels, SimdLevel};
 use bitnet::backend::{Backend, KvType};
 use bitnet::model::{BitNet, Session};
 use bitnet::tokenizer::Tokenizer;
@@ -174,9 +174,10 @@ where
 }
 
 impl Config {
-    /// The CPU kernel level: the one asked for, or the best.
+    /// The CPU kernel level: the one asked for, else the process-wide
+    /// choice (`BITNET_SIMD_LEVEL` if set and runnable, else the best).
     fn level(&self) -> SimdLevel {
-        self.simd_level.unwrap_or_else(SimdLevel::detect)
+        self.simd_level.unwrap_or_else(|| Kernels::global().level)
     }
 
     fn label(&self) -> String {
