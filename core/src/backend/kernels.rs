@@ -353,18 +353,17 @@ impl Kernels {
                     dot_rows: [avx512::bw::dot_rows, avx512::vnni::dot_rows][vnni as usize],
                     dot_codes_multi: [avx512::bw::dot_codes_multi, avx512::vnni::dot_codes_multi]
                         [vnni as usize],
-                    dot_u8_multi: [avx512::dot_u8_multi::<false>, avx512::dot_u8_multi::<true>]
-                        [vnni as usize],
+                    dot_u8_multi: avx2::dot_u8_multi,
                     unpack_tq1: avx2::unpack_tq1,
-                    dot_tq1: [avx512::dot_tq1::<false>, avx512::dot_tq1::<true>][vnni as usize],
-                    dot_f16: avx512::dot_f16,
+                    dot_tq1: avx2::dot_tq1,
+                    dot_f16: avx2::dot_f16,
                     scores: avx2::scores,
                     weighted_sum: avx2::weighted_sum,
                     absmax: avx2::absmax,
                     quantize: avx2::quantize,
                     rms_norm: avx2::rms_norm,
                     rope: avx2::rope,
-                    dot_q8: [avx512::dot_q8::<false>, avx512::dot_q8::<true>][vnni as usize],
+                    dot_q8: avx2::dot_q8,
                     dot_q6: avx2::dot_q6,
                     lut_tile: lut::avx2::dot_tile,
                 }
@@ -446,8 +445,8 @@ impl Kernels {
                     "scalar",
                     tq1,
                     "avx2 (decoded in registers)",
-                    "avx512bw (decoded in registers)",
-                    "avx512vnni (decoded in registers)",
+                    "avx2 (decoded in registers)",
+                    "avx2 (decoded in registers)",
                     tq1_neon,
                 ]),
             ),
@@ -457,8 +456,8 @@ impl Kernels {
                     "scalar",
                     tq1,
                     "avx2 unpack, avx2 dot",
-                    "avx2 unpack, avx512bw dot",
-                    "avx2 unpack, avx512vnni dot",
+                    "avx2 unpack, avx2 dot",
+                    "avx2 unpack, avx2 dot",
                     tq1_neon,
                 ]),
             ),
@@ -469,12 +468,15 @@ impl Kernels {
                     "scalar",
                     "scalar",
                     "avx2 + f16c",
-                    "avx512f",
-                    "avx512f",
+                    "avx2 + f16c",
+                    "avx2 + f16c",
                     "scalar",
                 ]),
             ),
-            ("int8 output table", by(int)),
+            (
+                "int8 output table",
+                by(["scalar", "sse", "avx2", "avx2", "avx2", "neon"]),
+            ),
             ("int6 output table", by(avx2_or_scalar)),
             ("attention scores", by(f32s)),
             ("attention weighted sum", by(avx2_or_scalar)),
@@ -1914,11 +1916,12 @@ mod avx2 {
 }
 
 /// AVX-512 F and BW, with VNNI's `vpdpbusd` where `V` (the `avx512vnni`
-/// level): the ternary products (TQ1_0's one-token kernel decodes in
-/// registers, as AVX2's does), the unpacked-code product, the int8 table
-/// and the F16 head. The level's other kernels are AVX2's (every AVX-512
-/// CPU has AVX2): `dot_f32` keeps its fixed eight-lane order, and TQ1_0's
-/// unpacking and the 6-bit table's decoder work on 256 bits.
+/// level): the I2_S / TQ2_0 ternary products, one token and several. The
+/// levels' other kernels are AVX2's (every AVX-512 CPU has AVX2): 512-bit
+/// versions of the F16 head, the int8 table, the unpacked-code product and
+/// TQ1_0's in-register decoder were slower than AVX2's on the one AVX-512
+/// CPU we could time (Zen 4, which runs 512-bit operations as two halves;
+/// docs/perf.md, 2026-11-29) and were removed (git history: c7257d9).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -2125,304 +2128,6 @@ mod avx512 {
             }
             out
         }
-    }
-
-    pub fn dot_u8_multi<const V: bool>(codes: &[u8], q: &[i8], stride: usize, out: &mut [i32]) {
-        super::dot_u8_multi_with(codes, q, stride, out, 64, |c, x, full| {
-            // SAFETY: reachable only when the level's features were
-            // detected; `full` ≤ the length of both slices.
-            unsafe {
-                if V {
-                    dot_u8_vnni(c, x, full)
-                } else {
-                    dot_u8_bw(c, x, full)
-                }
-            }
-        });
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn dot_u8_bw(codes: &[u8], q: &[i8], full: usize) -> i32 {
-        // SAFETY: the caller's contract; the body is inlined here.
-        unsafe { dot_u8::<false>(codes, q, full) }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn dot_u8_vnni(codes: &[u8], q: &[i8], full: usize) -> i32 {
-        // SAFETY: the caller's contract; the body is inlined here.
-        unsafe { dot_u8::<true>(codes, q, full) }
-    }
-
-    /// u8 codes (≤ 3) × i8 over `full` bytes (a multiple of 64): two i32
-    /// accumulators by `vpdpbusd`, or i16 sums widened every 32 vectors
-    /// (32 × 768 ≤ 24,576).
-    #[inline(always)]
-    unsafe fn dot_u8<const V: bool>(codes: &[u8], q: &[i8], full: usize) -> i32 {
-        // SAFETY: inlined only into `dot_u8_bw`/`dot_u8_vnni`; 64 bytes at
-        // 64·i < full ≤ the length of both slices.
-        unsafe {
-            let ones = _mm512_set1_epi16(1);
-            let mut acc32 = [_mm512_setzero_si512(); 2];
-            let mut acc16 = _mm512_setzero_si512();
-            for i in 0..full / 64 {
-                let c = _mm512_loadu_si512(codes.as_ptr().add(64 * i).cast());
-                let x = _mm512_loadu_si512(q.as_ptr().add(64 * i).cast());
-                if V {
-                    acc32[i % 2] = _mm512_dpbusd_epi32(acc32[i % 2], c, x);
-                } else {
-                    acc16 = _mm512_add_epi16(acc16, _mm512_maddubs_epi16(c, x));
-                    if i % 32 == 31 {
-                        acc32[0] = _mm512_add_epi32(acc32[0], _mm512_madd_epi16(acc16, ones));
-                        acc16 = _mm512_setzero_si512();
-                    }
-                }
-            }
-            let rest = _mm512_madd_epi16(acc16, ones);
-            _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(acc32[0], acc32[1]), rest))
-        }
-    }
-
-    pub fn dot_tq1<const V: bool>(blocks: &[u8], q: &[i8]) -> i32 {
-        let nb = blocks.len() / 54;
-        // SAFETY: reachable only when the level's features were detected;
-        // the kernel asserts the lengths it reads.
-        unsafe {
-            if V {
-                dot_tq1_vnni(blocks, q, nb)
-            } else {
-                dot_tq1_bw(blocks, q, nb)
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn dot_tq1_bw(blocks: &[u8], q: &[i8], nb: usize) -> i32 {
-        // SAFETY: the caller's contract; the body is inlined here.
-        unsafe { dot_tq1_blocks::<false>(blocks, q, nb) }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn dot_tq1_vnni(blocks: &[u8], q: &[i8], nb: usize) -> i32 {
-        // SAFETY: the caller's contract; the body is inlined here.
-        unsafe { dot_tq1_blocks::<true>(blocks, q, nb) }
-    }
-
-    /// TQ1_0 blocks against one token, the codes decoded in registers: a
-    /// block is four 64-byte products, each against one plain load of 64
-    /// activations (trit planes in the order the activations lie):
-    ///
-    /// 1. the first 32 bytes × (1, 3) (weights 0..64),
-    /// 2. the same × (9, 27) (64..128),
-    /// 3. × 81 (128..160), then bytes 32..48 × (1, 3) (160..192),
-    /// 4. bytes 32..48 × (9, 27, 81) (192..240), then qh's four bytes as
-    ///    four dwords times (1, 3, 9, 27) (240..256).
-    ///
-    /// Each product has its own accumulator. With VNNI the trits (u8)
-    /// meet the activations in `vpdpbusd` straight into i32 lanes (a lane
-    /// gains at most 4 · 2 · 128 per block). Without, `vpmaddubsw` makes
-    /// i16 pair sums (at most 2 · 2 · 128 = 512 a block), widened every
-    /// 32 blocks (≤ 16,384).
-    #[inline(always)]
-    unsafe fn dot_tq1_blocks<const V: bool>(blocks: &[u8], q: &[i8], nb: usize) -> i32 {
-        assert!(blocks.len() >= nb * 54 && q.len() >= nb * 256);
-        // Bytes (mask bits) of the upper half, of 128-bit lanes 1 and 3,
-        // and of lane 3's dwords 1-3, 2-3 and 3.
-        const HIGH: u64 = 0xFFFF_FFFF_0000_0000;
-        const LANES_1_3: u64 = 0xFFFF_0000_FFFF_0000;
-        const QH: [u64; 3] = [0xFFF0 << 48, 0xFF00 << 48, 0xF000 << 48];
-        // SAFETY: inlined only into `dot_tq1_bw`/`dot_tq1_vnni`, whose
-        // callers checked the features; block b's 54 bytes and its 256
-        // activations lie inside the slices (b < nb, asserted above).
-        unsafe {
-            let ones = _mm512_set1_epi16(1);
-            let mut acc32 = [_mm512_setzero_si512(); 4];
-            let mut b = 0;
-            while b < nb {
-                let end = if V { nb } else { (b + 32).min(nb) };
-                let mut acc16 = [_mm512_setzero_si512(); 4];
-                while b < end {
-                    let blk = blocks.as_ptr().add(b * 54);
-                    super::prefetch_ahead(blk);
-                    super::prefetch_ahead(blk.wrapping_add(64));
-                    let head = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.cast()));
-                    let h1 = times3_masked(head, HIGH);
-                    let h9 = times3(times3(h1));
-                    let h81 = times3(times3(h9));
-                    let mid = _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(32).cast()));
-                    let m1 = times3_masked(mid, LANES_1_3);
-                    let m9 = times3(times3(m1));
-                    let m81 = times3(times3(m9));
-                    let qh = _mm512_set1_epi32(blk.add(48).cast::<i32>().read_unaligned());
-                    let mut qh = qh;
-                    for k in QH {
-                        qh = times3_masked(qh, k);
-                    }
-                    let planes = [
-                        h1,
-                        h9,
-                        _mm512_mask_blend_epi64(0xF0, h81, m1),
-                        _mm512_mask_blend_epi32(0xF000, _mm512_mask_blend_epi64(0x30, m9, m81), qh),
-                    ];
-                    let x = q.as_ptr().add(b * 256);
-                    for (i, y) in planes.into_iter().enumerate() {
-                        let xv = _mm512_loadu_si512(x.add(64 * i).cast());
-                        if V {
-                            acc32[i] = _mm512_dpbusd_epi32(acc32[i], trits(y), xv);
-                        } else {
-                            let p = _mm512_maddubs_epi16(trits(y), xv);
-                            acc16[i] = _mm512_add_epi16(acc16[i], p);
-                        }
-                    }
-                    b += 1;
-                }
-                if !V {
-                    for (a32, a16) in acc32.iter_mut().zip(acc16) {
-                        *a32 = _mm512_add_epi32(*a32, _mm512_madd_epi16(a16, ones));
-                    }
-                }
-            }
-            let [a, b, c, d] = acc32;
-            _mm512_reduce_add_epi32(_mm512_add_epi32(
-                _mm512_add_epi32(a, b),
-                _mm512_add_epi32(c, d),
-            ))
-        }
-    }
-
-    /// x · 3 in each byte, mod 256, hidden from the optimiser as AVX2's
-    /// `times3` is (it would fold a chain of them into an emulated byte
-    /// multiply).
-    #[target_feature(enable = "avx512f,avx512bw")]
-    fn times3(x: __m512i) -> __m512i {
-        times3_masked(x, u64::MAX)
-    }
-
-    /// x · 3 in the bytes of `k`, x elsewhere. Here the hidden value is
-    /// 2x: with it in view the optimiser turns x + 2x under a constant
-    /// mask into a multiply by a vector of 1s and 3s, emulated in four
-    /// operations instead of two.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    fn times3_masked(x: __m512i, k: u64) -> __m512i {
-        let mut x2 = _mm512_add_epi8(x, x);
-        // SAFETY: an empty instruction template: it reads and writes only
-        // this register, touches no memory, stack or flags.
-        unsafe {
-            std::arch::asm!("/* {0} */", inout(zmm_reg) x2, options(pure, nomem, nostack, preserves_flags))
-        };
-        _mm512_mask_add_epi8(x, k, x, x2)
-    }
-
-    /// The trit ⌊3y / 256⌋ of each byte y = b · 3ⁿ mod 256 (as AVX2's
-    /// `top_trit`, on the plain byte: AVX-512 compares unsigned):
-    /// [y ≥ 86] + [y ≥ 171].
-    #[target_feature(enable = "avx512f,avx512bw")]
-    fn trits(y: __m512i) -> __m512i {
-        let one = _mm512_set1_epi8(1);
-        let t = _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(y, _mm512_set1_epi8(86)), one);
-        let ge171 = _mm512_cmpge_epu8_mask(y, _mm512_set1_epi8(171u8 as i8));
-        _mm512_mask_add_epi8(t, ge171, t, one)
-    }
-
-    /// Pairs of 32-wide blocks in one 512-bit vector; an odd last block
-    /// and a short tail go to AVX2's kernel.
-    pub fn dot_q8<const V: bool>(w: &[i8], w_scale: &[f32], x: &[i8], x_scale: &[f32]) -> f32 {
-        let n = w.len().min(x.len());
-        let pairs = (n / 64).min(w_scale.len() / 2).min(x_scale.len() / 2);
-        // SAFETY: reachable only when the level's features were detected;
-        // only the first `pairs` pairs of full blocks (and their scales)
-        // are loaded.
-        let head = unsafe {
-            if V {
-                dot_q8_vnni(w, w_scale, x, x_scale, pairs)
-            } else {
-                dot_q8_bw(w, w_scale, x, x_scale, pairs)
-            }
-        };
-        let (b, at) = (2 * pairs, 64 * pairs);
-        head + super::avx2::dot_q8(&w[at..n], &w_scale[b..], &x[at..n], &x_scale[b..])
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn dot_q8_bw(w: &[i8], ws: &[f32], x: &[i8], xs: &[f32], pairs: usize) -> f32 {
-        // SAFETY: the caller's contract; the body is inlined here.
-        unsafe { dot_q8_pairs::<false>(w, ws, x, xs, pairs) }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn dot_q8_vnni(w: &[i8], ws: &[f32], x: &[i8], xs: &[f32], pairs: usize) -> f32 {
-        // SAFETY: the caller's contract; the body is inlined here.
-        unsafe { dot_q8_pairs::<true>(w, ws, x, xs, pairs) }
-    }
-
-    /// i8 × i8 as |w| (u8) × x with w's sign; |w|, |x| ≤ 127 (the table and
-    /// the activations never hold -128), so pair sums fit i16.
-    #[inline(always)]
-    unsafe fn dot_q8_pairs<const V: bool>(
-        w: &[i8],
-        ws: &[f32],
-        x: &[i8],
-        xs: &[f32],
-        pairs: usize,
-    ) -> f32 {
-        // SAFETY: inlined only into `dot_q8_bw`/`dot_q8_vnni`; pair p's 64
-        // values and 2 scales lie inside the slices (p < pairs).
-        unsafe {
-            let zero = _mm512_setzero_si512();
-            let ones = _mm512_set1_epi16(1);
-            let mut acc = _mm512_setzero_ps();
-            for p in 0..pairs {
-                super::prefetch_ahead(w.as_ptr().wrapping_add(64 * p).cast());
-                let wv = _mm512_loadu_si512(w.as_ptr().add(64 * p).cast());
-                let xv = _mm512_loadu_si512(x.as_ptr().add(64 * p).cast());
-                let aw = _mm512_abs_epi8(wv);
-                let sx = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(wv), zero, xv);
-                let sums = if V {
-                    _mm512_dpbusd_epi32(zero, aw, sx)
-                } else {
-                    _mm512_madd_epi16(_mm512_maddubs_epi16(aw, sx), ones)
-                };
-                let scale = _mm512_mask_blend_ps(
-                    0xff00,
-                    _mm512_set1_ps(ws[2 * p] * xs[2 * p]),
-                    _mm512_set1_ps(ws[2 * p + 1] * xs[2 * p + 1]),
-                );
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc);
-            }
-            _mm512_reduce_add_ps(acc)
-        }
-    }
-
-    pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
-        let n = (row.len() / 2).min(x.len());
-        let full = n / 64 * 64;
-        // SAFETY: reachable only when AVX-512 F was detected; loads stay
-        // below `full` elements.
-        let head = unsafe { dot_f16_avx512(row, x, full) };
-        head + super::avx2::dot_f16(&row[2 * full..2 * n], &x[full..n])
-    }
-
-    /// Four accumulators of sixteen lanes, 64 values per pass.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot_f16_avx512(row: &[u8], x: &[f32], full: usize) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for i in (0..full).step_by(64) {
-            // 128 bytes of the row per step: two lines.
-            super::prefetch_ahead(row.as_ptr().wrapping_add(2 * i));
-            super::prefetch_ahead(row.as_ptr().wrapping_add(2 * i + 64));
-            for (j, a) in acc.iter_mut().enumerate() {
-                let at = i + 16 * j;
-                // SAFETY: at + 16 ≤ full elements of both slices.
-                let (h, v) = unsafe {
-                    (
-                        _mm256_loadu_si256(row.as_ptr().add(2 * at).cast()),
-                        _mm512_loadu_ps(x.as_ptr().add(at)),
-                    )
-                };
-                *a = _mm512_fmadd_ps(_mm512_cvtph_ps(h), v, *a);
-            }
-        }
-        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-        _mm512_reduce_add_ps(s)
     }
 }
 
