@@ -29,7 +29,7 @@ static I8S: Pool<Line> = Pool::new();
 static I32S: Pool<i32> = Pool::new();
 static U8S: Pool<u8> = Pool::new();
 
-impl<T: Copy + Default> Pool<T> {
+impl<T: Copy + Default + bytemuck::Zeroable> Pool<T> {
     const MAX_BYTES: usize = 1 << 20;
     const MAX_KEPT: usize = 64;
 
@@ -50,7 +50,7 @@ impl<T: Copy + Default> Pool<T> {
             // A new buffer comes zeroed from the allocator (fresh pages for a
             // long prompt's large ones: no pass over them here, and their
             // first touch happens in the parallel loop that fills them).
-            return vec![T::default(); len];
+            return bytemuck::zeroed_vec(len);
         };
         v.clear();
         v.resize(len, T::default());
@@ -82,9 +82,9 @@ impl Default for Line {
 /// int8 activations starting on a cache line, so that the kernels' 32-
 /// and 64-byte loads of a row (a multiple of 64 long in every BitNet
 /// shape) never straddle two lines: a split load costs about two, and
-/// the allocator's 16-byte alignment split every 64-byte load (prefill at
-/// `avx512vnni` about 20 % faster aligned on a Zen 4, at `avx2` about
-/// 10 %; docs/perf.md, 2026-11-29).
+/// the allocator's 16-byte alignment split every 64-byte load (pp128 at
+/// `avx512vnni` 25 % faster aligned on a Zen 4, at `avx2` 12 %;
+/// docs/perf.md, 2026-11-29 (Zen 4)).
 #[derive(Default)]
 struct Int8Buf {
     lines: Vec<Line>,

@@ -16,8 +16,8 @@
 //!
 //! Levels: scalar, SSE (SSSE3 integer kernels, SSE2 float ones), AVX2 (with FMA and F16C for
 //! the float kernels, and a TQ1_0 kernel that decodes base-3 codes in
-//! registers), AVX-512 (F and BW: 512-bit ternary, int8 and F16 products),
-//! AVX-512 VNNI (the same with `vpdpbusd`), NEON on aarch64.
+//! registers), AVX-512 (F and BW: 512-bit I2_S / TQ2_0 products, the rest
+//! AVX2's), AVX-512 VNNI (the same with `vpdpbusd`), NEON on aarch64.
 
 use std::sync::OnceLock;
 
@@ -1921,7 +1921,7 @@ mod avx2 {
 /// versions of the F16 head, the int8 table, the unpacked-code product and
 /// TQ1_0's in-register decoder were slower than AVX2's on the one AVX-512
 /// CPU we could time (Zen 4, which runs 512-bit operations as two halves;
-/// docs/perf.md, 2026-11-29) and were removed (git history: c7257d9).
+/// docs/perf.md, 2026-11-29 (Zen 4)) and were removed (git history: c7257d9).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -2014,7 +2014,9 @@ mod avx512 {
     /// never saturate, so the fields are only masked, not shifted down:
     /// a field at bits 2b holds 4^b · code. Each vector has its own
     /// accumulator, scaled back per lane at the end (exact: every lane
-    /// is a multiple of its scale). Bound: a lane gains at most
+    /// is a multiple of its scale). With one or two tokens each chunk's
+    /// product starts from zero and is added after, which keeps the
+    /// `vpdpbusd` latency off the chain from chunk to chunk. Bound: a lane gains at most
     /// 4 · 192 · 128 per chunk, so i32 holds rows of over a million
     /// weights.
     ///
@@ -2047,7 +2049,9 @@ mod avx512 {
             } else {
                 ([0x03, 0x30], [0, 4])
             };
-            let masks = masks.map(|m| _mm512_set1_epi8(m));
+            // Written out, not `.map(|m| ..)`: a closure does not inherit
+            // the target features (see the epilogue).
+            let masks = [_mm512_set1_epi8(masks[0]), _mm512_set1_epi8(masks[1])];
             let mut acc32 = [[_mm512_setzero_si512(); 2]; N];
             let mut c = 0;
             while c < chunks {
@@ -2065,7 +2069,7 @@ mod avx512 {
                             _mm256_srli_epi16::<2>(v)
                         };
                         let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v), high);
-                        masks.map(|m| _mm512_and_si512(w, m))
+                        [_mm512_and_si512(w, masks[0]), _mm512_and_si512(w, masks[1])]
                     } else if P == 0 {
                         // I2_S: l = 0 at bits 6-7 of the low half, l = 1
                         // (bits 4-5) at 6-7 of the high half; then 2-3.
@@ -2177,7 +2181,13 @@ mod sse {
     unsafe fn dot_one(packed: &[u8], q: &[i8], packing: Packing) -> i32 {
         let mask = _mm_set1_epi8(3);
         let ones = _mm_set1_epi16(1);
-        let sh = packing.shifts().map(|s| _mm_cvtsi32_si128(s as i32));
+        let s = packing.shifts();
+        let sh = [
+            _mm_cvtsi32_si128(s[0] as i32),
+            _mm_cvtsi32_si128(s[1] as i32),
+            _mm_cvtsi32_si128(s[2] as i32),
+            _mm_cvtsi32_si128(s[3] as i32),
+        ];
         let (mut acc32, mut acc16) = (_mm_setzero_si128(), _mm_setzero_si128());
         for c in 0..packing.chunks(packed.len()) {
             let chunk = &packed[packing.chunk_at(c)..packing.chunk_at(c) + 32];
@@ -2753,8 +2763,8 @@ mod tests {
         }
         // The largest sums the i16 accumulators see: every trit 2 (bytes
         // 0xFF) against saturated activations, rows of 1 to 72 blocks
-        // (past 64, where an i16 lane that gains 512 a block overflows
-        // unless widened).
+        // (well past any widening interval: an i16 lane gaining 512 a
+        // block would overflow after 64).
         let blocks = [0xFFu8; 54 * 72];
         for x in [-128i8, 127] {
             let q = [x; 256 * 72];
