@@ -29,7 +29,7 @@ static I8S: Pool<Line> = Pool::new();
 static I32S: Pool<i32> = Pool::new();
 static U8S: Pool<u8> = Pool::new();
 
-impl<T: Copy + Default + bytemuck::Zeroable> Pool<T> {
+impl<T: Copy + bytemuck::Zeroable> Pool<T> {
     const MAX_BYTES: usize = 1 << 20;
     const MAX_KEPT: usize = 64;
 
@@ -53,7 +53,7 @@ impl<T: Copy + Default + bytemuck::Zeroable> Pool<T> {
             return bytemuck::zeroed_vec(len);
         };
         v.clear();
-        v.resize(len, T::default());
+        v.resize(len, T::zeroed());
         v
     }
 
@@ -72,12 +72,6 @@ impl<T: Copy + Default + bytemuck::Zeroable> Pool<T> {
 #[repr(C, align(64))]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Line([i8; 64]);
-
-impl Default for Line {
-    fn default() -> Self {
-        Line([0; 64])
-    }
-}
 
 /// int8 activations starting on a cache line, so that the kernels' 32-
 /// and 64-byte loads of a row (a multiple of 64 long in every BitNet
